@@ -18,18 +18,23 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import io
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -705,7 +710,7 @@ def simulate_scan(clean: np.ndarray, rng: np.random.Generator, back: np.ndarray 
         alpha = rng.uniform(0.05, 0.15) * strength
         img = img * (1 - alpha + alpha * mirrored)  # the back's ink darkens the paper
     if "halftone" in families and strength > 0:
-        ht = _halftone((img * 255).astype(np.uint8), rng, period=rng.uniform(3.5, 5.5) * s / 512 * 2)
+        ht = _halftone((img * 255).astype(np.uint8), rng, period=rng.uniform(4.0, 7.0))
         img = img * (1 - min(1.0, strength)) + ht * min(1.0, strength)
     if "texture" in families:
         grain = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.8)
@@ -801,6 +806,884 @@ def make_demo_dataset(root, train_pages=24, test_pages=4, crops_per_page=2, crop
                     raise OSError(f"could not write {tif}")
     return {"train_pairs": train_pages * crops_per_page, "test_scans": test_pages * crops_per_page,
             "root": str(root)}
+
+
+# --------------------------------------------------------------------------
+# Models: small enough to read in one screen each; input and output are RGB in [0, 1]
+# --------------------------------------------------------------------------
+
+class DnCNN(nn.Module):
+    """The slides' DnCNN (Zhang et al., 2017): conv+ReLU, (depth - 2) x conv+BN+ReLU, conv.
+
+    It predicts the residual (scan - clean) of the normalised input; the normalisation
+    (x - mean) / std is undone inside forward(), so the output is an image in [0, 1] again and
+    inference cannot forget to de-normalise (the slides' defect). 559,363 parameters for RGB.
+    """
+    pad_multiple = 1
+
+    def __init__(self, channels=3, width=64, depth=17, mean=0.5, std=0.5):
+        super().__init__()
+        self.mean, self.std = mean, std
+        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        z = (x - self.mean) / self.std
+        return (z - self.body(z)) * self.std + self.mean
+
+
+MODELS = {"dncnn": DnCNN}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name; a checkpoint stores exactly these two things."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_report(model: nn.Module, patch: int, channels: int = 3, limit: int = PARAM_LIMIT) -> int:
+    """Print torchsummary's table at the training patch size, on the model's own device, and
+    return the parameter count. Raises ValueError when the model has ``limit`` parameters or more.
+
+    The count asserted is the larger of torchsummary's total and the exact sum over
+    model.parameters() (torchsummary misses parameters that are not a layer's weight or bias).
+    """
+    exact = count_parameters(model)
+    if exact >= limit:
+        raise ValueError(f"{type(model).__name__} has {exact:,} parameters; the rule is fewer than "
+                         f"{limit:,}. Make it narrower or shallower.")
+    from torchsummary import summary
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        summary(model, (channels, patch, patch), device=device.type)
+    model.train(was_training)
+    text = buf.getvalue()
+    lines = text.splitlines()
+    print("\n".join(lines[:8] + ["..."] + lines[-12:]) if len(lines) > 40 else text)
+    found = re.search(r"Total params: ([\d,]+)", text)
+    reported = int(found.group(1).replace(",", "")) if found else 0
+    count = max(exact, reported)
+    print(f"parameters: {count:,} (torchsummary {reported:,}, exact {exact:,}); limit {limit:,}")
+    if count >= limit:
+        raise ValueError(f"{type(model).__name__} has {count:,} parameters; the rule is fewer than {limit:,}.")
+    return count
+
+
+# --------------------------------------------------------------------------
+# Restoration: pad to a multiple, run (batched, AMP on CUDA), crop back, round to uint8
+# --------------------------------------------------------------------------
+
+def autocast(device):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op context on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def images_to_tensor(images, device) -> torch.Tensor:
+    """List of equal-size RGB uint8 arrays -> float tensor (N, 3, H, W) in [0, 1] on ``device``."""
+    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=True)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """(N, 3, H, W) float in [0, 1] -> RGB uint8 arrays, rounded exactly like to_uint8()."""
+    out = batch.detach().float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return list(out.permute(0, 2, 3, 1).cpu().numpy())
+
+
+_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _forward_padded(model, x, multiple):
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return model(x)[..., :h, :w]
+
+
+@torch.no_grad()
+def restore(model: nn.Module, images, device=None, batch_size=8, ensemble=False, progress=False):
+    """Restore a list of RGB uint8 images of any size; returns RGB uint8 images of the same sizes.
+
+    Images are padded (reflection) to the model's ``pad_multiple``, run in batches of equal-size
+    images with mixed precision on CUDA, cropped back and rounded. ``ensemble=True`` averages the
+    8 flips/rotations (x8 self-ensemble).
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    multiple = getattr(model, "pad_multiple", 1)
+    out = [None] * len(images)
+    order = sorted(range(len(images)), key=lambda i: images[i].shape[:2])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [[j for j in b if images[j].shape[:2] == images[b[0]].shape[:2]] for b in batches] + \
+              [[j] for b in batches for j in b if images[j].shape[:2] != images[b[0]].shape[:2]]
+    for idx in _progress(batches, "restoring", enabled=progress):
+        x = images_to_tensor([images[i] for i in idx], device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            if ensemble:
+                y = 0
+                for k, flip in _DIHEDRAL:
+                    t = torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+                    r = torch.rot90(_forward_padded(model, t, multiple).float(), -k, (-2, -1))
+                    y = y + (r.flip(-1) if flip else r)
+                y = y / len(_DIHEDRAL)
+            else:
+                y = _forward_padded(model, x, multiple)
+        for i, img in zip(idx, tensor_to_images(y)):
+            out[i] = img
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, pairs_or_images, device=None, batch_size=8, ensemble=False, progress=False) -> dict:
+    """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
+
+    ``pairs_or_images`` is a list of (scan, clean) RGB uint8 arrays.
+    """
+    scans = [s for s, _ in pairs_or_images]
+    restored = restore(model, scans, device, batch_size, ensemble, progress)
+    per = [image_metrics(r, c) for r, (_, c) in zip(restored, pairs_or_images)]
+    return {"score": competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per]),
+            "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
+            "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
+
+
+# --------------------------------------------------------------------------
+# Training data: several aligned crops per decoded pair, seeded per item, in worker processes
+# --------------------------------------------------------------------------
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations (k in 0..7) of an (H, W, C) array."""
+    img = np.rot90(img, k % 4)
+    return np.ascontiguousarray(img[:, ::-1] if k >= 4 else img)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Item j of epoch e: one pair, decoded once, cut into ``crops_per_image`` aligned crops.
+
+    An epoch is ``items_per_epoch`` items; pairs are visited in a seeded permutation. Every random
+    choice of item j comes from a generator seeded with (seed, epoch, j), so the data does not
+    depend on worker count, and training resumed mid-epoch sees exactly the crops it would have.
+    ``cache``: decoded pairs kept in memory (filled before workers start, shared with them).
+    ``degrade``: optional callable (scan, clean, rng) -> new scan, applied to the input only.
+    """
+
+    def __init__(self, pairs, patch, crops_per_image, items_per_epoch, seed=0, augment=True,
+                 cache=None, degrade=None):
+        self.pairs, self.patch, self.k = list(pairs), patch, crops_per_image
+        self.items, self.seed, self.augment = items_per_epoch, seed, augment
+        self.cache, self.degrade = cache, degrade
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def __len__(self):
+        return self.items - self.start
+
+    def load(self, i):
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        pair = self.pairs[i]
+        clean, scan = read_rgb(pair.clean), read_rgb(pair.scan)
+        if clean.shape != scan.shape:
+            raise DataError(f"pair {pair.name}: clean {clean.shape[:2]} and scan {scan.shape[:2]} differ "
+                            "in size; run notebook 01's check again")
+        return clean, scan
+
+    def pair_index(self, j):
+        n = len(self.pairs)
+        perm = np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)
+        return int(perm[j % n])
+
+    def __getitem__(self, idx):
+        j = idx + self.start
+        clean, scan = self.load(self.pair_index(j))
+        rng = np.random.default_rng([self.seed, self.epoch, j])
+        rng_degrade = np.random.default_rng([self.seed, self.epoch, j, 1])  # crops stay the same with or without
+        cleans, scans = [], []
+        for _ in range(self.k):
+            c, s = random_crop_pair(clean, scan, self.patch, rng)
+            if self.augment:
+                k = int(rng.integers(0, 8))
+                c, s = dihedral(c, k), dihedral(s, k)
+            if self.degrade is not None:
+                s = self.degrade(s, c, rng_degrade)
+            cleans.append(c)
+            scans.append(s)
+        return torch.from_numpy(np.stack(scans)), torch.from_numpy(np.stack(cleans))
+
+
+def _collate(items):
+    return torch.cat([s for s, _ in items]), torch.cat([c for _, c in items])
+
+
+def build_cache(pairs, max_fraction=0.4, progress=True):
+    """Decode every pair into memory when that takes under ``max_fraction`` of the free RAM."""
+    if not pairs:
+        return None
+    h, w = read_rgb(pairs[0].clean).shape[:2]
+    need = len(pairs) * h * w * 3 * 2
+    if need > max_fraction * _available_ram():
+        print(f"decoded cache skipped: {need / 2**30:.1f} GiB would not fit in memory; decoding per item")
+        return None
+    return {i: (read_rgb(p.clean), read_rgb(p.scan))
+            for i, p in _progress(list(enumerate(pairs)), "decoding into memory", enabled=progress)}
+
+
+def make_loader(dataset, batch_items, workers, device):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_items, shuffle=False, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True,
+        prefetch_factor=4 if workers else None)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints: one format, written atomically, loaded with weights_only=True
+# --------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "descanning-checkpoint-v1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, corrupt or not one of ours; the message says what to do."""
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    """torch.save through a temporary file: an interruption never replaces a good checkpoint."""
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load one of our checkpoints safely (weights_only=True) or raise CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}. Run notebook 03 (DnCNN) or 04 (attention) "
+                              "first, or set DESCAN_CHECKPOINT to an existing file.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}). Move it aside and train again (nothing was deleted).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        hint = " It looks like a bare state_dict." if isinstance(state, dict) and state and all(
+            isinstance(v, torch.Tensor) for v in state.values()) else ""
+        raise CheckpointError(f"{path} is not a descanning checkpoint (no '{CHECKPOINT_FORMAT}' "
+                              f"marker).{hint} Use a file written by notebook 03 or 04.")
+    return state
+
+
+def model_from_checkpoint(path_or_state, device="cpu") -> nn.Module:
+    """Rebuild the model from the file alone (name + constructor arguments + weights), in eval mode."""
+    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
+    if state.get("model_name") not in MODELS:
+        raise CheckpointError(f"checkpoint names model {state.get('model_name')!r}, which this version "
+                              f"of helpers.py does not know (known: {', '.join(sorted(MODELS))}).")
+    model = build_model(state["model_name"], **state["model_kwargs"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                   *np_state[2:]],
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+
+
+# --------------------------------------------------------------------------
+# The training engine shared by notebooks 03 and 04
+# --------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Every training knob. The defaults are the slides' DnCNN recipe."""
+    epochs: int = 10
+    crops_per_epoch: int = 64 * 400      # an epoch is a fixed number of crops, not a pass over images
+    batch_size: int = 64
+    patch: int = 128
+    crops_per_image: int = 8             # crops cut from each decoded pair
+    loss: str = "mse"                    # "mse" or "l1"
+    mean_y_weight: float = 0.0           # extra loss on each image's mean Y (what the metric sees)
+    optimizer: str = "adam"              # "adam" or "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"           # "constant" or "cosine" (with warm-up)
+    warmup_steps: int = 0
+    grad_clip: float = 0.0               # 0 = off
+    ema_decay: float = 0.0               # 0 = off; else validate and save the averaged weights
+    augment: bool = True                 # flips and 90-degree rotations
+    degrade_prob: float = 0.0            # degradation augmentation probability
+    budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
+    checkpoint_minutes: float = 5.0      # also save `last` this often inside an epoch
+    val_batch_size: int = 8
+    workers: int = -1                    # -1 = as many as the CPU allows (at most 4)
+    seed: int = 0
+
+
+# Fields that must match to resume a run; the others (epochs, budget, ...) may change between sessions.
+_RESUME_KEYS = ("crops_per_epoch", "batch_size", "patch", "crops_per_image", "seed")
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total_steps: int, seconds: float) -> float:
+    if cfg.schedule == "constant":
+        return 1.0
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    progress = step / max(1, total_steps)
+    if cfg.budget_minutes > 0:  # with a budget, the schedule ends when the budget does
+        progress = max(progress, seconds / (cfg.budget_minutes * 60))
+    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def degradation_augment(prob: float):
+    """Input-only augmentation: with probability ``prob`` degrade the scan crop further with a random
+    subset of the simulator's families (never the target). Returns a callable for CropDataset."""
+    families = ("bleed", "colour", "texture", "external", "internal")
+
+    def degrade(scan, clean, rng):
+        if rng.random() >= prob:
+            return scan
+        chosen = tuple(f for f in families if rng.random() < 0.5) or ("colour",)
+        return simulate_scan(scan, rng, families=chosen, strength=float(rng.uniform(0.3, 1.0)))
+    return degrade
+
+
+class Trainer:
+    """Train a registered model with validation, resumable checkpoints, AMP and a budget.
+
+    Files in ``run_dir``: last.pt (full state, for resuming), best.pt (the weights with the best
+    validation competition score), history.csv and history.png.
+    """
+
+    def __init__(self, model_name, model_kwargs, train_pairs, val_pairs, run_dir, cfg: TrainConfig,
+                 device=None, data_kind="real", extra_loss=None):
+        self.name, self.kwargs, self.cfg = model_name, dict(model_kwargs), cfg
+        self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs)
+        if not self.train_pairs or not self.val_pairs:
+            raise DataError(f"need training and validation pairs, got {len(self.train_pairs)} and "
+                            f"{len(self.val_pairs)}; check the split in notebook 01")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.data_kind, self.extra_loss = data_kind, extra_loss
+        self.k = max(1, min(cfg.crops_per_image, cfg.batch_size))
+        self.batch_items = max(1, cfg.batch_size // self.k)
+        self.items_per_epoch = max(self.batch_items, cfg.crops_per_epoch // self.k)
+        self.steps_per_epoch = self.items_per_epoch // self.batch_items
+        seed_everything(cfg.seed)
+        self.model = build_model(model_name, **model_kwargs).to(self.device)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = build_model(model_name, **model_kwargs).to(self.device)
+            self.ema.load_state_dict(self.model.state_dict())
+            self.ema.requires_grad_(False)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.amp = self.device.type == "cuda"
+        fp16 = self.amp and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.epoch = self.item = self.step = 0
+        self.seconds, self.best_score, self.history = 0.0, float("inf"), []
+        self._val_images = None
+
+    # ---- state -------------------------------------------------------------
+    def state(self) -> dict:
+        return {"kind": "last", "model_name": self.name, "model_kwargs": self.kwargs,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "item": self.item, "step": self.step, "seconds": self.seconds,
+                "best_score": self.best_score, "history": self.history, "config": asdict(self.cfg),
+                "data_kind": self.data_kind, "rng": _rng_state()}
+
+    def save_last(self):
+        save_checkpoint(self.state(), self.run_dir / "last.pt")
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = load_checkpoint(path)
+        old = state.get("config", {})
+        changed = [k for k in _RESUME_KEYS if old.get(k) != getattr(self.cfg, k)]
+        if state.get("model_name") != self.name or state.get("model_kwargs") != self.kwargs or changed:
+            raise CheckpointError(
+                f"{path} belongs to a different run (model {state.get('model_name')} {state.get('model_kwargs')}, "
+                f"settings {', '.join(changed) or 'same'} differ). Use another run name, or move that folder "
+                "aside to start over.")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
+        self.seconds, self.best_score = state["seconds"], state["best_score"]
+        self.history = list(state["history"])
+        _set_rng_state(state["rng"])
+        print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
+              f"{self.seconds / 60:.1f} min trained so far, best validation score {self.best_score:.4f}")
+        return True
+
+    # ---- pieces ---------------------------------------------------------------
+    def val_images(self):
+        if self._val_images is None:
+            self._val_images = [(read_rgb(p.scan), read_rgb(p.clean)) for p in
+                                _progress(self.val_pairs, "loading validation", enabled=True)]
+        return self._val_images
+
+    def validate(self) -> dict:
+        model = self.ema if self.ema is not None else self.model
+        return evaluate(model, self.val_images(), self.device, self.cfg.val_batch_size)
+
+    def loss_fn(self, out, target):
+        cfg = self.cfg
+        out = out.float()
+        loss = F.mse_loss(out, target) if cfg.loss == "mse" else F.l1_loss(out, target)
+        if cfg.mean_y_weight > 0:
+            w = torch.tensor([0.299, 0.587, 0.114], device=out.device).view(1, 3, 1, 1)
+            loss = loss + cfg.mean_y_weight * ((out - target) * w).sum(1).mean((1, 2)).abs().mean()
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(out, target)
+        return loss
+
+    def _budget_left(self) -> bool:
+        return self.cfg.budget_minutes <= 0 or self.seconds < self.cfg.budget_minutes * 60
+
+    def _done(self) -> bool:
+        return self.epoch >= self.cfg.epochs or not self._budget_left()
+
+    # ---- the loop ---------------------------------------------------------------
+    def fit(self, on_step=None) -> dict:
+        """Train until the epochs or the budget are used up, resuming from last.pt when present.
+
+        ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
+        Returns {'best_score', 'epochs', 'steps', 'minutes', 'best_path'}.
+        """
+        cfg = self.cfg
+        self.try_resume()
+        if self._done():
+            print(f"Nothing to train: {self.run_dir / 'last.pt'} has finished "
+                  f"{'its epochs' if self.epoch >= cfg.epochs else 'its time budget'}. Raise "
+                  "EPOCHS / DESCAN_TRAIN_MINUTES to continue it, or move the folder aside to start over.")
+            return self._result()
+        workers = cfg.workers if cfg.workers >= 0 else min(4, max(0, (os.cpu_count() or 1) - 1))
+        cache = build_cache(self.train_pairs) if workers == 0 or self.device.type == "cpu" else None
+        degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
+        dataset = CropDataset(self.train_pairs, cfg.patch, self.k, self.items_per_epoch, cfg.seed,
+                              cfg.augment, cache, degrade)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        last_save = time.time()
+        try:
+            while not self._done():
+                dataset.set_epoch(self.epoch, self.item)
+                loader = make_loader(dataset, self.batch_items, workers, self.device)
+                self.model.train()
+                loss_sum, n_loss = torch.zeros((), device=self.device), 0
+                bar = _progress(loader, f"epoch {self.epoch + 1}/{cfg.epochs}",
+                                total=self.steps_per_epoch - self.item // self.batch_items)
+                t_epoch, crops = time.time(), 0
+                t_last = time.time()
+                for scan, clean in bar:
+                    x = scan.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                    y = clean.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                    if self.device.type == "cuda":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = cfg.lr * _lr_factor(cfg, self.step, total_steps, self.seconds)
+                    with autocast(self.device):
+                        out = self.model(x)
+                    loss = self.loss_fn(out, y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    if cfg.grad_clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    if self.ema is not None:
+                        with torch.no_grad():
+                            for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+                                e.copy_(e * cfg.ema_decay + p * (1 - cfg.ema_decay)) if e.dtype.is_floating_point \
+                                    else e.copy_(p)
+                    loss_sum += loss.detach()
+                    n_loss += 1
+                    crops += x.shape[0]
+                    self.step += 1
+                    self.item += self.batch_items
+                    now = time.time()
+                    self.seconds += now - t_last
+                    t_last = now
+                    if self.step % 20 == 0 and hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
+                                        crops_s=f"{crops / (now - t_epoch):.0f}")
+                    if on_step is not None:
+                        on_step(self.step)
+                    if now - last_save >= cfg.checkpoint_minutes * 60:
+                        self.save_last()
+                        last_save = time.time()
+                    if not self._budget_left():
+                        break
+                epoch_finished = self.item >= self.steps_per_epoch * self.batch_items
+                self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
+                                epoch_finished)
+                last_save = time.time()
+        except KeyboardInterrupt:
+            self.save_last()
+            print(f"\nInterrupted: saved {self.run_dir / 'last.pt'} at step {self.step}. "
+                  "Run this cell again to resume.")
+            raise
+        return self._result()
+
+    def _end_epoch(self, train_loss, crops_per_s, finished):
+        val = self.validate()
+        row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
+               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+               "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"], "val_psnr": val["psnr"],
+               "crops_per_s": crops_per_s}
+        self.history.append(row)
+        improved = val["score"] < self.best_score
+        if improved:
+            self.best_score = val["score"]
+            model = self.ema if self.ema is not None else self.model
+            save_checkpoint({"kind": "best", "model_name": self.name, "model_kwargs": self.kwargs,
+                             "model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                             "val": val, "epoch": self.epoch + 1, "step": self.step,
+                             "config": asdict(self.cfg), "data_kind": self.data_kind},
+                            self.run_dir / "best.pt")
+        if finished:
+            self.epoch, self.item = self.epoch + 1, 0
+        self.save_last()
+        self.write_history()
+        print(f"epoch {row['epoch']}: train loss {train_loss:.5f} | val score {val['score']:.4f} "
+              f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB"
+              f"{' | saved best.pt' if improved else ''}")
+
+    def write_history(self):
+        import pandas as pd
+        df = pd.DataFrame(self.history)
+        with atomic_path(self.run_dir / "history.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        plot_history(df, self.run_dir / "history.png", title=f"{self.name} ({self.data_kind} data)")
+
+    def _result(self) -> dict:
+        return {"best_score": self.best_score, "epochs": self.epoch, "steps": self.step,
+                "minutes": self.seconds / 60, "best_path": self.run_dir / "best.pt",
+                "history": self.history}
+
+
+def plot_history(history, path=None, title=""):
+    """Training loss and validation metrics per epoch; saved to ``path`` when given."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    df = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, col, label in zip(axes, ("train_loss", "val_score", "val_psnr"),
+                              ("training loss", "validation score (lower is better)", "validation PSNR (dB)")):
+        if len(df):
+            ax.plot(df["epoch"], df[col], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Notebook data helpers: fetch the data, the manifest (the fixed split), per-image statistics
+# --------------------------------------------------------------------------
+
+MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
+
+
+def has_data(data) -> bool:
+    """True when ``data`` holds images in train/clean, train/scan and test/scan (not a full check)."""
+    data = Path(data)
+    return all((data / sub).is_dir() and bool(list_images(data / sub))
+               for sub in SPLITS.values())
+
+
+def download_data(data, demo=False) -> None:
+    """Run ``bash data_download.sh [--demo] DATA``, showing its output as it comes.
+
+    The script skips what is already complete. Raises DataError when it fails; its own message
+    (printed above) says what to do.
+    """
+    import subprocess
+    script = ROOT / "data_download.sh"
+    if not script.is_file():
+        raise DataError(f"{script} is missing; get the whole repository (git clone) and try again.")
+    cmd = ["bash", str(script)] + (["--demo"] if demo else []) + [str(data)]
+    env = dict(os.environ, PYTHON=sys.executable)  # the script runs helpers.py with this Python
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    while chunk := proc.stdout.read1(4096):
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+    if proc.wait() != 0:
+        raise DataError(f"`{' '.join(cmd)}` failed (exit status {proc.returncode}); "
+                        "its message above says why and what to do.")
+
+
+def warn_if_demo(data) -> str:
+    """Return data_label(data); outside smoke mode, print a loud warning when the data is the demo set."""
+    if dataset_kind(data) == "demo" and not smoke_mode():
+        bar = "!" * 78
+        print(f"{bar}\n!! WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.\n"
+              "!! Every number and figure below describes the demo set. For the real data run\n"
+              f"!! notebook 01 in full mode (or `bash data_download.sh`) and point DESCAN_DATA at it.\n{bar}")
+    return data_label(data)
+
+
+def title_of(name: str) -> str:
+    """The magazine title of an image name: 'BookOfMaking.00012.02' -> 'BookOfMaking'."""
+    return name.split(".")[0]
+
+
+def make_manifest(data, val_fraction=0.1, seed=0):
+    """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
+    clean and scan paths relative to ``data`` (POSIX style), and split ('train' | 'val', by page,
+    from split_names). Sorted by name."""
+    import pandas as pd
+    data = Path(data)
+    pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
+    split = split_names([p.name for p in pairs], val_fraction=val_fraction, seed=seed)
+    return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
+                          "clean": p.clean.relative_to(data).as_posix(),
+                          "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name]}
+                         for p in pairs], columns=list(MANIFEST_COLUMNS))
+
+
+def read_manifest(path):
+    """Read the manifest CSV written by notebook 01; DataError when it is missing or malformed."""
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no manifest at {path}. Run notebook 01 first (it writes the manifest), "
+                        "or set DESCAN_WORKSPACE to the workspace that holds it.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing or df.empty or not set(df["split"]) <= {"train", "val"}:
+        raise DataError(f"{path} is not a manifest made by notebook 01 (missing columns {missing}, "
+                        "no rows, or unknown split names). Run notebook 01 again.")
+    return df
+
+
+def manifest_pairs(manifest, data, split=None) -> list[Pair]:
+    """The Pairs of a manifest (optionally of one split), with paths under ``data``.
+
+    Raises DataError naming examples when files are missing (data moved or not downloaded)."""
+    data = Path(data)
+    rows = manifest if split is None else manifest[manifest["split"] == split]
+    pairs = [Pair(r.name, data / r.clean, data / r.scan) for r in rows.itertuples(index=False)]
+    missing = [p.clean for p in pairs if not p.clean.is_file()] + [p.scan for p in pairs if not p.scan.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} files of the manifest are not in {data}: {_examples(missing)}. "
+                        "Run notebook 01 again (it downloads the data and rewrites the manifest).")
+    return pairs
+
+
+def sample_items(items, n: int, seed: int = 0) -> list:
+    """A deterministic random subset of ``n`` items, kept in their original order; n <= 0 or
+    n >= len(items) returns all of them."""
+    items = list(items)
+    if n <= 0 or n >= len(items):
+        return items
+    keep = np.random.default_rng(seed).choice(len(items), size=n, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
+def pair_stats(pairs, progress=True):
+    """Per-pair statistics of the scans against the clean images, as a pandas DataFrame: name,
+    title, mean_y_clean, mean_y_scan, abs_mean_y_diff (what the metric sees), pixel_y_mae, psnr."""
+    import pandas as pd
+    rows = []
+    for p in _progress(pairs, "per-image statistics", enabled=progress):
+        m = image_metrics(read_rgb(p.scan), read_rgb(p.clean))
+        rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
+                     "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
+                     "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
+    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan", "abs_mean_y_diff",
+                                       "pixel_y_mae", "psnr"])
+
+
+# --------------------------------------------------------------------------
+# Plots: image grids with zoomed crops, error maps, histograms, the mean-Y scatter
+# --------------------------------------------------------------------------
+
+def zoom_box(clean: np.ndarray, scan: np.ndarray, size: int) -> tuple[int, int, int]:
+    """(top, left, size) of the size x size window where the scan adds the most fine detail that
+    the clean image lacks (halftone dots, grain, dust): a good place to zoom in. Deterministic."""
+    def fine(img):
+        y = y_channel(img).astype(np.float32)
+        return np.abs(y - cv2.GaussianBlur(y, (0, 0), 2.0))
+    h, w = clean.shape[:2]
+    size = min(size, h, w)
+    gain = cv2.boxFilter(fine(scan) - fine(clean), -1, (size, size), borderType=cv2.BORDER_CONSTANT)
+    r = size // 2  # keep the whole window inside the image
+    inner = gain[r:h - size + r + 1, r:w - size + r + 1]
+    top, left = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    return int(top), int(left), size
+
+
+def show_pairs(rows, titles=None, zoom=None, suptitle=None, cell=3.0):
+    """Show a grid of RGB images, one list of images per row (e.g. [clean, scan] or
+    [clean, scan, restored]), with ``titles`` of the same shape.
+
+    ``zoom``: None; an int size (the box is chosen per row by zoom_box from the row's first two
+    images); or a list with one (top, left, size) per row. Each image then gets a neighbour column
+    with its crop, enlarged with nearest-neighbour pixels, and a box marks the crop. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    rows = [list(r) for r in rows]
+    ncols = max(len(r) for r in rows) * (2 if zoom is not None else 1)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols, cell * len(rows)), squeeze=False)
+    for i, images in enumerate(rows):
+        box = None
+        if zoom is not None:
+            box = zoom_box(images[0], images[min(1, len(images) - 1)], zoom) if isinstance(zoom, int) else zoom[i]
+        for j, img in enumerate(images):
+            label = titles[i][j] if titles is not None else ""
+            ax = axes[i, j * 2 if box else j]
+            ax.imshow(img)
+            ax.set_title(label, fontsize=9)
+            if box:
+                top, left, size = box
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec="yellow", lw=1.5))
+                zax = axes[i, j * 2 + 1]
+                zax.imshow(img[top:top + size, left:left + size], interpolation="nearest")
+                zax.set_title(f"zoom ({size} px)", fontsize=9)
+                for spine in zax.spines.values():
+                    spine.set_edgecolor("yellow")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        if not ax.images:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_error_maps(rows, suptitle=None, cell=3.0):
+    """One row per (label, clean, other) triple: the clean image, the other image (a scan or a
+    restoration), the signed difference other - clean (mean over R, G, B: red = darker than clean,
+    blue = lighter) and the Y error |Y(other) - Y(clean)| that the metric is built on. Colour scales are
+    shared by all rows so they can be compared. Returns the figure."""
+    import matplotlib.pyplot as plt
+    signed = [other.astype(np.float32).mean(axis=2) - clean.astype(np.float32).mean(axis=2)
+              for _, clean, other in rows]
+    yerr = [np.abs(y_channel(other).astype(np.int16) - y_channel(clean)) for _, clean, other in rows]
+    lim = max(1.0, max(float(np.percentile(np.abs(s), 95)) for s in signed))
+    top = max(1.0, max(float(np.percentile(e, 99)) for e in yerr))
+    fig, axes = plt.subplots(len(rows), 4, figsize=(cell * 4 + 1, cell * len(rows)), squeeze=False)
+    for i, (label, clean, other) in enumerate(rows):
+        my_c, my_o = mean_y(clean), mean_y(other)
+        axes[i, 0].imshow(clean)
+        axes[i, 0].set_title(f"clean (mean Y {my_c:.1f})", fontsize=9)
+        axes[i, 1].imshow(other)
+        axes[i, 1].set_title(f"{label} (mean Y {my_o:.1f}, |diff| {abs(my_o - my_c):.1f})", fontsize=9)
+        im = axes[i, 2].imshow(signed[i], cmap="RdBu", vmin=-lim, vmax=lim)
+        axes[i, 2].set_title(f"{label} - clean (RGB mean)", fontsize=9)
+        fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.02)
+        im = axes[i, 3].imshow(yerr[i], cmap="magma", vmin=0, vmax=top)
+        axes[i, 3].set_title(f"|Y error|, pixel mean {yerr[i].mean():.1f}", fontsize=9)
+        fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_colour_histograms(groups, suptitle=None):
+    """Histograms of R, G and B (fraction of pixels per value, log scale) for each group of images,
+    e.g. {"clean": cleans, "scan": scans}. Returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
+    styles = ["-", "--", ":", "-."]
+    for k, (label, images) in enumerate(groups.items()):
+        hist = np.zeros((3, 256))
+        for img in images:
+            _check_image(img)
+            for c in range(3):
+                hist[c] += np.bincount(img[..., c].ravel(), minlength=256)
+        hist /= max(1.0, hist[0].sum())
+        for c, (ax, colour) in enumerate(zip(axes, ("red", "green", "blue"))):
+            ax.plot(hist[c], color=colour, ls=styles[k % len(styles)], lw=1.2, label=label)
+    for ax, name in zip(axes, ("R", "G", "B")):
+        ax.set_yscale("log")
+        ax.set_xlim(0, 255)
+        ax.set_xlabel(f"{name} value")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("fraction of pixels")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_mean_y_scatter(df, x="mean_y_clean", y="mean_y_scan", hue="title", title=None):
+    """Scatter of each image's mean Y (``y`` column) against the clean image's (``x``), one colour
+    per ``hue`` value, with the line y = x: the metric is the mean vertical distance to it.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    groups = df.groupby(hue, sort=True) if hue else [("", df)]
+    for key, g in groups:
+        ax.scatter(g[x], g[y], s=10, alpha=0.6, label=str(key) if hue else None)
+    lo = float(min(df[x].min(), df[y].min())) - 2
+    hi = float(max(df[x].max(), df[y].max())) + 2
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (perfect)")
+    ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{x} (0..255)"), ax.set_ylabel(f"{y} (0..255)")
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------

@@ -835,6 +835,14 @@ class DnCNN(nn.Module):
         return (z - self.body(z)) * self.std + self.mean
 
 
+class Identity(nn.Module):
+    """Gives back its input: the "do nothing" baseline, scored through the same code path."""
+    pad_multiple = 1
+
+    def forward(self, x):
+        return x
+
+
 MODELS = {"dncnn": DnCNN}
 
 
@@ -923,7 +931,7 @@ def restore(model: nn.Module, images, device=None, batch_size=8, ensemble=False,
     images with mixed precision on CUDA, cropped back and rounded. ``ensemble=True`` averages the
     8 flips/rotations (x8 self-ensemble).
     """
-    device = device or next(model.parameters()).device
+    device = device or next(model.parameters(), torch.zeros(0)).device
     was_training = model.training
     model.eval()
     multiple = getattr(model, "pad_multiple", 1)
@@ -1152,7 +1160,7 @@ class TrainConfig:
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
     checkpoint_minutes: float = 5.0      # also save `last` this often inside an epoch
     val_batch_size: int = 8
-    workers: int = -1                    # -1 = as many as the CPU allows (at most 4)
+    workers: int = -1                    # -1 = automatic: none on a CPU, up to 4 beside a GPU
     seed: int = 0
 
 
@@ -1302,7 +1310,8 @@ class Trainer:
                   f"{'its epochs' if self.epoch >= cfg.epochs else 'its time budget'}. Raise "
                   "EPOCHS / DESCAN_TRAIN_MINUTES to continue it, or move the folder aside to start over.")
             return self._result()
-        workers = cfg.workers if cfg.workers >= 0 else min(4, max(0, (os.cpu_count() or 1) - 1))
+        # On a CPU the model needs every core and the decoded cache makes loading cheap: no workers.
+        workers = cfg.workers if cfg.workers >= 0 else (0 if self.device.type == "cpu" else min(4, os.cpu_count() or 1))
         cache = build_cache(self.train_pairs) if workers == 0 or self.device.type == "cpu" else None
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, self.k, self.items_per_epoch, cfg.seed,
@@ -1522,6 +1531,23 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
     return pairs
 
 
+def load_split(data, workspace):
+    """(train_pairs, val_pairs) from the manifest that notebook 01 saved in the workspace.
+
+    In smoke mode a missing demo set and manifest are made on the spot, so any notebook runs alone.
+    """
+    manifest_path = Path(workspace) / "manifest.csv"
+    if smoke_mode() and not manifest_path.is_file():
+        if not has_data(data):
+            print(f"smoke mode: generating the DEMO DATA in {data}")
+            make_demo_dataset(data, progress=False)
+        manifest = make_manifest(data)
+        with atomic_path(manifest_path) as tmp:
+            manifest.to_csv(tmp, index=False)
+    manifest = read_manifest(manifest_path)
+    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
+
+
 def sample_items(items, n: int, seed: int = 0) -> list:
     """A deterministic random subset of ``n`` items, kept in their original order; n <= 0 or
     n >= len(items) returns all of them."""
@@ -1620,14 +1646,14 @@ def show_error_maps(rows, suptitle=None, cell=3.0):
     for i, (label, clean, other) in enumerate(rows):
         my_c, my_o = mean_y(clean), mean_y(other)
         axes[i, 0].imshow(clean)
-        axes[i, 0].set_title(f"clean (mean Y {my_c:.1f})", fontsize=9)
+        axes[i, 0].set_title(f"clean\nmean Y {my_c:.1f}", fontsize=9)
         axes[i, 1].imshow(other)
-        axes[i, 1].set_title(f"{label} (mean Y {my_o:.1f}, |diff| {abs(my_o - my_c):.1f})", fontsize=9)
+        axes[i, 1].set_title(f"{label}\nmean Y {my_o:.1f}, |diff| {abs(my_o - my_c):.1f}", fontsize=9)
         im = axes[i, 2].imshow(signed[i], cmap="RdBu", vmin=-lim, vmax=lim)
-        axes[i, 2].set_title(f"{label} - clean (RGB mean)", fontsize=9)
+        axes[i, 2].set_title("difference (RGB mean)\nred: darker, blue: lighter", fontsize=9)
         fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.02)
         im = axes[i, 3].imshow(yerr[i], cmap="magma", vmin=0, vmax=top)
-        axes[i, 3].set_title(f"|Y error|, pixel mean {yerr[i].mean():.1f}", fontsize=9)
+        axes[i, 3].set_title(f"|Y error|\npixel mean {yerr[i].mean():.1f}", fontsize=9)
         fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
@@ -1639,7 +1665,8 @@ def show_error_maps(rows, suptitle=None, cell=3.0):
 
 def show_colour_histograms(groups, suptitle=None):
     """Histograms of R, G and B (fraction of pixels per value, log scale) for each group of images,
-    e.g. {"clean": cleans, "scan": scans}. Returns the figure."""
+    e.g. {"clean": cleans, "scan": scans}; the first group (the reference) is drawn thin and light.
+    Returns the figure."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
     styles = ["-", "--", ":", "-."]
@@ -1651,7 +1678,8 @@ def show_colour_histograms(groups, suptitle=None):
                 hist[c] += np.bincount(img[..., c].ravel(), minlength=256)
         hist /= max(1.0, hist[0].sum())
         for c, (ax, colour) in enumerate(zip(axes, ("red", "green", "blue"))):
-            ax.plot(hist[c], color=colour, ls=styles[k % len(styles)], lw=1.2, label=label)
+            ax.plot(hist[c], color=colour, ls=styles[k % len(styles)], lw=0.8 if k == 0 else 1.8,
+                    alpha=0.55 if k == 0 else 1.0, label=label)
     for ax, name in zip(axes, ("R", "G", "B")):
         ax.set_yscale("log")
         ax.set_xlim(0, 255)
@@ -1669,7 +1697,7 @@ def show_mean_y_scatter(df, x="mean_y_clean", y="mean_y_scan", hue="title", titl
     per ``hue`` value, with the line y = x: the metric is the mean vertical distance to it.
     Returns the figure."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+    fig, ax = plt.subplots(figsize=(6, 5.8))
     groups = df.groupby(hue, sort=True) if hue else [("", df)]
     for key, g in groups:
         ax.scatter(g[x], g[y], s=10, alpha=0.6, label=str(key) if hue else None)

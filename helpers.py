@@ -843,7 +843,95 @@ class Identity(nn.Module):
         return x
 
 
-MODELS = {"dncnn": DnCNN}
+class LayerNorm2d(nn.Module):
+    """Layer norm over the channels of every pixel (as in NAFNet), for (N, C, H, W) tensors."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias)
+        return x.permute(0, 3, 1, 2)
+
+
+class AttnBlock(nn.Module):
+    """A NAFNet block: depth-wise conv, a gate, and simplified channel attention (SCA: global
+    average pool -> 1x1 conv -> per-channel scale), then a gated feed-forward; both residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.norm2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.expand = nn.Conv2d(c, 2 * c, 1)
+        self.dw = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.project = nn.Conv2d(c, c, 1)
+        self.ffn_in, self.ffn_out = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(c, c, 1)
+        self.beta, self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1)), nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        a, b = self.dw(self.expand(self.norm1(x))).chunk(2, dim=1)
+        y = a * b
+        x = x + self.beta * self.project(y * self.sca(y))
+        a, b = self.ffn_in(self.norm2(x)).chunk(2, dim=1)
+        return x + self.gamma * self.ffn_out(a * b)
+
+
+class AttentionUNet(nn.Module):
+    """A small NAFNet-style U-Net with channel attention, plus a global colour path.
+
+    Local path: encoder levels (``enc_blocks`` blocks each, width doubling), ``mid_blocks`` at the
+    bottom, decoder levels with skip connections; it predicts a residual. Global path: the mean
+    and standard deviation of the bottom features predict a 3x3 colour matrix and an offset that
+    are applied to the whole input image (identity at initialisation), so global fading and
+    colour casts (the error the metric sees) are corrected by a few numbers per image. Any input
+    size works: restore() pads to ``pad_multiple``.
+    """
+
+    def __init__(self, width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True):
+        super().__init__()
+        enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)
+        self.pad_multiple = 2 ** len(enc_blocks)
+        self.intro = nn.Conv2d(3, width, 3, padding=1)
+        self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
+        c = width
+        for n in enc_blocks:
+            self.encoders.append(nn.Sequential(*[AttnBlock(c) for _ in range(n)]))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = nn.Sequential(*[AttnBlock(c) for _ in range(mid_blocks)])
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*[AttnBlock(c) for _ in range(n)]))
+        self.outro = nn.Conv2d(width, 3, 3, padding=1)
+        self.colour = None
+        if colour_path:
+            bottom = width * 2 ** len(enc_blocks)
+            self.colour = nn.Sequential(nn.Linear(2 * bottom + 6, 64), nn.GELU(), nn.Linear(64, 12))
+            nn.init.zeros_(self.colour[-1].weight)
+            nn.init.zeros_(self.colour[-1].bias)
+
+    def forward(self, x):
+        feat, skips = self.intro(x), []
+        for enc, down in zip(self.encoders, self.downs):
+            feat = enc(feat)
+            skips.append(feat)
+            feat = down(feat)
+        feat = self.middle(feat)
+        bottom = feat
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+            feat = dec(up(feat) + skip)
+        base = x
+        if self.colour is not None:
+            stats = torch.cat([bottom.mean((2, 3)), bottom.std((2, 3)), x.mean((2, 3)), x.std((2, 3))], 1)
+            p = self.colour(stats.float())
+            matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
+            base = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
+        return base + self.outro(feat)
+
+
+MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -1189,6 +1277,29 @@ def degradation_augment(prob: float):
         chosen = tuple(f for f in families if rng.random() < 0.5) or ("colour",)
         return simulate_scan(scan, rng, families=chosen, strength=float(rng.uniform(0.3, 1.0)))
     return degrade
+
+
+def perceptual_loss(weight: float, device="cpu"):
+    """``weight`` x L1 distance between VGG16 feature maps (up to relu2_2) of output and target.
+
+    The VGG16 weights are ImageNet classification weights (a loss network, not a restoration
+    model). They download once; when they cannot be loaded (offline), this prints one message and
+    returns None, and training goes on without the term.
+    """
+    try:
+        from torchvision.models import VGG16_Weights, vgg16
+        vgg = vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features[:9]
+    except Exception as e:  # no network, no cache, or a broken download
+        print(f"Perceptual loss skipped: the VGG16 weights could not be loaded ({type(e).__name__}: "
+              f"{str(e)[:120]}). Training goes on with the other loss terms.")
+        return None
+    vgg = vgg.to(device).eval().requires_grad_(False)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+
+    def loss(out, target):
+        return weight * F.l1_loss(vgg((out - mean) / std), vgg((target - mean) / std))
+    return loss
 
 
 class Trainer:

@@ -767,7 +767,7 @@ def simulate_scan(clean: np.ndarray, rng: np.random.Generator, back: np.ndarray 
 DEMO_TITLES = ("DemoMaking", "DemoHack", "DemoFrame", "DemoMag")
 
 
-def make_demo_dataset(root, train_pages=24, test_pages=4, crops_per_page=2, crop=256, seed=0,
+def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop=256, seed=0,
                       progress=True) -> dict:
     """Generate the synthetic demo set in the competition's layout, deterministically from ``seed``.
 
@@ -794,7 +794,8 @@ def make_demo_dataset(root, train_pages=24, test_pages=4, crops_per_page=2, crop
         title = DEMO_TITLES[i % len(DEMO_TITLES)]
         for c in range(crops_per_page):
             y, x = rng.integers(0, page_size - crop + 1, 2)
-            name = f"{title}.{i:05d}.{c + 1:02d}"
+            page = i if split == "train" else train_pages + i  # test pages are other pages
+            name = f"{title}.{page:05d}.{c + 1:02d}"
             win = (slice(y, y + crop), slice(x, x + crop))
             if split == "train":
                 write_png(root / SPLITS["train_clean"] / f"{name}.png", clean[win])
@@ -924,7 +925,8 @@ class AttentionUNet(nn.Module):
             feat = dec(up(feat) + skip)
         base = x
         if self.colour is not None:
-            stats = torch.cat([bottom.mean((2, 3)), bottom.std((2, 3)), x.mean((2, 3)), x.std((2, 3))], 1)
+            stats = torch.cat([bottom.mean((2, 3)), bottom.std((2, 3), correction=0),
+                               x.mean((2, 3)), x.std((2, 3), correction=0)], 1)
             p = self.colour(stats.float())
             matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
             base = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
@@ -1349,7 +1351,12 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "item": self.item, "step": self.step, "seconds": self.seconds,
                 "best_score": self.best_score, "history": self.history, "config": asdict(self.cfg),
-                "data_kind": self.data_kind, "rng": _rng_state()}
+                "data_kind": self.data_kind, "data_id": self.data_id(), "rng": _rng_state()}
+
+    def data_id(self) -> str:
+        """A fingerprint of the split: resuming on other training or validation pairs is refused."""
+        names = [p.name for p in self.train_pairs] + ["|"] + [p.name for p in self.val_pairs]
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
     def save_last(self):
         save_checkpoint(self.state(), self.run_dir / "last.pt")
@@ -1361,6 +1368,8 @@ class Trainer:
         state = load_checkpoint(path)
         old = state.get("config", {})
         changed = [k for k in _RESUME_KEYS if old.get(k) != getattr(self.cfg, k)]
+        if state.get("data_id") != self.data_id():
+            changed.append("training/validation pairs")
         if state.get("model_name") != self.name or state.get("model_kwargs") != self.kwargs or changed:
             raise CheckpointError(
                 f"{path} belongs to a different run (model {state.get('model_name')} {state.get('model_kwargs')}, "
@@ -1684,6 +1693,220 @@ def pair_stats(pairs, progress=True):
 
 
 # --------------------------------------------------------------------------
+# Submission: pick a checkpoint, restore a folder to PNGs, write the CSV, a local leaderboard
+# --------------------------------------------------------------------------
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no switch from the environment: 1/true/yes/on or 0/false/no/off; unset or empty = default."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} is not a switch; use 1 or 0")
+
+
+_RUN_FIRST = "Run notebook 03 (DnCNN) or 04 (attention) first, or set DESCAN_CHECKPOINT to a checkpoint file."
+
+
+def _checkpoint_entry(path) -> dict:
+    """What find_checkpoints reports about one file; 'error' says why it cannot be used (else None)."""
+    path = Path(path)
+    entry = {"run": path.parent.name, "path": path, "model_name": None, "data_kind": None,
+             "val_score": math.inf, "epoch": None, "error": None}
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        entry["error"] = str(e)
+        return entry
+    score = (state.get("val") or {}).get("score", math.inf)
+    entry.update(model_name=state.get("model_name"), data_kind=state.get("data_kind"), epoch=state.get("epoch"),
+                 val_score=float(score) if score is not None and math.isfinite(float(score)) else math.inf)
+    if entry["model_name"] not in MODELS:
+        entry["error"] = (f"{path} names model {entry['model_name']!r}, which this version of helpers.py does "
+                          f"not know (known: {', '.join(sorted(MODELS))}). Update helpers.py or train again.")
+    return entry
+
+
+def find_checkpoints(workspace) -> list[dict]:
+    """Every WORKSPACE/runs/*/best.pt, best recorded validation score first.
+
+    One dict per file: run (its folder's name), path, model_name, data_kind ('demo' | 'real'),
+    val_score (the validation competition score saved with it, ``state["val"]["score"]``; inf when
+    it has none), epoch, and error: None, or why the file cannot be used (unreadable, unknown
+    model). Unusable files come last and are never chosen automatically.
+    """
+    entries = [_checkpoint_entry(p) for p in sorted(Path(workspace).glob("runs/*/best.pt"))]
+    return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
+
+
+def choose_checkpoint(workspace, wanted=None) -> dict:
+    """The checkpoint to submit with: a find_checkpoints entry plus 'reason' (why this one).
+
+    ``wanted`` (notebook 05 passes $DESCAN_CHECKPOINT): None or "" = the lowest recorded validation
+    score under WORKSPACE/runs; a path to a .pt file or to a run folder holding best.pt; or a name,
+    matched first against run folders ('dncnn' -> runs/dncnn/best.pt), then against the model
+    name saved in the checkpoints (the best score among them). Raises CheckpointError saying what
+    to run when nothing fits.
+    """
+    runs = Path(workspace) / "runs"
+    wanted = str(wanted).strip() if wanted is not None else ""
+    found = find_checkpoints(workspace)
+    usable = [e for e in found if e["error"] is None]
+    if not wanted:
+        if not usable:
+            broken = "".join(f" Unusable: {e['error']}" for e in found)
+            raise CheckpointError(f"no usable checkpoint under {runs}/*/best.pt.{broken} {_RUN_FIRST}")
+        reason = (f"lowest recorded validation score of the {len(usable)} checkpoints under {runs}"
+                  if len(usable) > 1 else f"the only checkpoint under {runs}")
+        return {**usable[0], "reason": reason}
+    path = Path(wanted).expanduser()
+    if "/" in wanted or os.sep in wanted or path.suffix in (".pt", ".pth") or path.is_file():
+        entry = _checkpoint_entry(path / "best.pt" if path.is_dir() else path)
+        if entry["error"]:
+            raise CheckpointError(entry["error"])
+        return {**entry, "reason": f"asked for by path (DESCAN_CHECKPOINT={wanted})"}
+    matches = [e for e in found if e["run"] == wanted] or [e for e in found if e["model_name"] == wanted]
+    if not matches:
+        have = ", ".join(f"{e['run']} ({e['model_name']})" for e in found) or "none"
+        raise CheckpointError(f"no checkpoint named {wanted!r} under {runs} (run folders and model names "
+                              f"found: {have}). {_RUN_FIRST}")
+    good = [e for e in matches if e["error"] is None]
+    if not good:
+        raise CheckpointError(matches[0]["error"])
+    how = "run folder" if good[0]["run"] == wanted else "model name"
+    return {**good[0], "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
+
+
+def restore_folder(model, scan_paths, out_dir, device=None, batch_size=8, ensemble=False, progress=True,
+                   chunk=None) -> list[Path]:
+    """Restore every scan at full resolution and save out_dir/<stem>.png, as the scorer expects.
+
+    The PNG's name is the scan's file name with its extension replaced by ``.png``
+    ('BookOfMaking.00012.02.tif' -> 'BookOfMaking.00012.02.png'); images of any size keep it.
+    Scans are read, restored by restore() (x8 self-ensemble when ``ensemble``) and written
+    atomically ``chunk`` images at a time (default: 4 batches), so memory stays bounded.
+    ``out_dir`` belongs to this function: the PNGs already in it are deleted first, so it never
+    mixes two runs, and an interrupted run leaves missing files that make_submission refuses.
+    Returns the written paths, in the order of ``scan_paths``.
+    """
+    scan_paths = [Path(p) for p in scan_paths]
+    out_dir = Path(out_dir)
+    if not scan_paths:
+        raise DataError("no scans to restore")
+    _by_stem(scan_paths, "the scans to restore")  # two scans may not share a name
+    if any(p.parent.resolve() == out_dir.resolve() for p in scan_paths):
+        raise DataError(f"{out_dir} holds the scans themselves; restore into another folder")
+    targets = [out_dir / f"{p.stem}.png" for p in scan_paths]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    chunk = max(1, chunk or 4 * batch_size)
+    bar = None
+    if progress:
+        with contextlib.suppress(ImportError):
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(scan_paths), desc=f"restoring{' (x8)' if ensemble else ''}", unit="img",
+                       leave=False)
+    for i in range(0, len(scan_paths), chunk):
+        images = [read_rgb(p) for p in scan_paths[i:i + chunk]]
+        for target, img in zip(targets[i:i + chunk], restore(model, images, device, batch_size, ensemble)):
+            write_png(target, img)
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    return targets
+
+
+def make_submission(restored_dir, test_scan_dir, csv_path):
+    """Write the submission CSV from the restored PNGs and return it as a pandas DataFrame.
+
+    Rows come from the saved uint8 PNGs exactly as the course's scorer computes them
+    (submission_rows: cv2.imread, COLOR_BGR2YUV, mean of channel 0); they must be one per test
+    scan (ids = the test files' names without extension), finite and in [0, 255], else ValueError
+    and no file is written. The CSV replaces any previous one atomically and is read back.
+    """
+    import pandas as pd
+    test = list_images(test_scan_dir)
+    if not test:
+        raise DataError(f"no test scans in {test_scan_dir}; run notebook 01 first")
+    expected = sorted(_by_stem(test, test_scan_dir))
+    write_submission(submission_rows(restored_dir), csv_path, expected)
+    return pd.DataFrame(read_submission(csv_path, expected), columns=list(CSV_HEADER))
+
+
+def score_restored(restored_dir, pairs) -> dict:
+    """Score restored validation PNGs against the clean images of ``pairs``, as the leaderboard would.
+
+    Each PNG's value is its CSV row (submission_rows); the clean image's is computed the same way
+    (csv_mean_y), in sorted name order like ``python helpers.py score``, so both give the same
+    number. The folder must hold exactly one PNG per pair (ValueError otherwise). Also returns
+    the pixel Y MAE and PSNR of the PNGs (diagnostics the leaderboard ignores).
+    """
+    rows = submission_rows(restored_dir)
+    by_name = {p.name: p for p in pairs}
+    validate_submission(rows, list(by_name))
+    names = sorted(by_name)
+    pred = dict(rows)
+    per = [(read_rgb(Path(restored_dir) / f"{n}.png"), read_rgb(by_name[n].clean)) for n in names]
+    return {"images": len(names),
+            "score": competition_score([pred[n] for n in names], [csv_mean_y(by_name[n].clean) for n in names]),
+            "pixel_y_mae": float(np.mean([pixel_y_mae(r, c) for r, c in per])),
+            "psnr": float(np.mean([min(psnr(r, c), 100.0) for r, c in per]))}
+
+
+def local_leaderboard(models, pairs, out_root, device=None, batch_size=8, ensembles=(False, True),
+                      progress=True):
+    """A validation estimate of the leaderboard, through the submission's own code path.
+
+    For every {entry name: model} and every value in ``ensembles``: restore_folder writes the
+    validation scans as PNGs to out_root/<entry>[_x8]/, and score_restored scores those files
+    against the clean images. Models without parameters (the "do nothing" Identity) get no x8
+    row: flipping an identity changes nothing. Returns a pandas DataFrame, best score first, with
+    columns entry, ensemble, images, score, pixel_y_mae, psnr, seconds, folder.
+    """
+    import pandas as pd
+    scans = [p.scan for p in pairs]
+    rows = []
+    for name, model in models.items():
+        for ens in ensembles:
+            if ens and next(model.parameters(), None) is None:
+                continue
+            folder = Path(out_root) / (re.sub(r"[^\w.-]+", "_", name) + ("_x8" if ens else ""))
+            t0 = time.time()
+            restore_folder(model, scans, folder, device, batch_size, ens, progress)
+            seconds = time.time() - t0
+            rows.append({"entry": name, "ensemble": bool(ens), **score_restored(folder, pairs),
+                         "seconds": round(seconds, 1), "folder": folder})
+    return pd.DataFrame(rows).sort_values(["score", "entry"], kind="stable").reset_index(drop=True)
+
+
+def plot_leaderboard(board, baseline="do nothing", title=None):
+    """Horizontal bars of a local_leaderboard table (best at the top), the ``baseline`` entry in grey
+    with a dashed line at its score. Returns the figure."""
+    import matplotlib.pyplot as plt
+    board = board.sort_values("score", ascending=False, kind="stable")
+    labels = [f"{e} (x8)" if x else e for e, x in zip(board["entry"], board["ensemble"])]
+    colours = ["0.6" if e == baseline else ("tab:orange" if x else "tab:blue")
+               for e, x in zip(board["entry"], board["ensemble"])]
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(board)))
+    ax.barh(labels, board["score"], color=colours)
+    for y, v in enumerate(board["score"]):
+        ax.text(v, y, f" {v:.3f}", va="center", fontsize=9)
+    base = board.loc[board["entry"] == baseline, "score"]
+    if len(base):
+        ax.axvline(float(base.iloc[0]), color="0.4", ls="--", lw=1)
+    ax.set_xlim(0, float(board["score"].max()) * 1.2 + 1e-9)
+    ax.set_xlabel("validation score: mean |mean Y(restored) - mean Y(clean)| (lower is better)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# --------------------------------------------------------------------------
 # Plots: image grids with zoomed crops, error maps, histograms, the mean-Y scatter
 # --------------------------------------------------------------------------
 
@@ -1836,7 +2059,7 @@ def _cli(argv=None) -> int:
     p.add_argument("pred_dir"), p.add_argument("clean_dir")
     p = sub.add_parser("demo", help="generate the synthetic demo dataset")
     p.add_argument("data_dir")
-    p.add_argument("--train-pages", type=int, default=env_int("DESCAN_DEMO_PAGES", 24))
+    p.add_argument("--train-pages", type=int, default=env_int("DESCAN_DEMO_PAGES", 40))
     p.add_argument("--test-pages", type=int, default=env_int("DESCAN_DEMO_TEST_PAGES", 4))
     p.add_argument("--crops-per-page", type=int, default=2)
     p.add_argument("--size", type=int, default=env_int("DESCAN_DEMO_SIZE", 256))

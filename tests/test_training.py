@@ -63,8 +63,14 @@ def test_resume_refuses_a_different_run(demo_pairs, tmp_path):
     train, val = demo_pairs
     helpers.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1), device="cpu").fit()
     other = helpers.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(patch=24), device="cpu")
-    with pytest.raises(helpers.CheckpointError, match="different run"):
+    with pytest.raises(helpers.CheckpointError, match="different run.*patch"):
         other.fit()
+    other_split = helpers.Trainer("dncnn", TINY, train[1:], val, tmp_path, tiny_cfg(), device="cpu")
+    with pytest.raises(helpers.CheckpointError, match="different run.*training/validation pairs"):
+        other_split.fit()
+    wider = helpers.Trainer("dncnn", {**TINY, "width": 9}, train, val, tmp_path, tiny_cfg(), device="cpu")
+    with pytest.raises(helpers.CheckpointError, match="different run"):
+        wider.fit()
 
 
 def test_budget_stops_training_and_still_validates(demo_pairs, tmp_path):
@@ -189,3 +195,55 @@ def test_degradation_augmentation_changes_inputs_not_targets(demo_pairs):
     (s0, c0), (s1, c1) = plain[1], degraded[1]
     assert torch.equal(c0, c1)
     assert not torch.equal(s0, s1)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (65, 31)])
+def test_attention_model_keeps_odd_image_sizes(size):
+    model = helpers.build_model("attention_unet", width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
+    img = np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)
+    out = helpers.restore(model, [img])[0]
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # The colour path starts as the identity; with the local residual switched off the model gives
+    # back its input exactly, so padding and cropping back lose nothing, even at the bottom's 1x1.
+    torch.nn.init.zeros_(model.outro.weight)
+    torch.nn.init.zeros_(model.outro.bias)
+    assert np.array_equal(helpers.restore(model, [img])[0], img)
+
+
+def test_attention_model_parameter_rule():
+    small = helpers.build_model("attention_unet")
+    assert helpers.parameter_report(small, patch=32) == helpers.count_parameters(small) < helpers.PARAM_LIMIT
+    huge = helpers.build_model("attention_unet", width=96, enc_blocks=(2, 2, 4), mid_blocks=8, dec_blocks=(2, 2, 2))
+    with pytest.raises(ValueError, match="fewer than 10,000,000"):
+        helpers.parameter_report(huge, patch=32)
+
+
+def test_perceptual_loss_falls_back_with_one_message_when_weights_are_missing(monkeypatch, capsys):
+    import torchvision.models
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models, "vgg16", offline)
+    assert helpers.perceptual_loss(0.1) is None
+    out = capsys.readouterr().out
+    assert out.count("Perceptual loss skipped") == 1 and "no network" in out
+
+
+def test_perceptual_loss_is_computed_when_weights_load(monkeypatch):
+    import torchvision.models
+    real_vgg16 = torchvision.models.vgg16
+    monkeypatch.setattr(torchvision.models, "vgg16", lambda weights=None: real_vgg16(weights=None))  # random weights
+    loss = helpers.perceptual_loss(0.1)
+    x = torch.rand(1, 3, 32, 32)
+    assert loss(x, x).item() == 0.0 and loss(x, torch.rand(1, 3, 32, 32)).item() > 0
+
+
+def test_mean_y_loss_term_sees_a_global_shift():
+    cfg = tiny_cfg(loss="l1", mean_y_weight=1.0)
+    t = helpers.Trainer.__new__(helpers.Trainer)
+    t.cfg, t.extra_loss = cfg, None
+    target = torch.full((2, 3, 8, 8), 0.5)
+    shifted = target + 0.1
+    # L1 of 0.1 plus |mean Y error| of 0.1 (the Y weights sum to 1)
+    assert t.loss_fn(shifted, target).item() == pytest.approx(0.2, abs=1e-6)

@@ -1026,14 +1026,13 @@ def restore(model: nn.Module, images, device=None, batch_size=8, ensemble=False,
     model.eval()
     multiple = getattr(model, "pad_multiple", 1)
     out = [None] * len(images)
-    order = sorted(range(len(images)), key=lambda i: images[i].shape[:2])
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = [[j for j in b if images[j].shape[:2] == images[b[0]].shape[:2]] for b in batches] + \
-              [[j] for b in batches for j in b if images[j].shape[:2] != images[b[0]].shape[:2]]
+    by_size = {}
+    for i, img in enumerate(images):
+        by_size.setdefault(img.shape[:2], []).append(i)
+    batches = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
     for idx in _progress(batches, "restoring", enabled=progress):
-        x = images_to_tensor([images[i] for i in idx], device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        # channels-last measured faster on both CPU and GPU for these convolution stacks
+        x = images_to_tensor([images[i] for i in idx], device).contiguous(memory_format=torch.channels_last)
         with autocast(device):
             if ensemble:
                 y = 0
@@ -1333,8 +1332,7 @@ class Trainer:
             self.ema = build_model(model_name, **model_kwargs).to(self.device)
             self.ema.load_state_dict(self.model.state_dict())
             self.ema.requires_grad_(False)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=torch.channels_last)  # faster on CPU and GPU alike
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.amp = self.device.type == "cuda"
@@ -1451,8 +1449,7 @@ class Trainer:
                 for scan, clean in bar:
                     x = scan.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
                     y = clean.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                    if self.device.type == "cuda":
-                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
                     for g in self.optimizer.param_groups:
                         g["lr"] = cfg.lr * _lr_factor(cfg, self.step, total_steps, self.seconds)
                     with autocast(self.device):

@@ -1247,7 +1247,7 @@ class TrainConfig:
     augment: bool = True                 # flips and 90-degree rotations
     degrade_prob: float = 0.0            # degradation augmentation probability
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
-    checkpoint_minutes: float = 5.0      # also save `last` this often inside an epoch
+    checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
     val_batch_size: int = 8
     workers: int = -1                    # -1 = automatic: none on a CPU, up to 4 beside a GPU
     seed: int = 0

@@ -1,0 +1,733 @@
+"""Unit tests of helpers.py's foundation: metric, data layer, CSV, zips, demo data, CLI.
+
+Every expected number is computed by hand (or by an independent OpenCV call in the test), so a
+wrong implementation fails. No network, no GPU; the whole file runs in a few seconds.
+"""
+import csv
+import io
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import helpers  # noqa: E402
+from helpers import DataError  # noqa: E402
+
+
+# ---------------------------------------------------------------- small builders
+
+def uniform(rgb, h=4, w=5):
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = rgb
+    return img
+
+
+def imwrite_rgb(path, rgb):
+    """Write an RGB image with plain OpenCV (independent of helpers.write_png)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+    return path
+
+
+def png_bytes(rgb):
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+def coord_image(h, w):
+    """Every pixel encodes its position: R = y, G = x, B = (7y + x) mod 251 (< 255 so +1 fits)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([yy % 251, xx % 251, (7 * yy + xx) % 251], axis=2).astype(np.uint8)
+
+
+def make_zip(path, entries):
+    """entries: list of (arcname, bytes). Written in the given order, stored uncompressed."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def files_under(folder):
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- the metric
+
+def test_mean_y_of_uniform_colour_is_hand_computed():
+    # Y = 0.299*10 + 0.587*200 + 0.114*30 = 2.99 + 117.4 + 3.42 = 123.81 -> 124 (uint8)
+    assert helpers.mean_y(uniform((10, 200, 30))) == 124.0
+    assert helpers.mean_y(uniform((255, 255, 255))) == 255.0
+    assert helpers.mean_y(uniform((0, 0, 0))) == 0.0
+    # Pure channels: 0.299*255 = 76.245 -> 76; 0.587*255 = 149.685 -> 150; 0.114*255 = 29.07 -> 29
+    assert helpers.mean_y(uniform((255, 0, 0))) == 76.0
+    assert helpers.mean_y(uniform((0, 255, 0))) == 150.0
+    assert helpers.mean_y(uniform((0, 0, 255))) == 29.0
+
+
+def test_mean_y_is_rgb_not_bgr():
+    # (10, 200, 30) read as BGR would give 0.299*30 + 0.587*200 + 0.114*10 = 127.81 -> 128
+    assert helpers.mean_y(uniform((10, 200, 30))) != 128.0
+    assert helpers.y_channel(uniform((10, 200, 30), 2, 3)).tolist() == [[124] * 3] * 2
+
+
+def test_mean_y_averages_rounded_pixels():
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[0, 0] = (10, 200, 30)   # 124
+    img[0, 1] = (255, 255, 255)  # 255
+    img[1, 0] = (0, 0, 0)        # 0
+    img[1, 1] = (0, 255, 0)      # 150
+    assert helpers.mean_y(img) == pytest.approx((124 + 255 + 0 + 150) / 4, abs=1e-12)
+
+
+def test_competition_score_two_images_by_hand():
+    restored = [uniform((10, 200, 30)), uniform((100, 100, 100))]  # mean Y 124, 100
+    clean = [uniform((0, 0, 0)), uniform((255, 255, 255))]          # mean Y 0, 255
+    # (|124 - 0| + |100 - 255|) / 2 = (124 + 155) / 2 = 139.5
+    assert helpers.competition_score(restored, clean) == 139.5
+    assert helpers.competition_score(clean, clean) == 0.0
+    # floats are taken as mean-Y values already
+    assert helpers.competition_score([1.0, 10.0], [2.5, 4.0]) == pytest.approx((1.5 + 6.0) / 2)
+
+
+def test_competition_score_rejects_unequal_or_empty():
+    with pytest.raises(ValueError):
+        helpers.competition_score([uniform((1, 2, 3))], [])
+    with pytest.raises(ValueError):
+        helpers.competition_score([], [])
+
+
+def test_mean_y_matches_independent_opencv_computation(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+        path = imwrite_rgb(tmp_path / f"img{i}.png", rgb)
+        bgr = cv2.imread(str(path))
+        expected = float(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0].mean())
+        assert helpers.mean_y(rgb) == expected
+        assert helpers.csv_mean_y(path) == expected
+        # and it is the BT.601 luma, rounded per pixel (OpenCV's fixed-point arithmetic may
+        # round a value within 0.01 of x.5 the other way)
+        exact = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        assert np.abs(helpers.y_channel(rgb).astype(float) - exact).max() <= 0.51
+
+
+def test_metric_functions_do_not_mutate_inputs():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    a0, b0 = a.copy(), b.copy()
+    helpers.mean_y(a)
+    helpers.y_channel(a)
+    helpers.competition_score([a], [b])
+    helpers.pixel_y_mae(a, b)
+    helpers.psnr(a, b)
+    helpers.image_metrics(a, b)
+    helpers.random_crop_pair(a, b, 8, np.random.default_rng(0))
+    assert np.array_equal(a, a0) and np.array_equal(b, b0)
+
+
+@pytest.mark.parametrize("bad", [
+    np.full((4, 4, 3), 0.5, np.float32),
+    np.full((4, 4, 3), 0.5, np.float64),
+    np.zeros((4, 4), np.uint8),
+    np.zeros((4, 4, 4), np.uint8),
+    np.zeros((4, 4, 3), np.uint16),
+])
+def test_metric_rejects_non_rgb_uint8(bad):
+    good = uniform((1, 2, 3), 4, 4)
+    for call in (lambda: helpers.mean_y(bad), lambda: helpers.y_channel(bad),
+                 lambda: helpers.psnr(bad, good), lambda: helpers.pixel_y_mae(bad, good),
+                 lambda: helpers.competition_score([bad], [good])):
+        with pytest.raises(TypeError):
+            call()
+
+
+def test_to_uint8_clips_scales_and_rounds():
+    x = np.array([-0.5, 0.0, 0.3 / 255, 0.7 / 255, 128 / 255, 254.4 / 255, 254.6 / 255, 1.0, 1.2])
+    assert helpers.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 254, 255, 255, 255]
+    assert helpers.to_uint8(x).dtype == np.uint8
+    src = np.full((2, 2, 3), 0.5, np.float32)
+    out = helpers.to_uint8(src)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    assert src.dtype == np.float32 and np.all(src == 0.5)  # input untouched
+
+
+def test_pixel_y_mae_known_values():
+    clean = uniform((10, 200, 30), 4, 4)  # Y 124
+    assert helpers.pixel_y_mae(clean, clean) == 0.0
+    assert helpers.pixel_y_mae(uniform((0, 0, 0), 4, 4), clean) == 124.0
+    half = clean.copy()
+    half[:2] = 0  # half the pixels off by 124, half exact
+    assert helpers.pixel_y_mae(half, clean) == 62.0
+    # no uint8 wrap-around: 0 - 124 must count as 124, not 132
+    assert helpers.pixel_y_mae(clean, uniform((0, 0, 0), 4, 4)) == 124.0
+
+
+def test_psnr_known_values():
+    rng = np.random.default_rng(3)
+    clean = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # max 254, so +1 never wraps
+    assert helpers.psnr(clean, clean) == math.inf
+    assert helpers.psnr(clean + 1, clean) == pytest.approx(10 * math.log10(255 ** 2), abs=1e-9)
+    assert helpers.psnr(clean + 1, clean) == pytest.approx(48.1308036, abs=1e-6)
+    # an offset of 10 on one channel only: MSE = 100/3
+    clean2 = clean.copy()
+    clean2[..., 1] = np.minimum(clean2[..., 1], 245)
+    off2 = clean2.copy()
+    off2[..., 1] += 10
+    assert helpers.psnr(off2, clean2) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 3)), abs=1e-9)
+
+
+def test_image_metrics_fields():
+    m = helpers.image_metrics(uniform((0, 0, 0)), uniform((10, 200, 30)))
+    assert m["mean_y"] == 0.0 and m["mean_y_clean"] == 124.0 and m["abs_mean_y_err"] == 124.0
+    assert m["pixel_y_mae"] == 124.0
+
+
+# ---------------------------------------------------------------- reading and pairing
+
+def test_read_rgb_converts_grey_rgba_16bit_and_tif(tmp_path):
+    grey = np.full((3, 4), 77, np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    out = helpers.read_rgb(tmp_path / "grey.png")
+    assert out.dtype == np.uint8 and out.shape == (3, 4, 3) and np.all(out == 77)
+
+    bgra = np.zeros((3, 4, 4), np.uint8)
+    bgra[:] = (10, 20, 30, 0)  # B, G, R, alpha fully transparent
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    out = helpers.read_rgb(tmp_path / "rgba.png")
+    assert out.shape == (3, 4, 3) and out[0, 0].tolist() == [30, 20, 10]
+
+    # v * 255 / 65535, rounded: 200 -> 0.78 -> 1; 32896 -> 128.0; 65300 -> 254.09 -> 254
+    g16 = np.array([[0, 200, 257 * 100, 65535, 32896, 65300]], np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    out = helpers.read_rgb(tmp_path / "g16.png")
+    assert out.dtype == np.uint8 and out[0, :, 0].tolist() == [0, 1, 100, 255, 128, 254]
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+    c16 = np.zeros((2, 2, 3), np.uint16)
+    c16[:] = (257 * 3, 257 * 2, 257 * 1)  # BGR on disk
+    cv2.imwrite(str(tmp_path / "c16.png"), c16)
+    assert helpers.read_rgb(tmp_path / "c16.png")[1, 1].tolist() == [1, 2, 3]
+
+    rgb = coord_image(9, 11)
+    imwrite_rgb(tmp_path / "x.tif", rgb)
+    assert np.array_equal(helpers.read_rgb(tmp_path / "x.tif"), rgb)
+
+
+def test_write_png_round_trip(tmp_path):
+    rgb = coord_image(13, 17)
+    helpers.write_png(tmp_path / "a" / "x.png", rgb)
+    assert np.array_equal(helpers.read_rgb(tmp_path / "a" / "x.png"), rgb)
+    assert files_under(tmp_path / "a") == ["x.png"]  # no temporary file left
+    with pytest.raises(TypeError):
+        helpers.write_png(tmp_path / "y.png", rgb.astype(np.float32))
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_read_rgb_garbage_and_empty_raise_dataerror(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"this is not an image at all" * 10)
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("bad.png", "empty.png", "missing.png"):
+        with pytest.raises(DataError, match=name):
+            helpers.read_rgb(tmp_path / name)
+
+
+def _pair_dirs(tmp_path, clean_names, scan_names, size=(8, 8)):
+    c, s = tmp_path / "clean", tmp_path / "scan"
+    for n in clean_names:
+        imwrite_rgb(c / n, uniform((1, 2, 3), *size))
+    for n in scan_names:
+        imwrite_rgb(s / n, uniform((4, 5, 6), *size))
+    c.mkdir(exist_ok=True), s.mkdir(exist_ok=True)
+    return c, s
+
+
+def test_pair_files_pairs_by_stem_sorted_ignoring_extension_and_other_files(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["b.02.png", "a.01.png", "c.tif"], ["c.png", "a.01.tif", "b.02.png"])
+    (c / "notes.txt").write_text("x")
+    (c / ".hidden.png").write_bytes(b"x")
+    pairs = helpers.pair_files(c, s)
+    assert [p.name for p in pairs] == ["a.01", "b.02", "c"]
+    assert pairs[0].clean == c / "a.01.png" and pairs[0].scan == s / "a.01.tif"
+    assert pairs[2].clean == c / "c.tif" and pairs[2].scan == s / "c.png"
+
+
+def test_pair_files_missing_folder(tmp_path):
+    (tmp_path / "scan").mkdir()
+    with pytest.raises(DataError, match="nowhere"):
+        helpers.pair_files(tmp_path / "nowhere", tmp_path / "scan")
+
+
+def test_pair_files_empty_folder(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png"], [])
+    with pytest.raises(DataError, match=r"no images .* in .*scan"):
+        helpers.pair_files(c, s)
+
+
+def test_pair_files_clean_without_scan(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png", "lonely.png"], ["a.png"])
+    with pytest.raises(DataError, match=r"lonely\.png"):
+        helpers.pair_files(c, s)
+
+
+def test_pair_files_scan_without_clean(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png"], ["a.png", "orphan.tif"])
+    with pytest.raises(DataError, match=r"orphan\.tif"):
+        helpers.pair_files(c, s)
+
+
+def test_pair_files_duplicate_stem(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png", "a.tif"], ["a.png"])
+    with pytest.raises(DataError) as e:
+        helpers.pair_files(c, s)
+    assert "a.png" in str(e.value) and "a.tif" in str(e.value)
+
+
+def test_check_pairs_unreadable_image(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    (s / "b.png").write_bytes(b"\x00garbage" * 50)
+    pairs = helpers.pair_files(c, s)
+    with pytest.raises(DataError, match=r"scan.b\.png"):
+        helpers.check_pairs(pairs, progress=False)
+
+
+def test_check_pairs_size_mismatch_and_sizes(tmp_path):
+    c, s = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"], size=(6, 7))
+    assert helpers.check_pairs(helpers.pair_files(c, s), progress=False) == {(6, 7): 2}
+    imwrite_rgb(s / "b.png", uniform((4, 5, 6), 6, 8))
+    with pytest.raises(DataError, match=r"\bb \(clean \(6, 7\), scan \(6, 8\)\)"):
+        helpers.check_pairs(helpers.pair_files(c, s), progress=False)
+
+
+def test_check_dataset_layout(tmp_path):
+    for n in ("t.00001.01", "t.00001.02"):
+        imwrite_rgb(tmp_path / "train/clean" / f"{n}.png", uniform((1, 2, 3)))
+        imwrite_rgb(tmp_path / "train/scan" / f"{n}.png", uniform((3, 2, 1)))
+    imwrite_rgb(tmp_path / "test/scan/t.00002.01.tif", uniform((3, 2, 1)))
+    r = helpers.check_dataset(tmp_path, progress=False)
+    assert r["train_pairs"] == 2 and r["test_scans"] == 1 and r["kind"] == "real"
+    assert r["train_sizes"] == {(4, 5): 2} and r["test_sizes"] == {(4, 5): 1}
+    assert r["extensions"] == [".png", ".tif"]
+    (tmp_path / "test/scan/t.00002.01.tif").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"t\.00002\.01\.tif"):
+        helpers.check_dataset(tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------- crops and split
+
+def test_random_crop_pair_takes_the_same_window():
+    clean = coord_image(100, 120)
+    scan = clean + 1  # values <= 251, no wrap
+    tops, lefts = set(), set()
+    for seed in range(30):
+        cc, sc = helpers.random_crop_pair(clean, scan, 32, np.random.default_rng(seed))
+        assert cc.shape == sc.shape == (32, 32, 3) and cc.dtype == np.uint8
+        assert np.array_equal(sc.astype(int), cc.astype(int) + 1)  # same window in both
+        top, left = int(cc[0, 0, 0]), int(cc[0, 0, 1])  # the pixel encodes its position
+        assert np.array_equal(cc, clean[top:top + 32, left:left + 32])
+        tops.add(top), lefts.add(left)
+    assert len(tops) > 5 and len(lefts) > 5  # really random, not always the corner
+    assert max(tops) <= 100 - 32 and max(lefts) <= 120 - 32
+
+
+def test_random_crop_pair_is_a_copy_and_seeded():
+    clean, scan = coord_image(40, 40), coord_image(40, 40) + 1
+    a = helpers.random_crop_pair(clean, scan, 16, np.random.default_rng(7))
+    b = helpers.random_crop_pair(clean, scan, 16, np.random.default_rng(7))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    a[0][:] = 0
+    assert clean.max() > 0 and np.array_equal(clean, coord_image(40, 40))
+
+
+def test_random_crop_pair_smaller_than_patch():
+    clean = coord_image(20, 30)
+    scan = clean + 1
+    cc, sc = helpers.random_crop_pair(clean, scan, 32, np.random.default_rng(0))
+    assert cc.shape == sc.shape == (32, 32, 3)
+    assert np.array_equal(cc[:20, :30], clean)  # original at the top-left, padding after
+    assert np.array_equal(sc.astype(int), cc.astype(int) + 1)
+    # one dimension too small only
+    cc, sc = helpers.random_crop_pair(coord_image(10, 50), coord_image(10, 50) + 1, 16,
+                                      np.random.default_rng(1))
+    assert cc.shape == (16, 16, 3) and np.array_equal(sc.astype(int), cc.astype(int) + 1)
+    # a single-pixel image still works
+    cc, sc = helpers.random_crop_pair(uniform((5, 6, 7), 1, 1), uniform((8, 9, 10), 1, 1), 4,
+                                      np.random.default_rng(0))
+    assert cc.shape == (4, 4, 3) and np.all(cc == (5, 6, 7)) and np.all(sc == (8, 9, 10))
+
+
+def test_random_crop_pair_rejects_size_mismatch():
+    with pytest.raises(ValueError):
+        helpers.random_crop_pair(coord_image(10, 10), coord_image(10, 11), 4, np.random.default_rng(0))
+
+
+def test_page_id():
+    assert helpers.page_id("BookOfMaking.00012.02") == "BookOfMaking.00012"
+    assert helpers.page_id("BookOfMaking.00012.02.tif") == "BookOfMaking.00012"
+    assert helpers.page_id("plain") == "plain"
+
+
+def _crop_names(n_pages=20, crops=3):
+    return [f"Mag{p % 3}.{p:05d}.{c:02d}" for p in range(n_pages) for c in range(1, crops + 1)]
+
+
+def test_split_names_groups_pages_and_respects_fraction():
+    names = _crop_names(20, 3)
+    split = helpers.split_names(names, val_fraction=0.2, seed=0)
+    assert set(split) == set(names) and set(split.values()) == {"train", "val"}
+    side = {}
+    for n, s in split.items():
+        assert side.setdefault(helpers.page_id(n), s) == s  # all crops of a page on one side
+    assert sum(s == "val" for s in side.values()) == 4  # round(0.2 * 20) pages
+    assert sum(s == "val" for s in split.values()) == 12
+
+
+def test_split_names_deterministic_order_independent_seeded():
+    names = _crop_names(30, 2)
+    a = helpers.split_names(names, 0.1, seed=0)
+    shuffled = list(names)
+    np.random.default_rng(5).shuffle(shuffled)
+    assert helpers.split_names(shuffled, 0.1, seed=0) == a
+    assert helpers.split_names(list(reversed(names)), 0.1, seed=0) == a
+    assert helpers.split_names(names, 0.1, seed=0) == a
+    others = [helpers.split_names(names, 0.1, seed=s) for s in (1, 2, 3)]
+    assert any(o != a for o in others)
+
+
+def test_split_names_small_cases():
+    two = helpers.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.01)
+    assert sorted(two.values()) == ["train", "val"]
+    two = helpers.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.99)
+    assert sorted(two.values()) == ["train", "val"]
+    assert helpers.split_names(["a.00001.01", "a.00001.02"]) == {"a.00001.01": "train",
+                                                                 "a.00001.02": "train"}
+
+
+# ---------------------------------------------------------------- submission CSV
+
+IDS = ["b.00001.01", "a.00002.02", "c.00003.01"]
+
+
+def test_submission_round_trip_exact(tmp_path):
+    rows = [("b.00001.01", 1 / 3), ("a.00002.02", 255.0), ("c.00003.01", 123.45678901234567)]
+    path = helpers.write_submission(rows, tmp_path / "sub.csv", IDS)
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "Image File,Y Channel Value"
+    assert [ln.split(",")[0] for ln in lines[1:]] == sorted(IDS)  # sorted by file name
+    back = helpers.read_submission(path, IDS)
+    assert back == sorted(rows)  # floats round-trip bit for bit
+    assert files_under(tmp_path) == ["sub.csv"]
+
+
+def test_submission_rows_from_pngs(tmp_path):
+    imwrite_rgb(tmp_path / "r" / "x.00001.01.png", uniform((10, 200, 30)))
+    imwrite_rgb(tmp_path / "r" / "a.00001.01.png", uniform((255, 255, 255)))
+    (tmp_path / "r" / "ignored.tif").write_bytes(b"x")
+    assert helpers.submission_rows(tmp_path / "r") == [("a.00001.01", 255.0), ("x.00001.01", 124.0)]
+    with pytest.raises(DataError):
+        helpers.submission_rows(tmp_path / "nothing_here")
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([("b.00001.01", 1.0), ("a.00002.02", 2.0)], "c.00003.01"),                       # missing id
+    ([("b.00001.01", 1.0), ("a.00002.02", 2.0), ("c.00003.01", 3.0), ("zz", 4.0)], "zz"),  # extra
+    ([("b.00001.01", 1.0), ("b.00001.01", 1.0), ("a.00002.02", 2.0), ("c.00003.01", 3.0)],
+     "duplicate"),
+    ([("b.00001.01", float("nan")), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "nan"),
+    ([("b.00001.01", float("inf")), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "inf"),
+    ([("b.00001.01", -0.5), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "-0.5"),
+    ([("b.00001.01", 255.5), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "255.5"),
+    ([("b.00001.01", "abc"), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "abc"),
+    ([], "3 test images have no row"),
+])
+def test_write_submission_rejects_bad_rows(tmp_path, rows, match):
+    with pytest.raises(ValueError, match=match):
+        helpers.write_submission(rows, tmp_path / "sub.csv", IDS)
+    assert files_under(tmp_path) == []  # nothing written, no temporary file left
+
+
+def test_validate_submission_wrong_row_count():
+    helpers.validate_submission([("a", 1.0), ("b", 2.0)], ["a", "b"])
+    with pytest.raises(ValueError):
+        helpers.validate_submission([("a", 1.0)], ["a", "b"])
+    with pytest.raises(ValueError):
+        helpers.validate_submission([("a", 1.0), ("b", 2.0), ("a", 1.0)], ["a", "b"])
+
+
+@pytest.mark.parametrize("content, match", [
+    ("Image,Y Channel Value\na,1.0\n", "header"),
+    ("Image File;Y Channel Value\na;1.0\n", "header"),
+    ("", "header"),
+    ("Image File,Y Channel Value\na,1.0,2.0\n", "3 fields"),
+    ("Image File,Y Channel Value\na,one\n", "one"),
+])
+def test_read_submission_rejects_malformed(tmp_path, content, match):
+    (tmp_path / "s.csv").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        helpers.read_submission(tmp_path / "s.csv")
+
+
+def test_read_submission_checks_ids_when_given(tmp_path):
+    (tmp_path / "s.csv").write_text("Image File,Y Channel Value\na,1.0\nb,2.5\n")
+    assert helpers.read_submission(tmp_path / "s.csv") == [("a", 1.0), ("b", 2.5)]
+    assert helpers.read_submission(tmp_path / "s.csv", ["a", "b"]) == [("a", 1.0), ("b", 2.5)]
+    with pytest.raises(ValueError, match="c"):
+        helpers.read_submission(tmp_path / "s.csv", ["a", "b", "c"])
+
+
+def test_write_submission_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "sub.csv"
+    helpers.write_submission([(i, 100.0) for i in IDS], path, IDS)
+    before = path.read_bytes()
+
+    # 1. rows that fail validation: the old file stays
+    with pytest.raises(ValueError):
+        helpers.write_submission([(IDS[0], float("nan"))], path, IDS)
+    assert path.read_bytes() == before
+
+    # 2. a failure in the middle of writing (after the header): the old file stays
+    real_writer = csv.writer
+
+    def failing_writer(f, *args, **kwargs):
+        inner = real_writer(f, *args, **kwargs)
+
+        class Writer:
+            calls = 0
+
+            def writerow(self, row):
+                Writer.calls += 1
+                if Writer.calls > 1:
+                    raise OSError("disk full (simulated)")
+                return inner.writerow(row)
+
+            def writerows(self, rows):
+                for r in rows:
+                    self.writerow(r)
+
+        return Writer()
+
+    monkeypatch.setattr(helpers.csv, "writer", failing_writer)
+    with pytest.raises(OSError, match="simulated"):
+        helpers.write_submission([(i, 7.0) for i in IDS], path, IDS)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert files_under(tmp_path) == ["sub.csv"]  # the partial file is gone too
+
+    # 3. and a good write does replace it
+    helpers.write_submission([(i, 7.0) for i in IDS], path, IDS)
+    assert helpers.read_submission(path, IDS) == [(i, 7.0) for i in sorted(IDS)]
+
+
+def test_atomic_path_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with helpers.atomic_path(target) as tmp:
+            tmp.write_text("new, half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old" and files_under(tmp_path) == ["f.txt"]
+
+
+# ---------------------------------------------------------------- zips
+
+A = png_bytes(coord_image(6, 7))
+B = png_bytes(uniform((1, 2, 3)))
+C = png_bytes(uniform((200, 100, 50)))
+
+
+def test_unpack_flattens_nested_folders_and_skips_junk(tmp_path):
+    z = make_zip(tmp_path / "x.zip", [
+        ("train_clean/", b""),
+        ("train_clean/sub/deeper/a.png", A),
+        ("b.png", B),
+        ("x/y/c.TIF", C),
+        ("__MACOSX/train_clean/sub/deeper/._a.png", b"mac resource fork"),
+        ("__MACOSX/e.png", B),
+        ("train_clean/.hidden.png", B),
+        (".git/objects/d.png", B),
+        ("train_clean/.DS_Store", b"junk"),
+        ("readme.txt", b"hello"),
+        ("meta/info.json", b"{}"),
+    ])
+    assert helpers.check_zip(z) == 11
+    r = helpers.unpack_zip(z, tmp_path / "out", progress=False)
+    assert r == {"written": 3, "skipped": 0}
+    assert files_under(tmp_path / "out") == ["a.png", "b.png", "c.TIF"]
+    assert (tmp_path / "out" / "a.png").read_bytes() == A
+    assert (tmp_path / "out" / "c.TIF").read_bytes() == C
+
+
+def test_unpack_is_idempotent_and_repairs_wrong_sizes(tmp_path):
+    z = make_zip(tmp_path / "x.zip", [("d/a.png", A), ("d/b.png", B), ("d/c.png", C)])
+    out = tmp_path / "out"
+    assert helpers.unpack_zip(z, out, progress=False) == {"written": 3, "skipped": 0}
+    assert helpers.unpack_zip(z, out, progress=False) == {"written": 0, "skipped": 3}
+    (out / "b.png").write_bytes(B[:10])  # a half-written file from an interrupted run
+    assert helpers.unpack_zip(z, out, progress=False) == {"written": 1, "skipped": 2}
+    assert (out / "b.png").read_bytes() == B
+
+
+@pytest.mark.parametrize("evil", ["../evil.png", "d/../../evil.png", "/abs/evil.png", "C:/evil.png",
+                                  "..\\evil.png"])
+def test_unpack_refuses_escaping_entries_writing_nothing(tmp_path, evil):
+    z = make_zip(tmp_path / "x.zip", [("good/a.png", A), (evil, B), ("good/c.png", C)])
+    out = tmp_path / "sub" / "out"
+    with pytest.raises(DataError, match="outside"):
+        helpers.unpack_zip(z, out, progress=False)
+    assert files_under(tmp_path) == ["x.zip"]  # nothing written anywhere, not even good/a.png
+
+
+def test_truncated_or_corrupt_zip_refused(tmp_path):
+    good = make_zip(tmp_path / "good.zip", [("a.png", A), ("b.png", B), ("c.png", C)])
+    data = good.read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.zip"):
+        helpers.check_zip(cut)
+    with pytest.raises(DataError, match="not a complete zip"):
+        helpers.unpack_zip(cut, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    # a flipped byte inside a stored image: the CRC check catches it
+    i = data.index(C) + len(C) // 2
+    flipped = tmp_path / "flipped.zip"
+    flipped.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+    with pytest.raises(DataError, match="c.png"):
+        helpers.check_zip(flipped)
+
+    html = tmp_path / "page.zip"
+    html.write_text("<!DOCTYPE html><html><body>Google Drive - Too many users</body></html>")
+    with pytest.raises(DataError, match="web page"):
+        helpers.check_zip(html)
+    with pytest.raises(DataError, match="does not exist"):
+        helpers.check_zip(tmp_path / "none.zip")
+
+
+def test_unpack_refuses_zip_without_images_and_name_clashes(tmp_path):
+    z = make_zip(tmp_path / "x.zip", [("readme.txt", b"x")])
+    with pytest.raises(DataError, match="no images"):
+        helpers.unpack_zip(z, tmp_path / "out", progress=False)
+    z = make_zip(tmp_path / "y.zip", [("p/a.png", A), ("q/a.png", B)])
+    with pytest.raises(DataError, match="a.png"):
+        helpers.unpack_zip(z, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+# ---------------------------------------------------------------- demo data
+
+def _demo(root, seed=0):
+    return helpers.make_demo_dataset(root, train_pages=3, test_pages=1, crops_per_page=2, crop=64,
+                                     seed=seed, progress=False)
+
+
+def _file_bytes(root):
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_demo_dataset_layout_and_determinism(tmp_path):
+    r = _demo(tmp_path / "a")
+    assert r["train_pairs"] == 6 and r["test_scans"] == 2
+    a = _file_bytes(tmp_path / "a")
+    assert "DEMO_DATA.txt" in a
+    assert sum(k.startswith("train/clean/") and k.endswith(".png") for k in a) == 6
+    assert sum(k.startswith("train/scan/") and k.endswith(".png") for k in a) == 6
+    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 2
+    assert "train/clean/DemoMaking.00000.01.png" in a
+    assert helpers.dataset_kind(tmp_path / "a") == "demo"
+    assert helpers.data_label(tmp_path / "a").startswith("DEMO DATA")
+    summary = helpers.check_dataset(tmp_path / "a", progress=False)
+    assert summary["train_sizes"] == {(64, 64): 6} and summary["test_sizes"] == {(64, 64): 2}
+
+    _demo(tmp_path / "b")
+    assert _file_bytes(tmp_path / "b") == a  # byte-identical for the same seed
+
+    _demo(tmp_path / "c", seed=1)
+    c = _file_bytes(tmp_path / "c")
+    assert set(c) == set(a)
+    changed = [k for k in a if k.endswith((".png", ".tif")) and a[k] != c[k]]
+    assert len(changed) == 14  # every image differs for another seed
+
+
+def test_demo_scans_are_aligned_and_degraded(tmp_path):
+    _demo(tmp_path)
+    r = helpers.score_folders(tmp_path / "train/scan", tmp_path / "train/clean")
+    assert r["n_images"] == 6
+    assert r["score"] > 3  # "do nothing" is clearly not a perfect score
+    for pair in helpers.pair_files(tmp_path / "train/clean", tmp_path / "train/scan"):
+        c, s = helpers.read_rgb(pair.clean), helpers.read_rgb(pair.scan)
+        aligned = helpers.pixel_y_mae(s, c)
+        shifted = helpers.pixel_y_mae(s[8:, 8:].copy(), c[:-8, :-8].copy())
+        assert 0 < aligned < shifted  # the scan is of the same window of the same page
+
+
+def test_simulate_scan_does_not_mutate_and_is_seeded():
+    page = helpers.make_page(np.random.default_rng(0), 48, 48)
+    page0 = page.copy()
+    a = helpers.simulate_scan(page, np.random.default_rng(1))
+    b = helpers.simulate_scan(page, np.random.default_rng(1))
+    assert np.array_equal(page, page0) and np.array_equal(a, b)
+    assert a.dtype == np.uint8 and a.shape == page.shape and not np.array_equal(a, page)
+
+
+# ---------------------------------------------------------------- environment switches
+
+def test_data_and_workspace_dirs_follow_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DESCAN_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("DESCAN_WORKSPACE", str(tmp_path / "w"))
+    assert helpers.data_dir() == tmp_path / "d"
+    assert helpers.workspace_dir() == tmp_path / "w" and (tmp_path / "w").is_dir()
+    monkeypatch.delenv("DESCAN_DATA")
+    monkeypatch.setenv("DESCAN_SMOKE", "1")
+    assert helpers.smoke_mode() and helpers.data_dir() == helpers.ROOT / "data" / "demo"
+    monkeypatch.setenv("DESCAN_SMOKE", "0")
+    assert not helpers.smoke_mode()
+    assert helpers.data_dir() == helpers.ROOT / "data" / "real"  # not Colab here
+
+
+def test_seed_everything_repeats_all_generators():
+    import random
+
+    import torch
+    helpers.seed_everything(123)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    helpers.seed_everything(123)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+# ---------------------------------------------------------------- command line
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "helpers.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_score_prints_the_score(tmp_path, capsys):
+    imwrite_rgb(tmp_path / "pred/a.00001.01.png", uniform((10, 200, 30)))    # 124
+    imwrite_rgb(tmp_path / "pred/b.00001.01.png", uniform((100, 100, 100)))  # 100
+    imwrite_rgb(tmp_path / "clean/a.00001.01.png", uniform((0, 0, 0)))       # 0
+    imwrite_rgb(tmp_path / "clean/b.00001.01.tif", uniform((255, 255, 255)))  # 255
+    imwrite_rgb(tmp_path / "clean/extra.00009.01.png", uniform((9, 9, 9)))   # ignored
+    r = run_cli("score", tmp_path / "pred", tmp_path / "clean")
+    assert r.returncode == 0, r.stderr
+    assert "over 2 images: 139.5000" in r.stdout
+
+    # the error path, in-process (a subprocess costs seconds): exit status 1, names the file
+    imwrite_rgb(tmp_path / "pred/nomatch.00001.01.png", uniform((1, 1, 1)))
+    assert helpers._cli(["score", str(tmp_path / "pred"), str(tmp_path / "clean")]) == 1
+    assert "nomatch.00001.01" in capsys.readouterr().err
+

@@ -29,7 +29,7 @@ Environment:
   DESCAN_DOWNLOAD_TRIES  attempts per zip for transient failures (default: 3)
   DESCAN_RETRY_WAIT      seconds between attempts (default: 10)
   DESCAN_DEMO_PAGES, DESCAN_DEMO_TEST_PAGES, DESCAN_DEMO_SIZE
-                         demo training pages (24), test pages (4), crop size (256)
+                         demo training pages (40), test pages (4), crop size (256)
   PYTHON                 Python interpreter (default: python3)
 EOF
 }

@@ -1153,6 +1153,12 @@ def build_cache(pairs, max_fraction=0.4, progress=True):
             for i, p in _progress(list(enumerate(pairs)), "decoding into memory", enabled=progress)}
 
 
+def default_workers(device) -> int:
+    """Loader processes: none on a CPU (the model needs every core, and the decoded cache makes
+    loading cheap); beside a GPU one per CPU core, at most 4."""
+    return 0 if torch.device(device).type == "cpu" else min(4, os.cpu_count() or 1)
+
+
 def make_loader(dataset, batch_items, workers, device):
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_items, shuffle=False, num_workers=workers, collate_fn=_collate,
@@ -1428,8 +1434,7 @@ class Trainer:
                   f"{'its epochs' if self.epoch >= cfg.epochs else 'its time budget'}. Raise "
                   "EPOCHS / DESCAN_TRAIN_MINUTES to continue it, or move the folder aside to start over.")
             return self._result()
-        # On a CPU the model needs every core and the decoded cache makes loading cheap: no workers.
-        workers = cfg.workers if cfg.workers >= 0 else (0 if self.device.type == "cpu" else min(4, os.cpu_count() or 1))
+        workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
         cache = build_cache(self.train_pairs) if workers == 0 or self.device.type == "cpu" else None
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, self.k, self.items_per_epoch, cfg.seed,

@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--crops-per-image", type=int, default=8)
     args = ap.parse_args()
     batch, patch = 64, 128
-    workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    workers = helpers.default_workers("cuda")  # what training beside a GPU uses on this machine
     with tempfile.TemporaryDirectory() as tmp:
         print(f"generating {args.pairs} DEMO pairs of {args.size}x{args.size} in {tmp} ...", flush=True)
         helpers.make_demo_dataset(tmp, train_pages=args.pairs // 2, test_pages=1, crops_per_page=2,

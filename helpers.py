@@ -1897,7 +1897,7 @@ def plot_leaderboard(board, baseline="do nothing", title=None):
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(board)))
     ax.barh(labels, board["score"], color=colours)
     for y, v in enumerate(board["score"]):
-        ax.text(v, y, f" {v:.3f}", va="center", fontsize=9)
+        ax.text(v, y, f" {v:.4f}", va="center", fontsize=9)
     base = board.loc[board["entry"] == baseline, "score"]
     if len(base):
         ax.axvline(float(base.iloc[0]), color="0.4", ls="--", lw=1)

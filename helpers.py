@@ -241,11 +241,6 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
     return [Pair(n, clean[n], scan[n]) for n in sorted(clean)]
 
 
-def image_size(path) -> tuple[int, int]:
-    """(height, width) of an image, read from its header when OpenCV can."""
-    return read_rgb(path).shape[:2]
-
-
 def check_pairs(pairs, progress=True) -> dict:
     """Read every image of every pair; raise DataError naming unreadable files and size mismatches.
 

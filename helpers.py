@@ -1409,6 +1409,17 @@ class Trainer:
             loss = loss + self.extra_loss(out, target)
         return loss
 
+    @torch.no_grad()
+    def _update_ema(self):
+        """Average the weights; the decay warms up as (1 + step) / (10 + step), so early on the
+        average is not dominated by the random initial weights."""
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(p, 1 - decay)
+            else:
+                e.copy_(p)
+
     def _budget_left(self) -> bool:
         return self.cfg.budget_minutes <= 0 or self.seconds < self.cfg.budget_minutes * 60
 
@@ -1463,10 +1474,7 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     if self.ema is not None:
-                        with torch.no_grad():
-                            for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
-                                e.copy_(e * cfg.ema_decay + p * (1 - cfg.ema_decay)) if e.dtype.is_floating_point \
-                                    else e.copy_(p)
+                        self._update_ema()
                     loss_sum += loss.detach()
                     n_loss += 1
                     crops += x.shape[0]

@@ -31,9 +31,17 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path):
+RECIPE_04 = dict(loss="l1", mean_y_weight=0.5, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
+                 warmup_steps=2, grad_clip=1.0, ema_decay=0.9, degrade_prob=0.5)
+
+
+@pytest.mark.parametrize("recipe", [{}, RECIPE_04], ids=["03 recipe", "04 recipe"])
+def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe):
     train, val = demo_pairs
-    full = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "full", tiny_cfg(), device="cpu")
+
+    def cfg():
+        return tiny_cfg(**recipe)
+    full = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "full", cfg(), device="cpu")
     full.fit()
     assert full.step == 8 and full.epoch == 2  # 2 epochs x (32 crops / 8 per batch)
 
@@ -41,20 +49,23 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path):
         if step == 3:  # dies mid-way through the first epoch, before step 3 is saved
             raise Crash()
 
-    first = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu")
+    first = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
     with pytest.raises(Crash):
         first.fit(on_step=crash)
-    resumed = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu")
+    resumed = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
     assert resumed.try_resume() and resumed.step == 2 and resumed.epoch == 0
-    resumed = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu")
+    resumed = helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
     resumed.fit()
     a, b = weights(full), weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    if recipe.get("ema_decay"):
+        for (k, x), y in zip(full.ema.state_dict().items(), resumed.ema.state_dict().values()):
+            assert torch.equal(x, y), k
     assert [r["val_score"] for r in full.history] == [r["val_score"] for r in resumed.history]
     # A finished run is not trained again; its history, best checkpoint and plot are on disk.
-    assert helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu").fit()["steps"] == 8
+    assert helpers.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu").fit()["steps"] == 8
     for f in ("last.pt", "best.pt", "history.csv", "history.png"):
         assert (tmp_path / "cut" / f).stat().st_size > 0
 
@@ -247,3 +258,21 @@ def test_mean_y_loss_term_sees_a_global_shift():
     shifted = target + 0.1
     # L1 of 0.1 plus |mean Y error| of 0.1 (the Y weights sum to 1)
     assert t.loss_fn(shifted, target).item() == pytest.approx(0.2, abs=1e-6)
+
+
+def test_ema_warms_up_then_averages(demo_pairs, tmp_path):
+    train, val = demo_pairs
+    t = helpers.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(ema_decay=0.999), device="cpu")
+    w = t.model.body[0].weight
+    start = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    t.step = 0  # first update: decay min(0.999, 1/10) = 0.1
+    t._update_ema()
+    assert torch.allclose(t.ema.body[0].weight, start + 0.9, atol=1e-6)
+    t.step = 10_000  # later: the configured 0.999
+    with torch.no_grad():
+        w.add_(1.0)
+    before = t.ema.body[0].weight.clone()
+    t._update_ema()
+    assert torch.allclose(t.ema.body[0].weight, before + 0.001 * (w - before), atol=1e-6)

@@ -1441,7 +1441,7 @@ class Trainer:
                   "EPOCHS / DESCAN_TRAIN_MINUTES to continue it, or move the folder aside to start over.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
-        cache = build_cache(self.train_pairs) if workers == 0 or self.device.type == "cpu" else None
+        cache = build_cache(self.train_pairs)  # None (decode per item) when it would not fit in memory
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, self.k, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)

@@ -977,12 +977,17 @@ def parameter_report(model: nn.Module, patch: int, channels: int = 3, limit: int
 # Restoration: pad to a multiple, run (batched, AMP on CUDA), crop back, round to uint8
 # --------------------------------------------------------------------------
 
+def amp_dtype():
+    """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, L4, H100); fp16 before that
+    (Colab's T4), where torch.cuda.is_bf16_supported() says True only because it can emulate it."""
+    return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+
+
 def autocast(device):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op context on CPU."""
+    """Mixed precision on CUDA (bf16 or fp16, see amp_dtype); a no-op context on CPU."""
     if device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype())
 
 
 def images_to_tensor(images, device) -> torch.Tensor:
@@ -1337,7 +1342,7 @@ class Trainer:
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.amp = self.device.type == "cuda"
-        fp16 = self.amp and not torch.cuda.is_bf16_supported()
+        fp16 = self.amp and amp_dtype() == torch.float16  # fp16 needs loss scaling, bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.epoch = self.item = self.step = 0
         self.seconds, self.best_score, self.history = 0.0, float("inf"), []

@@ -1049,6 +1049,14 @@ def restore(model: nn.Module, images, device=None, batch_size=8, ensemble=False,
     return out
 
 
+def validation_table(models: dict, pairs, device=None):
+    """{name: model} -> a pandas table (score, pixel_y_mae, psnr per row) on the whole validation
+    images of ``pairs``, through the same evaluate() that training validates with."""
+    import pandas as pd
+    images = [(read_rgb(p.scan), read_rgb(p.clean)) for p in pairs]
+    return pd.DataFrame({name: evaluate(m, images, device) for name, m in models.items()}).T
+
+
 def evaluate(model, pairs_or_images, device=None, batch_size=8, ensemble=False, progress=False) -> dict:
     """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
 
@@ -1115,8 +1123,11 @@ class CropDataset(torch.utils.data.Dataset):
 
     def pair_index(self, j):
         n = len(self.pairs)
-        perm = np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)
-        return int(perm[j % n])
+        key = (self.epoch, j // n)
+        if getattr(self, "_perm_key", None) != key:  # one permutation per pass over the pairs
+            self._perm_key = key
+            self._perm = np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)
+        return int(self._perm[j % n])
 
     def __getitem__(self, idx):
         j = idx + self.start
@@ -1345,7 +1356,7 @@ class Trainer:
         fp16 = self.amp and amp_dtype() == torch.float16  # fp16 needs loss scaling, bf16 does not
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.epoch = self.item = self.step = 0
-        self.seconds, self.best_score, self.history = 0.0, float("inf"), []
+        self.seconds, self.history = 0.0, []
         self._val_images = None
 
     # ---- state -------------------------------------------------------------
@@ -1354,8 +1365,13 @@ class Trainer:
                 "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "item": self.item, "step": self.step, "seconds": self.seconds,
-                "best_score": self.best_score, "history": self.history, "config": asdict(self.cfg),
+                "history": self.history, "config": asdict(self.cfg),
                 "data_kind": self.data_kind, "data_id": self.data_id(), "rng": _rng_state()}
+
+    @property
+    def best_score(self) -> float:
+        """The best validation competition score so far (inf before the first validation)."""
+        return min((row["val_score"] for row in self.history), default=float("inf"))
 
     def data_id(self) -> str:
         """A fingerprint of the split: resuming on other training or validation pairs is refused."""
@@ -1385,7 +1401,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
-        self.seconds, self.best_score = state["seconds"], state["best_score"]
+        self.seconds = state["seconds"]
         self.history = list(state["history"])
         _set_rng_state(state["rng"])
         print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
@@ -1515,10 +1531,9 @@ class Trainer:
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"], "val_psnr": val["psnr"],
                "crops_per_s": crops_per_s}
-        self.history.append(row)
         improved = val["score"] < self.best_score
+        self.history.append(row)
         if improved:
-            self.best_score = val["score"]
             model = self.ema if self.ema is not None else self.model
             save_checkpoint({"kind": "best", "model_name": self.name, "model_kwargs": self.kwargs,
                              "model": {k: v.contiguous() for k, v in model.state_dict().items()},

@@ -1,10 +1,10 @@
-"""Unit tests of helpers.py's foundation: metric, data layer, CSV, zips, demo data, CLI.
+"""Unit tests of helpers.py, the notebooks' face: the metric, reading and pairing, crops and the
+split, atomic writes, environment switches.
 
 Every expected number is computed by hand (or by an independent OpenCV call in the test), so a
-wrong implementation fails. No network, no GPU; the whole file runs in a few seconds.
+wrong implementation fails. No network, no GPU.
 """
 import csv
-import io
 import math
 import os
 import subprocess
@@ -19,49 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
+from descan import submit  # noqa: E402
 from helpers import DataError  # noqa: E402
-
-
-# ---------------------------------------------------------------- small builders
-
-def uniform(rgb, h=4, w=5):
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = rgb
-    return img
-
-
-def imwrite_rgb(path, rgb):
-    """Write an RGB image with plain OpenCV (independent of helpers.write_png)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
-    return path
-
-
-def png_bytes(rgb):
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    assert ok
-    return buf.tobytes()
-
-
-def coord_image(h, w):
-    """Every pixel encodes its position: R = y, G = x, B = (7y + x) mod 251 (< 255 so +1 fits)."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    return np.stack([yy % 251, xx % 251, (7 * yy + xx) % 251], axis=2).astype(np.uint8)
-
-
-def make_zip(path, entries):
-    """entries: list of (arcname, bytes). Written in the given order, stored uncompressed."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in entries:
-            zf.writestr(zipfile.ZipInfo(name), data)
-    return path
-
-
-def files_under(folder):
-    folder = Path(folder)
-    if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+from builders import coord_image, files_under, imwrite_rgb, make_zip, pair_dirs, png_bytes, uniform  # noqa: E402
 
 
 # ---------------------------------------------------------------- the metric
@@ -117,7 +77,7 @@ def test_mean_y_matches_independent_opencv_computation(tmp_path):
         bgr = cv2.imread(str(path))
         expected = float(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0].mean())
         assert helpers.mean_y(rgb) == expected
-        assert helpers.csv_mean_y(path) == expected
+        assert submit.csv_mean_y(path) == expected
         # and it is the BT.601 luma, rounded per pixel (OpenCV's fixed-point arithmetic may
         # round a value within 0.01 of x.5 the other way)
         exact = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
@@ -245,18 +205,8 @@ def test_read_rgb_garbage_and_empty_raise_dataerror(tmp_path):
             helpers.read_rgb(tmp_path / name)
 
 
-def _pair_dirs(tmp_path, clean_names, scan_names, size=(8, 8)):
-    c, s = tmp_path / "clean", tmp_path / "scan"
-    for n in clean_names:
-        imwrite_rgb(c / n, uniform((1, 2, 3), *size))
-    for n in scan_names:
-        imwrite_rgb(s / n, uniform((4, 5, 6), *size))
-    c.mkdir(exist_ok=True), s.mkdir(exist_ok=True)
-    return c, s
-
-
 def test_pair_files_pairs_by_stem_sorted_ignoring_extension_and_other_files(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["b.02.png", "a.01.png", "c.tif"], ["c.png", "a.01.tif", "b.02.png"])
+    c, s = pair_dirs(tmp_path, ["b.02.png", "a.01.png", "c.tif"], ["c.png", "a.01.tif", "b.02.png"])
     (c / "notes.txt").write_text("x")
     (c / ".hidden.png").write_bytes(b"x")
     pairs = helpers.pair_files(c, s)
@@ -272,58 +222,28 @@ def test_pair_files_missing_folder(tmp_path):
 
 
 def test_pair_files_empty_folder(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png"], [])
+    c, s = pair_dirs(tmp_path, ["a.png"], [])
     with pytest.raises(DataError, match=r"no images .* in .*scan"):
         helpers.pair_files(c, s)
 
 
 def test_pair_files_clean_without_scan(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png", "lonely.png"], ["a.png"])
+    c, s = pair_dirs(tmp_path, ["a.png", "lonely.png"], ["a.png"])
     with pytest.raises(DataError, match=r"lonely\.png"):
         helpers.pair_files(c, s)
 
 
 def test_pair_files_scan_without_clean(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png"], ["a.png", "orphan.tif"])
+    c, s = pair_dirs(tmp_path, ["a.png"], ["a.png", "orphan.tif"])
     with pytest.raises(DataError, match=r"orphan\.tif"):
         helpers.pair_files(c, s)
 
 
 def test_pair_files_duplicate_stem(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png", "a.tif"], ["a.png"])
+    c, s = pair_dirs(tmp_path, ["a.png", "a.tif"], ["a.png"])
     with pytest.raises(DataError) as e:
         helpers.pair_files(c, s)
     assert "a.png" in str(e.value) and "a.tif" in str(e.value)
-
-
-def test_check_pairs_unreadable_image(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
-    (s / "b.png").write_bytes(b"\x00garbage" * 50)
-    pairs = helpers.pair_files(c, s)
-    with pytest.raises(DataError, match=r"scan.b\.png"):
-        helpers.check_pairs(pairs, progress=False)
-
-
-def test_check_pairs_size_mismatch_and_sizes(tmp_path):
-    c, s = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"], size=(6, 7))
-    assert helpers.check_pairs(helpers.pair_files(c, s), progress=False) == {(6, 7): 2}
-    imwrite_rgb(s / "b.png", uniform((4, 5, 6), 6, 8))
-    with pytest.raises(DataError, match=r"\bb \(clean \(6, 7\), scan \(6, 8\)\)"):
-        helpers.check_pairs(helpers.pair_files(c, s), progress=False)
-
-
-def test_check_dataset_layout(tmp_path):
-    for n in ("t.00001.01", "t.00001.02"):
-        imwrite_rgb(tmp_path / "train/clean" / f"{n}.png", uniform((1, 2, 3)))
-        imwrite_rgb(tmp_path / "train/scan" / f"{n}.png", uniform((3, 2, 1)))
-    imwrite_rgb(tmp_path / "test/scan/t.00002.01.tif", uniform((3, 2, 1)))
-    r = helpers.check_dataset(tmp_path, progress=False)
-    assert r["train_pairs"] == 2 and r["test_scans"] == 1 and r["kind"] == "real"
-    assert r["train_sizes"] == {(4, 5): 2} and r["test_sizes"] == {(4, 5): 1}
-    assert r["extensions"] == [".png", ".tif"]
-    (tmp_path / "test/scan/t.00002.01.tif").write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"t\.00002\.01\.tif"):
-        helpers.check_dataset(tmp_path, progress=False)
 
 
 # ---------------------------------------------------------------- crops and split
@@ -416,121 +336,7 @@ def test_split_names_small_cases():
                                                                  "a.00001.02": "train"}
 
 
-# ---------------------------------------------------------------- submission CSV
-
-IDS = ["b.00001.01", "a.00002.02", "c.00003.01"]
-
-
-def test_submission_round_trip_exact(tmp_path):
-    rows = [("b.00001.01", 1 / 3), ("a.00002.02", 255.0), ("c.00003.01", 123.45678901234567)]
-    path = helpers.write_submission(rows, tmp_path / "sub.csv", IDS)
-    text = path.read_text()
-    lines = text.splitlines()
-    assert lines[0] == "Image File,Y Channel Value"
-    assert [ln.split(",")[0] for ln in lines[1:]] == sorted(IDS)  # sorted by file name
-    back = helpers.read_submission(path, IDS)
-    assert back == sorted(rows)  # floats round-trip bit for bit
-    assert files_under(tmp_path) == ["sub.csv"]
-
-
-def test_submission_rows_from_pngs(tmp_path):
-    imwrite_rgb(tmp_path / "r" / "x.00001.01.png", uniform((10, 200, 30)))
-    imwrite_rgb(tmp_path / "r" / "a.00001.01.png", uniform((255, 255, 255)))
-    (tmp_path / "r" / "ignored.tif").write_bytes(b"x")
-    assert helpers.submission_rows(tmp_path / "r") == [("a.00001.01", 255.0), ("x.00001.01", 124.0)]
-    with pytest.raises(DataError):
-        helpers.submission_rows(tmp_path / "nothing_here")
-
-
-@pytest.mark.parametrize("rows, match", [
-    ([("b.00001.01", 1.0), ("a.00002.02", 2.0)], "c.00003.01"),                       # missing id
-    ([("b.00001.01", 1.0), ("a.00002.02", 2.0), ("c.00003.01", 3.0), ("zz", 4.0)], "zz"),  # extra
-    ([("b.00001.01", 1.0), ("b.00001.01", 1.0), ("a.00002.02", 2.0), ("c.00003.01", 3.0)],
-     "duplicate"),
-    ([("b.00001.01", float("nan")), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "nan"),
-    ([("b.00001.01", float("inf")), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "inf"),
-    ([("b.00001.01", -0.5), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "-0.5"),
-    ([("b.00001.01", 255.5), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "255.5"),
-    ([("b.00001.01", "abc"), ("a.00002.02", 2.0), ("c.00003.01", 3.0)], "abc"),
-    ([], "3 test images have no row"),
-])
-def test_write_submission_rejects_bad_rows(tmp_path, rows, match):
-    with pytest.raises(ValueError, match=match):
-        helpers.write_submission(rows, tmp_path / "sub.csv", IDS)
-    assert files_under(tmp_path) == []  # nothing written, no temporary file left
-
-
-def test_validate_submission_wrong_row_count():
-    helpers.validate_submission([("a", 1.0), ("b", 2.0)], ["a", "b"])
-    with pytest.raises(ValueError):
-        helpers.validate_submission([("a", 1.0)], ["a", "b"])
-    with pytest.raises(ValueError):
-        helpers.validate_submission([("a", 1.0), ("b", 2.0), ("a", 1.0)], ["a", "b"])
-
-
-@pytest.mark.parametrize("content, match", [
-    ("Image,Y Channel Value\na,1.0\n", "header"),
-    ("Image File;Y Channel Value\na;1.0\n", "header"),
-    ("", "header"),
-    ("Image File,Y Channel Value\na,1.0,2.0\n", "3 fields"),
-    ("Image File,Y Channel Value\na,one\n", "one"),
-])
-def test_read_submission_rejects_malformed(tmp_path, content, match):
-    (tmp_path / "s.csv").write_text(content)
-    with pytest.raises(ValueError, match=match):
-        helpers.read_submission(tmp_path / "s.csv")
-
-
-def test_read_submission_checks_ids_when_given(tmp_path):
-    (tmp_path / "s.csv").write_text("Image File,Y Channel Value\na,1.0\nb,2.5\n")
-    assert helpers.read_submission(tmp_path / "s.csv") == [("a", 1.0), ("b", 2.5)]
-    assert helpers.read_submission(tmp_path / "s.csv", ["a", "b"]) == [("a", 1.0), ("b", 2.5)]
-    with pytest.raises(ValueError, match="c"):
-        helpers.read_submission(tmp_path / "s.csv", ["a", "b", "c"])
-
-
-def test_write_submission_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "sub.csv"
-    helpers.write_submission([(i, 100.0) for i in IDS], path, IDS)
-    before = path.read_bytes()
-
-    # 1. rows that fail validation: the old file stays
-    with pytest.raises(ValueError):
-        helpers.write_submission([(IDS[0], float("nan"))], path, IDS)
-    assert path.read_bytes() == before
-
-    # 2. a failure in the middle of writing (after the header): the old file stays
-    real_writer = csv.writer
-
-    def failing_writer(f, *args, **kwargs):
-        inner = real_writer(f, *args, **kwargs)
-
-        class Writer:
-            calls = 0
-
-            def writerow(self, row):
-                Writer.calls += 1
-                if Writer.calls > 1:
-                    raise OSError("disk full (simulated)")
-                return inner.writerow(row)
-
-            def writerows(self, rows):
-                for r in rows:
-                    self.writerow(r)
-
-        return Writer()
-
-    monkeypatch.setattr(helpers.csv, "writer", failing_writer)
-    with pytest.raises(OSError, match="simulated"):
-        helpers.write_submission([(i, 7.0) for i in IDS], path, IDS)
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert files_under(tmp_path) == ["sub.csv"]  # the partial file is gone too
-
-    # 3. and a good write does replace it
-    helpers.write_submission([(i, 7.0) for i in IDS], path, IDS)
-    assert helpers.read_submission(path, IDS) == [(i, 7.0) for i in sorted(IDS)]
-
+# ---------------------------------------------------------------- atomic writes
 
 def test_atomic_path_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "f.txt"
@@ -540,148 +346,6 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
             tmp.write_text("new, half written")
             raise RuntimeError("boom")
     assert target.read_text() == "old" and files_under(tmp_path) == ["f.txt"]
-
-
-# ---------------------------------------------------------------- zips
-
-A = png_bytes(coord_image(6, 7))
-B = png_bytes(uniform((1, 2, 3)))
-C = png_bytes(uniform((200, 100, 50)))
-
-
-def test_unpack_flattens_nested_folders_and_skips_junk(tmp_path):
-    z = make_zip(tmp_path / "x.zip", [
-        ("train_clean/", b""),
-        ("train_clean/sub/deeper/a.png", A),
-        ("b.png", B),
-        ("x/y/c.TIF", C),
-        ("__MACOSX/train_clean/sub/deeper/._a.png", b"mac resource fork"),
-        ("__MACOSX/e.png", B),
-        ("train_clean/.hidden.png", B),
-        (".git/objects/d.png", B),
-        ("train_clean/.DS_Store", b"junk"),
-        ("readme.txt", b"hello"),
-        ("meta/info.json", b"{}"),
-    ])
-    assert helpers.check_zip(z) == 11
-    r = helpers.unpack_zip(z, tmp_path / "out", progress=False)
-    assert r == {"written": 3, "skipped": 0}
-    assert files_under(tmp_path / "out") == ["a.png", "b.png", "c.TIF"]
-    assert (tmp_path / "out" / "a.png").read_bytes() == A
-    assert (tmp_path / "out" / "c.TIF").read_bytes() == C
-
-
-def test_unpack_is_idempotent_and_repairs_wrong_sizes(tmp_path):
-    z = make_zip(tmp_path / "x.zip", [("d/a.png", A), ("d/b.png", B), ("d/c.png", C)])
-    out = tmp_path / "out"
-    assert helpers.unpack_zip(z, out, progress=False) == {"written": 3, "skipped": 0}
-    assert helpers.unpack_zip(z, out, progress=False) == {"written": 0, "skipped": 3}
-    (out / "b.png").write_bytes(B[:10])  # a half-written file from an interrupted run
-    assert helpers.unpack_zip(z, out, progress=False) == {"written": 1, "skipped": 2}
-    assert (out / "b.png").read_bytes() == B
-
-
-@pytest.mark.parametrize("evil", ["../evil.png", "d/../../evil.png", "/abs/evil.png", "C:/evil.png",
-                                  "..\\evil.png"])
-def test_unpack_refuses_escaping_entries_writing_nothing(tmp_path, evil):
-    z = make_zip(tmp_path / "x.zip", [("good/a.png", A), (evil, B), ("good/c.png", C)])
-    out = tmp_path / "sub" / "out"
-    with pytest.raises(DataError, match="outside"):
-        helpers.unpack_zip(z, out, progress=False)
-    assert files_under(tmp_path) == ["x.zip"]  # nothing written anywhere, not even good/a.png
-
-
-def test_truncated_or_corrupt_zip_refused(tmp_path):
-    good = make_zip(tmp_path / "good.zip", [("a.png", A), ("b.png", B), ("c.png", C)])
-    data = good.read_bytes()
-    cut = tmp_path / "cut.zip"
-    cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="cut.zip"):
-        helpers.check_zip(cut)
-    with pytest.raises(DataError, match="not a complete zip"):
-        helpers.unpack_zip(cut, tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists()
-
-    # a flipped byte inside a stored image: the CRC check catches it
-    i = data.index(C) + len(C) // 2
-    flipped = tmp_path / "flipped.zip"
-    flipped.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
-    with pytest.raises(DataError, match="c.png"):
-        helpers.check_zip(flipped)
-
-    html = tmp_path / "page.zip"
-    html.write_text("<!DOCTYPE html><html><body>Google Drive - Too many users</body></html>")
-    with pytest.raises(DataError, match="web page"):
-        helpers.check_zip(html)
-    with pytest.raises(DataError, match="does not exist"):
-        helpers.check_zip(tmp_path / "none.zip")
-
-
-def test_unpack_refuses_zip_without_images_and_name_clashes(tmp_path):
-    z = make_zip(tmp_path / "x.zip", [("readme.txt", b"x")])
-    with pytest.raises(DataError, match="no images"):
-        helpers.unpack_zip(z, tmp_path / "out", progress=False)
-    z = make_zip(tmp_path / "y.zip", [("p/a.png", A), ("q/a.png", B)])
-    with pytest.raises(DataError, match="a.png"):
-        helpers.unpack_zip(z, tmp_path / "out2", progress=False)
-    assert not (tmp_path / "out2").exists()
-
-
-# ---------------------------------------------------------------- demo data
-
-def _demo(root, seed=0):
-    return helpers.make_demo_dataset(root, train_pages=3, test_pages=1, crops_per_page=2, crop=64,
-                                     seed=seed, progress=False)
-
-
-def _file_bytes(root):
-    root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_demo_dataset_layout_and_determinism(tmp_path):
-    r = _demo(tmp_path / "a")
-    assert r["train_pairs"] == 6 and r["test_scans"] == 2
-    a = _file_bytes(tmp_path / "a")
-    assert "DEMO_DATA.txt" in a
-    assert sum(k.startswith("train/clean/") and k.endswith(".png") for k in a) == 6
-    assert sum(k.startswith("train/scan/") and k.endswith(".png") for k in a) == 6
-    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 2
-    assert "train/clean/DemoMaking.00000.01.png" in a
-    assert helpers.dataset_kind(tmp_path / "a") == "demo"
-    assert helpers.data_label(tmp_path / "a").startswith("DEMO DATA")
-    summary = helpers.check_dataset(tmp_path / "a", progress=False)
-    assert summary["train_sizes"] == {(64, 64): 6} and summary["test_sizes"] == {(64, 64): 2}
-
-    _demo(tmp_path / "b")
-    assert _file_bytes(tmp_path / "b") == a  # byte-identical for the same seed
-
-    _demo(tmp_path / "c", seed=1)
-    c = _file_bytes(tmp_path / "c")
-    assert set(c) == set(a)
-    changed = [k for k in a if k.endswith((".png", ".tif")) and a[k] != c[k]]
-    assert len(changed) == 14  # every image differs for another seed
-
-
-def test_demo_scans_are_aligned_and_degraded(tmp_path):
-    _demo(tmp_path)
-    r = helpers.score_folders(tmp_path / "train/scan", tmp_path / "train/clean")
-    assert r["n_images"] == 6
-    assert r["score"] > 3  # "do nothing" is clearly not a perfect score
-    for pair in helpers.pair_files(tmp_path / "train/clean", tmp_path / "train/scan"):
-        c, s = helpers.read_rgb(pair.clean), helpers.read_rgb(pair.scan)
-        aligned = helpers.pixel_y_mae(s, c)
-        shifted = helpers.pixel_y_mae(s[8:, 8:].copy(), c[:-8, :-8].copy())
-        assert 0 < aligned < shifted  # the scan is of the same window of the same page
-
-
-def test_simulate_scan_does_not_mutate_and_is_seeded():
-    page = helpers.make_page(np.random.default_rng(0), 48, 48)
-    page0 = page.copy()
-    a = helpers.simulate_scan(page, np.random.default_rng(1))
-    b = helpers.simulate_scan(page, np.random.default_rng(1))
-    assert np.array_equal(page, page0) and np.array_equal(a, b)
-    assert a.dtype == np.uint8 and a.shape == page.shape and not np.array_equal(a, page)
 
 
 # ---------------------------------------------------------------- environment switches
@@ -708,26 +372,4 @@ def test_seed_everything_repeats_all_generators():
     helpers.seed_everything(123)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
-
-# ---------------------------------------------------------------- command line
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "helpers.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_cli_score_prints_the_score(tmp_path, capsys):
-    imwrite_rgb(tmp_path / "pred/a.00001.01.png", uniform((10, 200, 30)))    # 124
-    imwrite_rgb(tmp_path / "pred/b.00001.01.png", uniform((100, 100, 100)))  # 100
-    imwrite_rgb(tmp_path / "clean/a.00001.01.png", uniform((0, 0, 0)))       # 0
-    imwrite_rgb(tmp_path / "clean/b.00001.01.tif", uniform((255, 255, 255)))  # 255
-    imwrite_rgb(tmp_path / "clean/extra.00009.01.png", uniform((9, 9, 9)))   # ignored
-    r = run_cli("score", tmp_path / "pred", tmp_path / "clean")
-    assert r.returncode == 0, r.stderr
-    assert "over 2 images: 139.5000" in r.stdout
-
-    # the error path, in-process (a subprocess costs seconds): exit status 1, names the file
-    imwrite_rgb(tmp_path / "pred/nomatch.00001.01.png", uniform((1, 1, 1)))
-    assert helpers._cli(["score", str(tmp_path / "pred"), str(tmp_path / "clean")]) == 1
-    assert "nomatch.00001.01" in capsys.readouterr().err
 

@@ -1,0 +1,5 @@
+import sys
+
+from descan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""The command line: ``python -m descan {score,demo,check-zip,identify-zip,check-zips,unpack,check,run-notebooks}``.
+
+torch is imported only by the subcommands that need it (none of those used by data_download.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from helpers import DEMO_MARKER, ROOT, DataError, atomic_path, data_dir, data_label, workspace_dir
+
+
+def _demo(args) -> None:
+    """Generate the demo set unless the same one is already there and checked."""
+    from descan.data import check_dataset, has_data
+    from descan.demo import demo_settings, make_demo_dataset, settings_line
+    data = Path(args.data_dir)
+    s = demo_settings()
+    marker = data / DEMO_MARKER
+    if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():
+        raise DataError(f"{data} already holds data without a {DEMO_MARKER} marker, so it looks like the real "
+                        "competition data. Demo data is never written there. Give another folder: "
+                        "bash data_download.sh --demo ./data/demo")
+    if marker.exists() and settings_line(s) in marker.read_text().splitlines() and has_data(data):
+        try:
+            r = check_dataset(data, show_progress=False)
+            print(f"Demo data already in {data} ({settings_line(s)}; {r['train_pairs']} training pairs, "
+                  f"{r['test_scans']} test scans); nothing to do.")
+            return
+        except DataError:
+            pass
+    if marker.exists():
+        print(f"Replacing the older demo data in {data} (other settings, or incomplete).")
+        for sub in ("train", "test"):
+            shutil.rmtree(data / sub, ignore_errors=True)
+    t0 = time.time()
+    print(f"Generating SYNTHETIC DEMO DATA in {data} ({settings_line(s)}) ...", flush=True)
+    r = make_demo_dataset(data, s["train_pages"], s["test_pages"], s["crops_per_page"], s["crop"], s["seed"])
+    check_dataset(data, show_progress=False, force=True)
+    print(f"DEMO DATA (synthetic): {r['train_pairs']} training pairs and {r['test_scans']} test scans of "
+          f"{s['crop']}x{s['crop']} in {r['root']}, checked ({time.time() - t0:.1f} s). "
+          "It is NOT the competition data.")
+
+
+def _check(args) -> None:
+    from descan.data import check_dataset
+    r = check_dataset(args.data_dir, force=args.force)
+    print(f"{data_label(args.data_dir)} in {args.data_dir}: {r['train_pairs']} training pairs, "
+          f"{r['test_scans']} test scans, all paired and readable; sizes {r['train_sizes']}, "
+          f"test sizes {r['test_sizes']} (checked {r['checked']})")
+
+
+def run_notebooks(paths=None, timeout=1800) -> list[Path]:
+    """Execute notebooks in order in this Python environment; save executed copies in
+    <workspace>/executed/ so their figures can be looked at."""
+    import nbformat
+    from nbclient import NotebookClient
+    paths = [Path(p) for p in paths] if paths else sorted((ROOT / "notebooks").glob("*.ipynb"))
+    out_dir = workspace_dir(data_dir()) / "executed"
+    done = []
+    for path in paths:
+        t0 = time.time()
+        print(f"running {path.name} ...", flush=True)
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute()
+        finally:
+            target = out_dir / path.name
+            with atomic_path(target) as tmp:
+                nbformat.write(nb, str(tmp))
+        print(f"  ok in {time.time() - t0:.0f} s -> {target}", flush=True)
+        done.append(target)
+    return done
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m descan",
+                                     description="The Descanning starter kit's command line.")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    p = sub.add_parser("score", help="competition score of restored images against clean ones")
+    p.add_argument("pred_dir"), p.add_argument("clean_dir")
+    p = sub.add_parser("demo", help="generate the synthetic demo dataset (settings: DESCAN_DEMO_*)")
+    p.add_argument("data_dir")
+    p = sub.add_parser("check-zip", help="exit 0 when a file is a complete zip")
+    p.add_argument("zip")
+    p = sub.add_parser("identify-zip", help="print which competition zip a download is (by name, else contents)")
+    p.add_argument("zip"), p.add_argument("--drive-name", help="the file name Google Drive gave it")
+    p = sub.add_parser("check-zips", help="check that three zips hold what their names say")
+    p.add_argument("cache", help="folder holding train_clean.zip, train_scan.zip and test_scan.zip")
+    p = sub.add_parser("unpack", help="unpack the images of a zip flat into a folder")
+    p.add_argument("zip"), p.add_argument("dest")
+    p = sub.add_parser("check", help="check pairing, readability and sizes of a data folder (once)")
+    p.add_argument("data_dir"), p.add_argument("--force", action="store_true", help="check again")
+    p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
+    p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "score":
+            from descan.submit import score_folders
+            r = score_folders(args.pred_dir, args.clean_dir)
+            print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
+        elif args.cmd == "demo":
+            _demo(args)
+        elif args.cmd == "check-zip":
+            from descan.zips import check_zip
+            print(f"{args.zip}: complete zip, {check_zip(args.zip)} entries")
+        elif args.cmd == "identify-zip":
+            from descan.zips import identify_zip
+            print(identify_zip(args.zip, args.drive_name))
+        elif args.cmd == "check-zips":
+            from descan.zips import ZIP_NAMES, check_zip_set
+            counts = check_zip_set({n: Path(args.cache) / n for n in ZIP_NAMES})
+            print("zips agree with their names: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
+        elif args.cmd == "unpack":
+            from descan.zips import unpack_zip
+            r = unpack_zip(args.zip, args.dest)
+            print(f"{args.zip} -> {args.dest}: {r['written']} written, {r['skipped']} already there")
+        elif args.cmd == "check":
+            _check(args)
+        elif args.cmd == "run-notebooks":
+            run_notebooks(args.notebooks)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+

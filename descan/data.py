@@ -1,0 +1,279 @@
+"""The data folder: make sure it is there, check it once, fix the split (the manifest). No torch.
+
+Flow: ``ensure_data`` (every notebook's start) -> ``data_download.sh`` (unpack from the zip
+cache, download only what it lacks, or make the demo set) -> ``check_dataset`` (reads every
+image once per data folder; a stamp in the workspace records it) -> notebook 01's
+``make_manifest`` (the page-grouped split) -> ``load_split`` (02-05 read it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from helpers import (ROOT, SPLITS, DataError, Pair, atomic_path, by_stem, data_label, dataset_kind, examples,
+                     image_metrics, list_images, page_id, pair_files, progress_bar, read_rgb, smoke_mode,
+                     split_names, workspace_dir, env_path, is_colab)
+
+MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
+MANIFEST_FILE = "manifest.csv"
+
+
+def zip_cache_dir(data, workspace) -> Path:
+    """Where the downloaded zips are kept: $DESCAN_ZIP_CACHE; in Colab the workspace on Drive (so
+    a new runtime unpacks instead of downloading again); else DATA/zips."""
+    path = env_path("DESCAN_ZIP_CACHE")
+    if path is not None:
+        return path
+    return Path(workspace) / "zips" if is_colab() else Path(data) / "zips"
+
+
+def has_data(data) -> bool:
+    """True when ``data`` holds images in train/clean, train/scan and test/scan (not a full check)."""
+    data = Path(data)
+    return all((data / sub).is_dir() and bool(list_images(data / sub)) for sub in SPLITS.values())
+
+
+# --------------------------------------------------------------------------
+# The full check, once per data folder
+# --------------------------------------------------------------------------
+
+def check_pairs(pairs, show_progress=True) -> dict:
+    """Read both images of every pair; DataError naming unreadable files and size mismatches.
+    Returns counts of image sizes, e.g. {'512x512': 10000}."""
+    unreadable, mismatched, sizes = [], [], {}
+    for pair in progress_bar(pairs, "checking pairs", enabled=show_progress, unit="pair"):
+        shapes = []
+        for path in (pair.clean, pair.scan):
+            try:
+                shapes.append(read_rgb(path).shape[:2])
+            except DataError:
+                unreadable.append(path)
+        if len(shapes) == 2:
+            if shapes[0] != shapes[1]:
+                mismatched.append(f"{pair.name} (clean {shapes[0]}, scan {shapes[1]})")
+            key = f"{shapes[0][0]}x{shapes[0][1]}"
+            sizes[key] = sizes.get(key, 0) + 1
+    problems = []
+    if unreadable:
+        problems.append(f"{len(unreadable)} unreadable images: {examples(unreadable)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} pairs whose sizes differ: {examples(mismatched)}")
+    if problems:
+        raise DataError("; ".join(problems) + ". Delete the data folder and unpack it again.")
+    return sizes
+
+
+def fingerprint(data) -> str:
+    """A hash of every image's name and byte size in the three folders: changes when files do."""
+    h = hashlib.sha256()
+    for sub in SPLITS.values():
+        for p in list_images(Path(data) / sub):
+            h.update(f"{sub}/{p.name}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _stamp_path(data, workspace) -> Path:
+    key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:12]
+    return Path(workspace) / "data_checks" / f"{key}.json"
+
+
+def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict:
+    """Check the unpacked layout: train/clean paired with train/scan by name, every image readable,
+    pairs of equal size, test scans readable. Returns a summary; DataError on any problem.
+
+    Reading 20,500 images takes a minute or two, so a passed check is recorded in the workspace
+    (never in the data folder, which may be read-only) with a fingerprint of the files' names and
+    sizes; while the files are unchanged, later calls return the recorded summary at once
+    (``summary['checked']`` says when). ``force`` reads everything again.
+    """
+    data = Path(data)
+    pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
+    test = list_images(data / SPLITS["test_scan"])
+    if not test:
+        raise DataError(f"no test scans in {data / SPLITS['test_scan']}")
+    by_stem(test, data / SPLITS["test_scan"])
+    stamp = _stamp_path(data, workspace if workspace is not None else workspace_dir(data))
+    print_ = fingerprint(data)
+    if stamp.is_file() and not force:
+        with open(stamp) as f:
+            saved = json.load(f)
+        if saved.get("fingerprint") == print_:
+            return saved["summary"]
+    summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),
+               "extensions": sorted({p.suffix.lower() for pr in pairs for p in (pr.clean, pr.scan)} |
+                                    {p.suffix.lower() for p in test}),
+               "train_sizes": check_pairs(pairs, show_progress)}
+    test_sizes, unreadable = {}, []
+    for p in progress_bar(test, "checking test scans", enabled=show_progress, unit="img"):
+        try:
+            h, w = read_rgb(p).shape[:2]
+            test_sizes[f"{h}x{w}"] = test_sizes.get(f"{h}x{w}", 0) + 1
+        except DataError:
+            unreadable.append(p)
+    if unreadable:
+        raise DataError(f"{len(unreadable)} unreadable test scans: {examples(unreadable)}. "
+                        "Delete the data folder and unpack it again.")
+    summary["test_sizes"] = test_sizes
+    summary["checked"] = time.strftime("%Y-%m-%d %H:%M")
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(json.dumps({"data": str(data.resolve()), "fingerprint": print_, "summary": summary}))
+    return summary
+
+
+# --------------------------------------------------------------------------
+# Getting the data: every notebook's first step
+# --------------------------------------------------------------------------
+
+def download_data(data, workspace, demo=False) -> None:
+    """Run ``bash data_download.sh [--demo] DATA``, showing its output as it comes.
+
+    The script skips what is already complete, takes the zips from the zip cache
+    (helpers.zip_cache_dir) and downloads only what the cache lacks. Raises DataError when it
+    fails; its own message (printed above) says what to do.
+    """
+    script = ROOT / "data_download.sh"
+    if not script.is_file():
+        raise DataError(f"{script} is missing; get the whole repository (git clone) and try again.")
+    cmd = ["bash", str(script)] + (["--demo"] if demo else []) + [str(data)]
+    env = dict(os.environ, PYTHON=sys.executable, DESCAN_WORKSPACE=str(workspace),
+               DESCAN_ZIP_CACHE=str(zip_cache_dir(data, workspace)))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    while chunk := proc.stdout.read1(4096):
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+    if proc.wait() != 0:
+        raise DataError(f"`{' '.join(cmd)}` failed (exit status {proc.returncode}); "
+                        "its message above says why and what to do.")
+
+
+def ensure_data(data, workspace) -> dict:
+    """Make sure the checked data is in ``data``; return check_dataset's summary.
+
+    A fast no-op when it is there and was checked (the usual case). Otherwise, as in a fresh Colab
+    runtime whose /content is empty: the demo set is generated (demo data, or smoke mode), or the
+    competition data is unpacked from the zip cache (on Drive in Colab), downloading only what the
+    cache lacks. Says how long it took.
+    """
+    t0 = time.time()
+    data = Path(data)
+    if has_data(data):
+        summary = check_dataset(data, workspace)
+        how = "already in place"
+    else:
+        download_data(data, workspace, demo=dataset_kind(data) == "demo")
+        summary = check_dataset(data, workspace)
+        how = "prepared"
+    print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "
+          f"{summary['test_scans']} test scans (checked {summary['checked']}; {time.time() - t0:.1f} s)")
+    return summary
+
+
+def warn_if_demo(data) -> str:
+    """Return data_label(data); outside smoke mode, print a loud warning when the data is the demo set."""
+    if dataset_kind(data) == "demo" and not smoke_mode():
+        bar = "!" * 78
+        print(f"{bar}\n!! WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.\n"
+              "!! Every number and figure below describes the demo set. For the real data run\n"
+              f"!! notebook 01 in full mode (or `bash data_download.sh`) and point DESCAN_DATA at it.\n{bar}")
+    return data_label(data)
+
+
+# --------------------------------------------------------------------------
+# The manifest: one fixed, page-grouped split for the whole series
+# --------------------------------------------------------------------------
+
+def make_manifest(data, val_fraction=0.1, seed=0):
+    """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
+    clean and scan paths relative to ``data`` (POSIX style), and split ('train' | 'val', by page,
+    from split_names). Sorted by name."""
+    import pandas as pd
+    data = Path(data)
+    pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
+    split = split_names([p.name for p in pairs], val_fraction=val_fraction, seed=seed)
+    return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
+                          "clean": p.clean.relative_to(data).as_posix(),
+                          "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name]}
+                         for p in pairs], columns=list(MANIFEST_COLUMNS))
+
+
+def write_manifest(manifest, workspace) -> Path:
+    """Save the manifest atomically as WORKSPACE/manifest.csv; returns the path."""
+    path = Path(workspace) / MANIFEST_FILE
+    with atomic_path(path) as tmp:
+        manifest.to_csv(tmp, index=False)
+    return path
+
+
+def read_manifest(path):
+    """Read the manifest CSV written by notebook 01; DataError when it is missing or malformed."""
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no manifest at {path}. Run notebook 01 first (it writes the manifest), "
+                        "or set DESCAN_WORKSPACE to the workspace that holds it.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing or df.empty or not set(df["split"]) <= {"train", "val"}:
+        raise DataError(f"{path} is not a manifest made by notebook 01 (missing columns {missing}, "
+                        "no rows, or unknown split names). Run notebook 01 again.")
+    return df
+
+
+def manifest_pairs(manifest, data, split=None) -> list[Pair]:
+    """The Pairs of a manifest (optionally of one split), with paths under ``data``.
+
+    Raises DataError naming examples when files are missing (data moved or not downloaded)."""
+    data = Path(data)
+    rows = manifest if split is None else manifest[manifest["split"] == split]
+    pairs = [Pair(r.name, data / r.clean, data / r.scan) for r in rows.itertuples(index=False)]
+    missing = [p.clean for p in pairs if not p.clean.is_file()] + [p.scan for p in pairs if not p.scan.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} files of the manifest are not in {data}: {examples(missing)}. "
+                        "Run notebook 01 again (it downloads the data and rewrites the manifest).")
+    return pairs
+
+
+def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
+    """(train_pairs, val_pairs) from the manifest that notebook 01 saved in the workspace."""
+    manifest = read_manifest(Path(workspace) / MANIFEST_FILE)
+    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
+
+
+# --------------------------------------------------------------------------
+# Statistics (notebook 02)
+# --------------------------------------------------------------------------
+
+def title_of(name: str) -> str:
+    """The magazine title of an image name: 'BookOfMaking.00012.02' -> 'BookOfMaking'."""
+    return name.split(".")[0]
+
+
+def sample_items(items, n: int, seed: int = 0) -> list:
+    """A deterministic random subset of ``n`` items, kept in their original order; n <= 0 or
+    n >= len(items) returns all of them."""
+    items = list(items)
+    if n <= 0 or n >= len(items):
+        return items
+    keep = np.random.default_rng(seed).choice(len(items), size=n, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
+def pair_stats(pairs, show_progress=True):
+    """Per-pair statistics of the scans against the clean images, as a pandas DataFrame: name,
+    title, mean_y_clean, mean_y_scan, abs_mean_y_diff (what the metric sees), pixel_y_mae, psnr."""
+    import pandas as pd
+    rows = []
+    for p in progress_bar(pairs, "per-image statistics", enabled=show_progress, unit="pair"):
+        m = image_metrics(read_rgb(p.scan), read_rgb(p.clean))
+        rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
+                     "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
+                     "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
+    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan", "abs_mean_y_diff",
+                                       "pixel_y_mae", "psnr"])

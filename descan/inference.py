@@ -1,0 +1,107 @@
+"""Running a model on whole images: mixed precision, tensors <-> images, restore, evaluate.
+
+``images_per_pass`` is how many whole images go through the model at once (a "batch" is only
+ever the crops of one training step, see engine.TrainConfig).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from helpers import competition_score, image_metrics, progress_bar, read_rgb
+
+
+def amp_dtype():
+    """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, L4, H100); fp16 before that
+    (Colab's T4), where torch.cuda.is_bf16_supported() says True only because it can emulate it."""
+    return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+
+
+def autocast(device):
+    """Mixed precision on CUDA (bf16 or fp16, see amp_dtype); a no-op context on CPU."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype())
+
+
+def images_to_tensor(images, device) -> torch.Tensor:
+    """List of equal-size RGB uint8 arrays -> float tensor (N, 3, H, W) in [0, 1] on ``device``."""
+    batch = torch.from_numpy(np.stack(images)).to(device, non_blocking=True)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """(N, 3, H, W) float in [0, 1] -> RGB uint8 arrays, rounded exactly like helpers.to_uint8().
+
+    The clamp matters: a trained model puts some pixels above 1.0, and uint8 would wrap them to 0."""
+    out = batch.detach().float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return list(out.permute(0, 2, 3, 1).cpu().numpy())
+
+
+DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]  # the 8 flips and rotations
+
+
+def _model_device(model, device):
+    if device is not None:
+        return torch.device(device)
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=False, show_progress=False):
+    """Restore a list of RGB uint8 images of any size; returns RGB uint8 images of the same sizes.
+
+    Images of equal size go through the model ``images_per_pass`` at a time, with mixed precision
+    on CUDA, and are rounded to uint8. ``ensemble=True`` averages the 8 flips/rotations (x8
+    self-ensemble). The model handles any size itself (see models.py).
+    """
+    device = _model_device(model, device)
+    was_training = model.training
+    model.eval()
+    out = [None] * len(images)
+    by_size = {}
+    for i, img in enumerate(images):
+        by_size.setdefault(img.shape[:2], []).append(i)
+    passes = [group[i:i + images_per_pass] for group in by_size.values()
+              for i in range(0, len(group), images_per_pass)]
+    for idx in progress_bar(passes, "restoring", enabled=show_progress):
+        # channels-last measured faster on both CPU and GPU for these convolution stacks
+        x = images_to_tensor([images[i] for i in idx], device).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            if ensemble:
+                y = 0
+                for k, flip in DIHEDRAL:
+                    t = torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+                    r = torch.rot90(model(t).float(), -k, (-2, -1))
+                    y = y + (r.flip(-1) if flip else r)
+                y = y / len(DIHEDRAL)
+            else:
+                y = model(x)
+        for i, img in zip(idx, tensor_to_images(y)):
+            out[i] = img
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_progress=False) -> dict:
+    """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
+
+    ``pairs`` is a list of (clean, scan) RGB uint8 arrays.
+    """
+    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, ensemble, show_progress)
+    per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
+    return {"score": competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per]),
+            "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
+            "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
+
+
+def validation_table(models: dict, pairs, device=None, images_per_pass=8):
+    """{name: model} -> a pandas table (score, pixel_y_mae, psnr per row) on the whole validation
+    images of ``pairs`` (helpers.Pair), through the same evaluate() that training validates with."""
+    import pandas as pd
+    images = [(read_rgb(p.clean), read_rgb(p.scan)) for p in pairs]
+    return pd.DataFrame({name: evaluate(m, images, device, images_per_pass) for name, m in models.items()}).T

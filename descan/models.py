@@ -1,0 +1,193 @@
+"""The models: each small enough to read in one screen. Input and output are RGB in [0, 1].
+
+Every model takes images of any size and returns the same size (the U-Net pads to its multiple
+and crops back inside ``forward``). A checkpoint stores a model as its registered name plus its
+constructor arguments, so ``build_model(name, **kwargs)`` rebuilds it from the file alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import PARAM_LIMIT
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int):
+    """Pad (N, C, H, W) on the bottom and right to a multiple of ``multiple`` (reflection where the
+    image is large enough, else replication); returns the padded tensor and the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    return x, (h, w)
+
+
+class DnCNN(nn.Module):
+    """The slides' DnCNN (Zhang et al., 2017): conv+ReLU, (depth - 2) x conv+BN+ReLU, conv.
+
+    It predicts the residual (scan - clean) of the normalised input; the normalisation
+    (x - mean) / std is undone inside forward(), so the output is an image in [0, 1] again and
+    inference cannot forget to de-normalise (the slides' defect). 559,363 parameters for RGB.
+    """
+
+    def __init__(self, channels=3, width=64, depth=17, mean=0.5, std=0.5):
+        super().__init__()
+        self.mean, self.std = mean, std
+        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        z = (x - self.mean) / self.std
+        return (z - self.body(z)) * self.std + self.mean
+
+
+class Identity(nn.Module):
+    """Gives back its input: the "do nothing" baseline, scored through the same code path."""
+
+    def forward(self, x):
+        return x
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over the channels of every pixel (as in NAFNet), for (N, C, H, W) tensors."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias)
+        return x.permute(0, 3, 1, 2)
+
+
+class AttnBlock(nn.Module):
+    """A NAFNet block: depth-wise conv, a gate, and simplified channel attention (SCA: global
+    average pool -> 1x1 conv -> per-channel scale), then a gated feed-forward; both residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.norm2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.expand = nn.Conv2d(c, 2 * c, 1)
+        self.dw = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.project = nn.Conv2d(c, c, 1)
+        self.ffn_in, self.ffn_out = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(c, c, 1)
+        self.beta, self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1)), nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        a, b = self.dw(self.expand(self.norm1(x))).chunk(2, dim=1)
+        y = a * b
+        x = x + self.beta * self.project(y * self.sca(y))
+        a, b = self.ffn_in(self.norm2(x)).chunk(2, dim=1)
+        return x + self.gamma * self.ffn_out(a * b)
+
+
+class AttentionUNet(nn.Module):
+    """A small NAFNet-style U-Net with channel attention, plus a global colour path.
+
+    Local path: encoder levels (``enc_blocks`` blocks each, width doubling), ``mid_blocks`` at the
+    bottom, decoder levels with skip connections; it predicts a residual. Global path: the mean
+    and standard deviation of the bottom features predict a 3x3 colour matrix and an offset that
+    are applied to the whole input image (identity at initialisation), so global fading and
+    colour casts (the error the metric sees) are corrected by a few numbers per image. Any input
+    size works: forward() pads to ``pad_multiple`` and crops the result back.
+    """
+
+    def __init__(self, width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True):
+        super().__init__()
+        enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)
+        self.pad_multiple = 2 ** len(enc_blocks)
+        self.intro = nn.Conv2d(3, width, 3, padding=1)
+        self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
+        c = width
+        for n in enc_blocks:
+            self.encoders.append(nn.Sequential(*[AttnBlock(c) for _ in range(n)]))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = nn.Sequential(*[AttnBlock(c) for _ in range(mid_blocks)])
+        for n in dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(nn.Sequential(*[AttnBlock(c) for _ in range(n)]))
+        self.outro = nn.Conv2d(width, 3, 3, padding=1)
+        self.colour = None
+        if colour_path:
+            bottom = width * 2 ** len(enc_blocks)
+            self.colour = nn.Sequential(nn.Linear(2 * bottom + 6, 64), nn.GELU(), nn.Linear(64, 12))
+            nn.init.zeros_(self.colour[-1].weight)
+            nn.init.zeros_(self.colour[-1].bias)
+
+    def forward(self, x):
+        x, (h, w) = pad_to_multiple(x, self.pad_multiple)
+        feat, skips = self.intro(x), []
+        for enc, down in zip(self.encoders, self.downs):
+            feat = enc(feat)
+            skips.append(feat)
+            feat = down(feat)
+        feat = self.middle(feat)
+        bottom = feat
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+            feat = dec(up(feat) + skip)
+        base = x
+        if self.colour is not None:
+            stats = torch.cat([bottom.mean((2, 3)), bottom.std((2, 3), correction=0),
+                               x.mean((2, 3)), x.std((2, 3), correction=0)], 1)
+            p = self.colour(stats.float())
+            matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
+            base = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
+        return (base + self.outro(feat))[..., :h, :w]
+
+
+MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name; a checkpoint stores exactly these two things."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_report(model: nn.Module, patch: int, channels: int = 3, limit: int = PARAM_LIMIT) -> int:
+    """Print torchsummary's table at the training patch size, on the model's own device, and
+    return the parameter count. Raises ValueError when the model has ``limit`` parameters or more.
+
+    The count asserted is the larger of torchsummary's total and the exact sum over
+    model.parameters() (torchsummary misses parameters that are not a layer's weight or bias).
+    """
+    exact = count_parameters(model)
+    if exact >= limit:
+        raise ValueError(f"{type(model).__name__} has {exact:,} parameters; the rule is fewer than "
+                         f"{limit:,}. Make it narrower or shallower.")
+    from torchsummary import summary
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        summary(model, (channels, patch, patch), device=device.type)
+    model.train(was_training)
+    text = buf.getvalue()
+    lines = text.splitlines()
+    print("\n".join(lines[:8] + ["..."] + lines[-12:]) if len(lines) > 40 else text)
+    found = re.search(r"Total params: ([\d,]+)", text)
+    reported = int(found.group(1).replace(",", "")) if found else 0
+    count = max(exact, reported)
+    print(f"parameters: {count:,} (torchsummary {reported:,}, exact {exact:,}); limit {limit:,}")
+    if count >= limit:
+        raise ValueError(f"{type(model).__name__} has {count:,} parameters; the rule is fewer than {limit:,}.")
+    return count
+
+

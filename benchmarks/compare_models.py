@@ -19,25 +19,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: E402
-
-# The recipes of notebooks 03 and 04; batch and patch are shared so both see the same pixels.
-DNCNN = dict(loss="mse", optimizer="adam", lr=1e-3, schedule="constant")
-ATTENTION = dict(loss="l1", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=20,
-                 grad_clip=1.0, ema_decay=0.99, augment=True, degrade_prob=0.25, mean_y_weight=0.5)
-ATTENTION_MODEL = dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1))
+from descan import checkpoints, demo, engine, inference, losses, models  # noqa: E402
 
 
-def run(name, model, kwargs, recipe, train, val, minutes, workdir, shared, perceptual=0.0):
-    cfg = helpers.TrainConfig(epochs=10_000, budget_minutes=minutes, **shared, **recipe)
-    extra = helpers.perceptual_loss(perceptual) if perceptual else None
-    if perceptual and extra is None:
+def run(name, recipe, train, val, minutes, workdir, shared, model_changes=None, **changes):
+    """Train one variant of a notebook recipe (engine.recipe, its GPU settings) with the shared
+    batch/patch/crops and ``changes``, for ``minutes`` of training time; the best checkpoint's row."""
+    model, kwargs, cfg = engine.recipe(recipe, "cuda", use_env=False, epochs=10_000, budget_minutes=minutes,
+                                       **shared, **changes)
+    kwargs = {**kwargs, **(model_changes or {})}
+    if cfg.perceptual_weight and losses.perceptual_loss(cfg.perceptual_weight) is None:
         return {"run": name, "steps": 0, "score": float("nan"), "pixel_y_mae": float("nan"),
                 "psnr": float("nan"), "note": "skipped: VGG16 weights not available offline"}
     t0 = time.time()
-    trainer = helpers.Trainer(model, kwargs, train, val, Path(workdir) / name, cfg, device="cpu",
-                              data_kind="demo", extra_loss=extra)
+    trainer = engine.Trainer(model, kwargs, train, val, Path(workdir) / name, cfg, device="cpu", data_kind="demo")
     trainer.fit()
-    best = helpers.load_checkpoint(Path(workdir) / name / "best.pt")
+    best = checkpoints.load_checkpoint(Path(workdir) / name / checkpoints.BEST)
     print(f"  {name}: {trainer.step} steps, best at epoch {best['epoch']}, wall {time.time() - t0:.0f} s",
           flush=True)
     return {"run": name, "steps": trainer.step, **{k: best["val"][k] for k in ("score", "pixel_y_mae", "psnr")},
@@ -57,21 +54,20 @@ def main():
                   workers=0, checkpoint_minutes=60, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "demo"
-        helpers.make_demo_dataset(data, train_pages=args.pages, test_pages=1, progress=False)
+        demo.make_demo_dataset(data, train_pages=args.pages, test_pages=1, show_progress=False)
         pairs = helpers.pair_files(data / "train/clean", data / "train/scan")
         split = helpers.split_names([p.name for p in pairs], val_fraction=0.15, seed=0)
         train = [p for p in pairs if split[p.name] == "train"]
         val = [p for p in pairs if split[p.name] == "val"]
-        val_images = [(helpers.read_rgb(p.scan), helpers.read_rgb(p.clean)) for p in val]
-        nothing = helpers.evaluate(helpers.Identity(), val_images)
-        n_att = helpers.count_parameters(helpers.build_model("attention_unet", **ATTENTION_MODEL))
+        val_images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
+        nothing = inference.evaluate(models.Identity(), val_images)
+        n_att = models.count_parameters(models.build_model(*engine.recipe("attention", use_env=False)[:2]))
         print(f"DEMO DATA: {len(train)} training / {len(val)} validation pairs of 256x256 (split by page); "
               f"CPU threads {torch.get_num_threads()}; batch {args.batch} x {args.patch}px crops\n", flush=True)
         rows = [{"run": "do nothing (the scans)", "steps": 0, **nothing, "note": ""}]
         print(f"main comparison, {args.minutes} min of training each:", flush=True)
-        rows.append(run("DnCNN (03 recipe)", "dncnn", {}, DNCNN, train, val, args.minutes, tmp, shared))
-        rows.append(run("attention U-Net (04 recipe)", "attention_unet", ATTENTION_MODEL, ATTENTION, train, val,
-                        args.minutes, tmp, shared))
+        rows.append(run("DnCNN (03 recipe)", "dncnn", train, val, args.minutes, tmp, shared))
+        rows.append(run("attention U-Net (04 recipe)", "attention", train, val, args.minutes, tmp, shared))
         table = pd.DataFrame(rows).set_index("run")
         print(f"\nparameters: DnCNN 559,363; attention U-Net {n_att:,}")
         print(f"validation (lower score and pixel Y MAE are better), {args.minutes} min CPU budget each:")
@@ -79,22 +75,22 @@ def main():
 
         if args.ablation_minutes > 0:
             m = args.ablation_minutes
-            variants = [
-                ("all strategies (04 recipe)", ATTENTION_MODEL, ATTENTION, 0.0),
-                ("- geometric augmentation", ATTENTION_MODEL, {**ATTENTION, "augment": False}, 0.0),
-                ("- degradation augmentation", ATTENTION_MODEL, {**ATTENTION, "degrade_prob": 0.0}, 0.0),
-                ("- mean-Y loss term", ATTENTION_MODEL, {**ATTENTION, "mean_y_weight": 0.0}, 0.0),
-                ("- EMA of weights", ATTENTION_MODEL, {**ATTENTION, "ema_decay": 0.0}, 0.0),
-                ("- AdamW/warm-up/cosine/clip (Adam, constant)", ATTENTION_MODEL,
-                 {**ATTENTION, "optimizer": "adam", "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
-                  "grad_clip": 0.0}, 0.0),
-                ("- L1 (MSE instead)", ATTENTION_MODEL, {**ATTENTION, "loss": "mse"}, 0.0),
-                ("- global colour path", {**ATTENTION_MODEL, "colour_path": False}, ATTENTION, 0.0),
-                ("+ perceptual VGG term (0.1)", ATTENTION_MODEL, ATTENTION, 0.1),
+            variants = [  # (name, model changes, recipe changes): one strategy off (or on) at a time
+                ("all strategies (04 recipe)", {}, {}),
+                ("- geometric augmentation", {}, {"augment": False}),
+                ("- degradation augmentation", {}, {"degrade_prob": 0.0}),
+                ("- mean-Y loss term", {}, {"mean_y_weight": 0.0}),
+                ("- EMA of weights", {}, {"ema_decay": 0.0}),
+                ("- AdamW/warm-up/cosine/clip (Adam, constant)", {},
+                 {"optimizer": "adam", "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
+                  "grad_clip": 0.0}),
+                ("- L1 (MSE instead)", {}, {"loss": "mse"}),
+                ("- global colour path", {"colour_path": False}, {}),
+                ("+ perceptual VGG term (0.1)", {}, {"perceptual_weight": 0.1}),
             ]
             print(f"\nablation, {m} min of training each:", flush=True)
-            abl = [run(name, "attention_unet", kw, recipe, train, val, m, tmp, shared, perceptual=perc)
-                   for name, kw, recipe, perc in variants]
+            abl = [run(name, "attention", train, val, m, tmp, shared, model_changes=mc, **rc)
+                   for name, mc, rc in variants]
             print(f"\nablation at {m} min each (do nothing: score {nothing['score']:.4f}, "
                   f"pixel Y MAE {nothing['pixel_y_mae']:.3f}):")
             print(pd.DataFrame(abl).set_index("run").round(4).to_string())

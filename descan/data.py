@@ -20,6 +20,7 @@ import numpy as np
 from helpers import (ROOT, SPLITS, DataError, Pair, atomic_path, by_stem, data_label, dataset_kind, examples,
                      image_metrics, list_images, page_id, pair_files, progress_bar, read_rgb, smoke_mode,
                      split_names, workspace_dir, env_path, is_colab)
+from descan.zips import ZIP_NAMES
 
 MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
 MANIFEST_FILE = "manifest.csv"
@@ -166,8 +167,10 @@ def ensure_data(data, workspace) -> dict:
     if has_data(data):
         summary = check_dataset(data, workspace)
         how = "already in place"
-    else:
-        download_data(data, workspace, demo=dataset_kind(data) == "demo")
+    else:  # zips in the cache mean the competition data, even in smoke mode
+        cache = zip_cache_dir(data, workspace)
+        demo = dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES)
+        download_data(data, workspace, demo=demo)
         summary = check_dataset(data, workspace)
         how = "prepared"
     print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "

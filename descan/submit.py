@@ -220,3 +220,48 @@ def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8, e
             rows.append({"entry": name, "ensemble": bool(ens), **score_restored(folder, pairs),
                          "seconds": round(seconds, 1), "folder": folder})
     return pd.DataFrame(rows).sort_values(["score", "entry"], kind="stable").reset_index(drop=True)
+
+
+def leaderboard_candidates(found, chosen, model, device=None):
+    """The models a local leaderboard compares: "do nothing" (an Identity through the same path),
+    every usable checkpoint of ``found`` (checkpoints.find_checkpoints) by run name, and the chosen
+    one (``model``, from checkpoints.choose_checkpoint's entry ``chosen``). Returns the dict and
+    the chosen entry's name there (its run name, or "<run> (DESCAN_CHECKPOINT)" for a file from
+    elsewhere whose folder name is taken)."""
+    from descan.checkpoints import model_from_checkpoint
+    from descan.models import Identity
+    out = {"do nothing": Identity()}
+    usable = [e for e in found if e["error"] is None]
+    for e in usable:
+        out[e["run"]] = model if e["path"].resolve() == chosen["path"].resolve() else \
+            model_from_checkpoint(e["path"], device)
+    name = chosen["run"]
+    if all(e["path"].resolve() != chosen["path"].resolve() for e in usable) and name in out:
+        name = f"{name} (DESCAN_CHECKPOINT)"
+    out[name] = model
+    return out, name
+
+
+def leaderboard_notes(board, chosen: str, ensemble: bool) -> list[str]:
+    """What a local_leaderboard table says about the submission: its estimate against doing
+    nothing, whether the x8 self-ensemble helped the chosen entry, and a better entry if any."""
+    def score(entry, ens):
+        row = board[(board["entry"] == entry) & (board["ensemble"] == ens)]
+        return float(row["score"].iloc[0]) if len(row) else math.nan
+
+    notes = [f"validation estimate of the submission ({chosen}{', x8' if ensemble else ''}): "
+             f"{score(chosen, ensemble):.4f}   do nothing: {score('do nothing', False):.4f}"]
+    single, x8 = score(chosen, False), score(chosen, True)
+    if math.isfinite(x8):
+        better = x8 < single
+        notes.append(f"x8 self-ensemble {'helps' if better else 'does not help'} {chosen} on validation "
+                     f"({x8:.4f} vs {single:.4f} single pass)" +
+                     ("" if better == ensemble else f"; consider DESCAN_ENSEMBLE={int(better)}"))
+    best = board.iloc[0]
+    if best["entry"] == "do nothing":
+        notes.append("note: on these images no checkpoint beats doing nothing; the models need more training "
+                     "(or better training) before a submission is worth one of the day's three")
+    elif best["entry"] != chosen:
+        notes.append(f"note: on these images {best['entry']}{' (x8)' if best['ensemble'] else ''} scores better "
+                     f"({best['score']:.4f}); set DESCAN_CHECKPOINT={best['entry']} to submit with it")
+    return notes

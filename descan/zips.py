@@ -7,6 +7,7 @@ else from its contents, and check_zip_set refuses a set whose contents contradic
 """
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -96,9 +97,10 @@ def identify_zip(path, drive_name: str | None = None) -> str:
     """Which of ZIP_NAMES a downloaded zip is.
 
     First by the file name Drive gave it (``drive_name``, default: the file's own name): 'test'
-    in it means the test scans; else 'clean' or 'scan' name the training half. When the name says
-    nothing, by its contents: a zip of fewer than TEST_MAX_IMAGES images is the test set; a
-    large one cannot be told clean from scan by itself, and DataError says how to name it.
+    in it means the test scans; else 'clean' or 'scan' (but not the 'scan' of 'descanning') name
+    the training half. When the name says nothing, by its contents: a zip of fewer than
+    TEST_MAX_IMAGES images is the test set; a large one cannot be told clean from scan by itself,
+    and DataError says how to name it.
     """
     path = Path(path)
     name = (drive_name or path.name).lower()
@@ -106,7 +108,7 @@ def identify_zip(path, drive_name: str | None = None) -> str:
         return "test_scan.zip"
     if "clean" in name:
         return "train_clean.zip"
-    if "scan" in name:
+    if re.search(r"(?<!de)scan", name):  # not the "scan" of "descanning", the competition's name
         return "train_scan.zip"
     n = len(zip_image_names(path))
     if n < TEST_MAX_IMAGES:

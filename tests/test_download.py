@@ -1,12 +1,16 @@
 """Tests of data_download.sh: demo mode, and real mode with a fake downloader for every failure.
 
-DESCAN_GDOWN points the script at a small fake `gdown` written into tmp_path, so quota pages,
-HTML pages, truncated zips and good zips are all tested without a network. One test runs the
-real gdown and expects a fast, helpful failure; it is skipped when the network is reachable.
+DESCAN_GDOWN points the script at a small fake `gdown` written into tmp_path. Like the real gdown
+without -O, it writes the file into its working folder under the name Google Drive gives it; a
+mapping "id -> (Drive file name, which zip's contents)" says what each id serves, so quota pages,
+HTML pages, truncated zips, good zips in any order and zips that are not what Drive calls them are
+all tested without a network. One test runs the real gdown and expects a fast, helpful failure;
+it is skipped when the network is reachable.
 """
 import os
 import socket
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -17,43 +21,57 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "data_download.sh"
-IDS = {"train_clean.zip": "16zAeGDmqbAvn7Iy8V-mByIKx6rG-wgLD",
-       "train_scan.zip": "1cqxSVFxfonx5qKVldfBy0q7uYdNZY8ea",
-       "test_scan.zip": "1zmfrXzT9InLg7NIQ-hXekZIyX9aGNNqj"}
+ZIPS = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
+# The script's default ids (../shared/COMPETITION.md), then the replacement test id, its last resort.
+DEFAULT_IDS = ["16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD", "1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea",
+               "1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj"]
+FALLBACK_ID = "1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"
 
 FAKE_GDOWN = r"""#!/usr/bin/env bash
-# A stand-in for gdown: records its arguments, then behaves as MODE says.
+# A stand-in for gdown without -O: records its arguments, then behaves as FAKE_MODE says, writing
+# into the current folder under the Drive name that FAKE_MAP ("id<TAB>drive name<TAB>zip") gives.
 if [ "${1:-}" = "--help" ]; then echo "  --timeout SECONDS  give up"; exit 0; fi
 echo "$*" >> "$FAKE_LOG"
-out=""; id=""
+id=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    -O) out="$2"; shift ;;
+    -O) echo "fake gdown: -O must not be used" >&2; exit 5 ;;
     --timeout) shift ;;
     -*) ;;
     *) id="$1" ;;
   esac
   shift
 done
+drive_name=""; kind=""
+while IFS=$'\t' read -r i n k; do
+  if [ "$i" = "$id" ]; then drive_name="$n"; kind="$k"; fi
+done < "$FAKE_MAP"
 case "$FAKE_MODE" in
   quota)
     echo "Failed to retrieve file url:" >&2
     echo "    Too many users have viewed or downloaded this file recently. Please try accessing" >&2
     echo "    the file again later." >&2
     exit 1 ;;
-  html)
-    printf '<!DOCTYPE html><html><head><title>Google Drive</title></head><body>sign in</body></html>' > "$out"
-    exit 0 ;;
-  truncated)
-    head -c 150 "$FAKE_SRC/$id.zip" > "$out"
-    exit 0 ;;
-  serve)
-    cp "$FAKE_SRC/$id.zip" "$out"
-    exit 0 ;;
-  *)
+  refuse)
     echo "fake gdown: must not be called" >&2
     exit 3 ;;
 esac
+if [ -z "$drive_name" ]; then echo "fake gdown: unknown id $id" >&2; exit 4; fi
+case "$FAKE_MODE" in
+  html)
+    printf '<!DOCTYPE html><html><head><title>Google Drive</title></head><body>sign in</body></html>' \
+      > "$drive_name"
+    exit 0 ;;
+  truncated)
+    head -c 150 "$FAKE_SRC/$kind" > "$drive_name"
+    exit 0 ;;
+  serve)
+    : > "${drive_name}k3j5x9qa.part"  # a leftover partial file, as gdown may leave one
+    cp "$FAKE_SRC/$kind" "$drive_name"
+    exit 0 ;;
+esac
+echo "fake gdown: unknown mode $FAKE_MODE" >&2
+exit 3
 """
 
 
@@ -86,6 +104,11 @@ CONTENT = {
 UNPACKED = {"train/clean": [f"{n}.png" for n in sorted(PAIRS)],
             "train/scan": [f"{n}.png" for n in sorted(PAIRS)],
             "test/scan": ["Wire.00003.01.tif"]}
+FOLDER = {"train_clean.zip": "train/clean", "train_scan.zip": "train/scan", "test_scan.zip": "test/scan"}
+# The usual mapping: each default id serves the zip Drive names it after.
+USUAL = {DEFAULT_IDS[0]: ("train_clean.zip", "train_clean.zip"),
+         DEFAULT_IDS[1]: ("train_scan.zip", "train_scan.zip"),
+         DEFAULT_IDS[2]: ("test_scan.zip", "test_scan.zip")}
 
 
 def build_zip(path, name):
@@ -98,26 +121,50 @@ def build_zip(path, name):
     return path
 
 
+def unpack_by_hand(data):
+    """The images of the three zips, placed where the script would unpack them."""
+    for name, sub in FOLDER.items():
+        (data / sub).mkdir(parents=True, exist_ok=True)
+        for arc, blob in CONTENT[name]:
+            if blob is not None and not arc.startswith("__MACOSX") and not arc.endswith(".txt"):
+                (data / sub / Path(arc).name).write_bytes(blob)
+
+
 def files_under(folder):
     folder = Path(folder)
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) \
         if folder.exists() else []
 
 
+def snapshot(folder):
+    """Every path under ``folder`` (the folder itself included) with its mtime."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in [folder, *folder.rglob("*")]}
+
+
 @pytest.fixture
 def fake(tmp_path):
-    """A fake downloader serving good zips by id from tmp_path/src; returns a helper object."""
+    """A fake downloader serving the zips' contents from tmp_path/src by the mapping fake.serve()
+    sets (default: USUAL); returns a helper object."""
     src = tmp_path / "src"
     src.mkdir()
-    for name, file_id in IDS.items():
-        build_zip(src / f"{file_id}.zip", name)
+    for name in ZIPS:
+        build_zip(src / name, name)
+    with zipfile.ZipFile(src / "big.zip", "w") as zf:  # as many images as a training zip may hold
+        for i in range(2000):
+            zf.writestr(f"Mag.{i:05d}.01.png", b"x")
     script = tmp_path / "fake_gdown"
     script.write_text(FAKE_GDOWN)
     script.chmod(0o755)
 
     class Fake:
         log = tmp_path / "fake_calls.log"
+        map = tmp_path / "fake_map.tsv"
         path = script
+
+        def serve(self, mapping):
+            """mapping: id -> (the file name Drive gives it, which zip's contents it holds)."""
+            self.map.write_text("".join(f"{i}\t{n}\t{k}\n" for i, (n, k) in mapping.items()))
 
         def calls(self):
             return self.log.read_text().splitlines() if self.log.exists() else []
@@ -127,15 +174,27 @@ def fake(tmp_path):
 
     f = Fake()
     f.src = src
+    f.serve(USUAL)
     return f
+
+
+_WORKSPACE = {}
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path):
+    """Each test's workspace (where `check` records a passed check): never the repository's."""
+    _WORKSPACE["path"] = tmp_path / "workspace"
+    yield _WORKSPACE["path"]
+    _WORKSPACE.clear()
 
 
 def run_script(*args, env=None, fake=None, mode="refuse", timeout=120):
     full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
     full.update({"DESCAN_RETRY_WAIT": "0", "DESCAN_DEMO_PAGES": "2", "DESCAN_DEMO_TEST_PAGES": "1",
-                 "DESCAN_DEMO_SIZE": "64"})
+                 "DESCAN_DEMO_SIZE": "64", "DESCAN_WORKSPACE": str(_WORKSPACE["path"])})
     if fake is not None:
-        full.update({"DESCAN_GDOWN": str(fake.path), "FAKE_LOG": str(fake.log),
+        full.update({"DESCAN_GDOWN": str(fake.path), "FAKE_LOG": str(fake.log), "FAKE_MAP": str(fake.map),
                      "FAKE_SRC": str(fake.src), "FAKE_MODE": mode})
     full.update(env or {})
     t0 = time.time()
@@ -146,11 +205,18 @@ def run_script(*args, env=None, fake=None, mode="refuse", timeout=120):
     return r
 
 
+def assert_unpacked(data):
+    for sub, names in UNPACKED.items():
+        assert files_under(data / sub) == names
+    assert (data / "train/scan/Mag.00001.02.png").read_bytes() == CONTENT["train_scan.zip"][1][1]
+
+
 # ---------------------------------------------------------------- usage and demo mode
 
 def test_help_and_bad_arguments():
     r = run_script("--help")
     assert r.returncode == 0 and "Usage" in r.stdout and "--demo" in r.stdout
+    assert "DESCAN_DRIVE_IDS" in r.stdout and all(i in r.stdout for i in DEFAULT_IDS + [FALLBACK_ID])
     assert run_script("-h").stdout == r.stdout
     r = run_script("--bogus")
     assert r.returncode == 2 and "unknown option --bogus" in r.stderr
@@ -158,7 +224,7 @@ def test_help_and_bad_arguments():
     assert r.returncode == 2 and "only one DATA_DIR" in r.stderr
 
 
-def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path):
+def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     data = tmp_path / "my demo"  # a space in the path must not break anything
     r = run_script("--demo", data)
     assert r.returncode == 0, r.out
@@ -167,7 +233,8 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path):
     assert len([f for f in files if f.startswith("train/clean/") and f.endswith(".png")]) == 4
     assert len([f for f in files if f.startswith("train/scan/") and f.endswith(".png")]) == 4
     assert len([f for f in files if f.startswith("test/scan/") and f.endswith(".tif")]) == 2
-    assert "4 training pairs, 2 test scans" in r.stdout
+    assert "4 training pairs and 2 test scans" in r.stdout and "NOT the competition data" in r.stdout
+    assert files_under(workspace)  # the passed check is recorded in the workspace, not in the data
     before = {f: (data / f).stat().st_mtime_ns for f in files}
 
     r = run_script("--demo", env={"DESCAN_DATA": str(data)})  # DESCAN_DATA names the same folder
@@ -177,6 +244,7 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path):
     # other settings: the old demo files are replaced, not mixed with the new ones
     r = run_script("--demo", data, env={"DESCAN_DEMO_SIZE": "48"})
     assert r.returncode == 0, r.out
+    assert "Replacing the older demo data" in r.stdout
     assert len(files_under(data)) == 11
     assert cv2.imread(str(data / "train/clean/DemoMaking.00000.01.png")).shape == (48, 48, 3)
 
@@ -213,7 +281,7 @@ def test_quota_message_fails_with_what_to_do(tmp_path, fake):
     assert str(data / "zips" / "train_clean.zip").lower() in msg  # where to put it by hand
     assert len(fake.calls()) == 1  # no pointless retries against a quota
     assert "--timeout" in fake.calls()[0].split()  # the downloader never waits forever
-    assert fake.called_ids() == [IDS["train_clean.zip"]]
+    assert fake.called_ids() == [DEFAULT_IDS[0]]
     assert files_under(data / "zips") == []  # nothing partial left behind
     assert not (data / "train").exists()
 
@@ -233,7 +301,7 @@ def test_truncated_download_is_retried_then_deleted(tmp_path, fake):
     r = run_script(data, fake=fake, mode="truncated", env={"DESCAN_DOWNLOAD_TRIES": "2"})
     assert r.returncode != 0
     assert "after 2 attempts" in r.stderr
-    assert fake.called_ids() == [IDS["train_clean.zip"]] * 2
+    assert fake.called_ids() == [DEFAULT_IDS[0]] * 2
     assert files_under(data / "zips") == []
     assert not (data / "train").exists()
 
@@ -243,36 +311,194 @@ def test_missing_downloader(tmp_path):
     assert r.returncode != 0 and "not installed" in r.stderr and "pip install gdown" in r.stderr
 
 
+def test_a_zip_holding_the_wrong_split_is_refused(tmp_path, fake):
+    """Drive calls it train_scan.zip, but it holds the test scans: nothing is unpacked."""
+    data = tmp_path / "data"
+    fake.serve({DEFAULT_IDS[0]: ("train_clean.zip", "train_clean.zip"),
+                DEFAULT_IDS[1]: ("train_scan.zip", "test_scan.zip"),
+                DEFAULT_IDS[2]: ("test_scan.zip", "test_scan.zip")})
+    r = run_script(data, fake=fake, mode="serve")
+    assert r.returncode != 0
+    assert "train_scan.zip" in r.stderr and "not what its name says" in r.stderr
+    assert "nothing was unpacked" in r.stderr
+    assert not (data / "train").exists() and not (data / "test").exists()
+    assert files_under(data / ".unpacked") == []
+    assert files_under(data / "zips") == [".drive_ids", "test_scan.zip", "train_clean.zip", "train_scan.zip"]
+
+
+def test_a_zip_nobody_can_name_is_kept_with_what_to_do(tmp_path, fake):
+    """A training-sized zip whose Drive name does not say clean or scan: kept in the cache, not guessed."""
+    data = tmp_path / "data"
+    fake.serve({DEFAULT_IDS[0]: ("download.zip", "big.zip")})
+    r = run_script(data, fake=fake, mode="serve")
+    assert r.returncode != 0
+    assert "rename it to train_clean.zip or train_scan.zip" in r.stderr
+    assert "kept as " + str(data / "zips" / "download.zip") in r.stderr
+    assert files_under(data / "zips") == ["download.zip"]
+    assert fake.called_ids() == [DEFAULT_IDS[0]]
+
+
+def test_a_zip_missing_after_all_ids_says_how_to_fix(tmp_path, fake):
+    data = tmp_path / "data"
+    fake.serve({"A": ("train_clean.zip", "train_clean.zip"), "B": ("train_scan.zip", "train_scan.zip")})
+    r = run_script(data, fake=fake, mode="serve", env={"DESCAN_DRIVE_IDS": "A B"})
+    assert r.returncode != 0
+    assert fake.called_ids() == ["A", "B"]  # overridden ids: no fallback id either
+    assert "test_scan.zip" in r.stderr and "DESCAN_DRIVE_IDS" in r.stderr
+    assert str(data / "zips" / "test_scan.zip") in r.stderr  # where to put it by hand
+    assert not (data / "train").exists()
+
+
 # ---------------------------------------------------------------- real mode, success
 
-def test_cached_zips_are_used_bad_ones_replaced_and_rerun_is_idempotent(tmp_path, fake):
+@pytest.mark.parametrize("order", ["usual", "test_first", "test_unnamed"])
+def test_zips_are_named_by_what_they_are_not_by_their_id(tmp_path, fake, order):
+    """Any id may be any zip; a re-run downloads nothing, and a cache that lacks one zip only
+    downloads the ids it has not seen yet."""
+    data = tmp_path / "data"
+    kinds = {"usual": ZIPS, "test_first": ("test_scan.zip", "train_clean.zip", "train_scan.zip"),
+             "test_unnamed": ("train_scan.zip", "test_scan.zip", "train_clean.zip")}[order]
+    mapping = {i: (k, k) for i, k in zip(DEFAULT_IDS, kinds)}
+    if order == "test_unnamed":  # no name to go by: the test zip is told by its contents
+        mapping[DEFAULT_IDS[1]] = ("Descanning data (2).zip", "test_scan.zip")
+    fake.serve(mapping)
+    r = run_script(data, fake=fake, mode="serve")
+    assert r.returncode == 0, r.out
+    assert fake.called_ids() == DEFAULT_IDS  # the fallback id is not needed
+    assert_unpacked(data)
+    cache = data / "zips"
+    assert files_under(cache) == [".drive_ids", "test_scan.zip", "train_clean.zip", "train_scan.zip"]
+    for name in ZIPS:
+        assert (cache / name).read_bytes() == (fake.src / name).read_bytes()
+    assert sorted((cache / ".drive_ids").read_text().splitlines()) == sorted(
+        f"{i} {k}" for i, k in zip(DEFAULT_IDS, kinds))
+    assert "3 training pairs, 1 test scans" in r.stdout
+    assert not (data / "DEMO_DATA.txt").exists()
+
+    # re-run: the data is in place and checked; nothing is downloaded, unpacked or written
+    before = snapshot(data)
+    r = run_script(data, fake=fake, mode="refuse")
+    assert r.returncode == 0, r.out
+    assert "already in place" in r.stdout
+    assert len(fake.calls()) == 3
+    assert snapshot(data) == before
+
+    # the data and the test zip are lost: only the id not yet known to be in the cache is fetched
+    for sub in ("train", "test", ".unpacked"):
+        subprocess.run(["rm", "-rf", str(data / sub)], check=True)
+    (cache / "test_scan.zip").unlink()
+    r = run_script(data, fake=fake, mode="serve")
+    assert r.returncode == 0, r.out
+    test_id = DEFAULT_IDS[kinds.index("test_scan.zip")]
+    assert fake.called_ids()[3:] == [test_id]
+    assert r.stdout.count("already in the cache: not downloading it again") == kinds.index("test_scan.zip")
+    assert_unpacked(data)
+
+
+def test_fallback_test_id_and_duplicate_downloads(tmp_path, fake):
+    """When none of the three ids is the test zip, the replacement test id is tried; a download of
+    a zip already in the cache is discarded."""
+    data = tmp_path / "data"
+    fake.serve({DEFAULT_IDS[0]: ("train_clean.zip", "train_clean.zip"),
+                DEFAULT_IDS[1]: ("train_scan.zip", "train_scan.zip"),
+                DEFAULT_IDS[2]: ("train_scan.zip", "train_scan.zip"),
+                FALLBACK_ID: ("test_scan.zip", "test_scan.zip")})
+    r = run_script(data, fake=fake, mode="serve")
+    assert r.returncode == 0, r.out
+    assert fake.called_ids() == DEFAULT_IDS + [FALLBACK_ID]
+    assert "new copy is discarded" in r.stdout
+    assert_unpacked(data)
+    assert files_under(data / "zips") == [".drive_ids", "test_scan.zip", "train_clean.zip", "train_scan.zip"]
+
+
+def test_drive_ids_can_be_overridden(tmp_path, fake):
+    data = tmp_path / "data"
+    fake.serve({"newTest": ("test_scan.zip", "test_scan.zip"), "newClean": ("train_clean.zip", "train_clean.zip"),
+                "newScan": ("train_scan.zip", "train_scan.zip")})
+    r = run_script(data, fake=fake, mode="serve", env={"DESCAN_DRIVE_IDS": " newTest  newClean newScan "})
+    assert r.returncode == 0, r.out
+    assert fake.called_ids() == ["newTest", "newClean", "newScan"]
+    assert_unpacked(data)
+
+
+def test_cached_zips_are_used_bad_ones_moved_aside(tmp_path, fake):
     data, cache = tmp_path / "data", tmp_path / "cache"
     cache.mkdir()
-    build_zip(cache / "train_clean.zip", "train_clean.zip")  # complete: must not be downloaded
+    build_zip(cache / "train_clean.zip", "train_clean.zip")  # complete: kept as it is
+    hand_made = (cache / "train_clean.zip").read_bytes()
     (cache / "train_scan.zip").write_text("<html>an old quota page saved as a zip</html>")
     # test_scan.zip is absent: downloaded
 
     env = {"DESCAN_ZIP_CACHE": str(cache)}
     r = run_script(data, fake=fake, mode="serve", env=env)
     assert r.returncode == 0, r.out
-    assert fake.called_ids() == [IDS["train_scan.zip"], IDS["test_scan.zip"]]
     assert "train_clean.zip: complete zip already in the cache" in r.stdout
-    assert files_under(cache) == ["test_scan.zip", "train_clean.zip", "train_scan.zip"]
-    for name in IDS:
-        assert (cache / name).read_bytes() == (fake.src / f"{IDS[name]}.zip").read_bytes()
-    for sub, names in UNPACKED.items():
-        assert files_under(data / sub) == names
-    assert (data / "train/scan/Mag.00001.02.png").read_bytes() == CONTENT["train_scan.zip"][1][1]
-    assert "3 training pairs, 1 test scans" in r.stdout
-    assert not (data / "DEMO_DATA.txt").exists()
+    assert "moved it aside to " + str(cache / "train_scan.zip.bad") in r.stdout
+    # which id is train_clean.zip is not known until it is downloaded: that copy is discarded
+    assert fake.called_ids() == DEFAULT_IDS
+    assert "new copy is discarded" in r.stdout
+    assert files_under(cache) == [".drive_ids", "test_scan.zip", "train_clean.zip", "train_scan.zip",
+                                  "train_scan.zip.bad"]
+    assert (cache / "train_clean.zip").read_bytes() == hand_made
+    assert (cache / "train_scan.zip.bad").read_text().startswith("<html>")
+    assert_unpacked(data)
+    assert not (data / "zips").exists()
 
-    # re-run: everything is skipped; the downloader is not called again
-    before = {f: (data / f).stat().st_mtime_ns for f in files_under(data)}
-    r = run_script(data, fake=fake, mode="refuse", env=env)
+
+def test_data_failing_the_check_is_unpacked_again(tmp_path, fake):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    cache.mkdir()
+    for name in ZIPS:
+        build_zip(cache / name, name)
+    unpack_by_hand(data)
+    (data / "train/clean/Mag.00001.01.png").write_bytes(b"not an image")
+    r = run_script(data, fake=fake, mode="refuse", env={"DESCAN_ZIP_CACHE": str(cache)})
     assert r.returncode == 0, r.out
-    assert len(fake.calls()) == 2
-    assert r.stdout.count("already unpacked") == 3
-    assert {f: (data / f).stat().st_mtime_ns for f in files_under(data)} == before
+    assert "does not pass the check" in r.stdout and fake.calls() == []
+    assert_unpacked(data)
+    assert (data / "train/clean/Mag.00001.01.png").read_bytes() == CONTENT["train_clean.zip"][1][1]
+
+
+def test_data_in_place_on_a_read_only_folder(tmp_path, fake):
+    """Unpacked images and nothing else, read-only: checked and accepted, nothing written (the
+    snapshot also catches writes that root could make despite the permissions)."""
+    data = tmp_path / "ro data"
+    unpack_by_hand(data)
+    before = snapshot(data)
+    subprocess.run(["chmod", "-R", "a-w", str(data)], check=True)
+    try:
+        r = run_script(data, fake=fake, mode="refuse")
+        assert r.returncode == 0, r.out
+        assert "already in place" in r.stdout and "3 training pairs, 1 test scans" in r.stdout
+        assert fake.calls() == []
+        assert snapshot(data) == before
+        assert not (data / "zips").exists() and not (data / ".unpacked").exists()
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(data)], check=True)
+
+
+@pytest.mark.parametrize("broken", ["everywhere", "after_startup"])
+def test_a_python_without_opencv_never_costs_a_cached_zip(tmp_path, fake, broken):
+    """A python that cannot import cv2: the cached zip is kept as it is, and the message says why.
+    'after_startup': the python runs `-c` and `-m descan -h` but fails every other command, so the
+    check of the cached zip itself fails without being the zip's fault."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    cache.mkdir()
+    build_zip(cache / "train_clean.zip", "train_clean.zip")
+    zipped = (cache / "train_clean.zip").read_bytes()
+    wrapper = tmp_path / "python-without-cv2"
+    passthrough = "" if broken == "everywhere" else (
+        f'case "$*" in "-c "*|"-m descan -h") exec "{sys.executable}" "$@" ;; esac\n')
+    wrapper.write_text("#!/usr/bin/env bash\n" + passthrough +
+                       "echo \"ModuleNotFoundError: No module named 'cv2'\" >&2\nexit 1\n")
+    wrapper.chmod(0o755)
+    r = run_script(data, fake=fake, mode="serve", env={"DESCAN_ZIP_CACHE": str(cache), "PYTHON": str(wrapper)})
+    assert r.returncode != 0
+    assert "No module named 'cv2'" in r.stderr
+    assert files_under(cache) == ["train_clean.zip"]
+    assert (cache / "train_clean.zip").read_bytes() == zipped
+    assert fake.calls() == []
+    assert not (data / "train").exists()
 
 
 # ---------------------------------------------------------------- the real gdown, no network

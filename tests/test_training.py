@@ -296,3 +296,32 @@ def test_ema_warms_up_then_averages(demo_pairs, tmp_path):
     before = t.ema.body[0].weight.clone()
     t._update_ema()
     assert torch.allclose(t.ema.body[0].weight, before + 0.001 * (w - before), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(100, 100), (517, 389), (7, 9)])
+@pytest.mark.parametrize("name", ["dncnn", "attention_unet"])
+def test_models_take_any_size_and_return_it(name, size):
+    kwargs = {"dncnn": TINY, "attention_unet": dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1,
+                                                     dec_blocks=(1, 1, 1))}[name]
+    model = models.build_model(name, **kwargs).eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        assert model(x).shape == x.shape
+
+
+def test_a_patch_that_is_not_a_multiple_of_8_trains_the_attention_model(demo_pairs, tmp_path):
+    """DESCAN_PATCH=100 once died in an unexplained cell of 04; the model now pads itself."""
+    train, val = demo_pairs
+    cfg = tiny_cfg("attention", patch=44, epochs=1, crops_per_epoch=8)
+    kwargs = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
+    r = engine.Trainer("attention_unet", kwargs, train, val, tmp_path, cfg, device="cpu").fit()
+    assert r["steps"] == 1 and np.isfinite(r["best_score"])
+
+
+def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("DESCAN_BATCH", "20")
+    with pytest.raises(ValueError, match=r"batch_size=20 \(DESCAN_BATCH\) must be a positive multiple of "
+                                         r"crops_per_image=8"):
+        engine.recipe("dncnn", "cuda")
+    monkeypatch.setenv("DESCAN_CROPS_PER_IMAGE", "4")
+    assert engine.recipe("dncnn", "cuda")[2].batch_size == 20

@@ -40,14 +40,13 @@ Environment:
   DESCAN_RETRY_WAIT      seconds between attempts (default: 10)
   DESCAN_WORKSPACE       where the record of a passed check is kept (never in DATA_DIR)
   DESCAN_DEMO_PAGES, DESCAN_DEMO_TEST_PAGES, DESCAN_DEMO_SIZE
-                         demo training pages (40), test pages (4), crop size (256)
+                         demo training pages, test pages, crop size (defaults: python -m descan demo -h)
   PYTHON                 Python interpreter (default: python3)
 EOF
 }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${PYTHON:-python3}"
-DEMO_MARKER="DEMO_DATA.txt"
 ZIP_NAMES=(train_clean.zip train_scan.zip test_scan.zip)
 DEFAULT_IDS="16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD 1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea 1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj"
 FALLBACK_TEST_ID="1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"  # the test zip as replaced during the competition
@@ -106,17 +105,17 @@ if [ "$MODE" = demo ]; then
 fi
 
 # ---------------------------------------------------------------- real data
-[ -f "$DATA_DIR/$DEMO_MARKER" ] && die "$DATA_DIR holds the synthetic demo data ($DEMO_MARKER).
-Real data is never mixed into it. Use another folder, e.g. bash data_download.sh ./data/real"
-
-# Every step below needs a Python that can run the descan package (numpy, OpenCV): say so at once,
-# before anything is downloaded, moved or judged by its output.
-if ! pyerr="$(descan -h 2>&1 >/dev/null)"; then
+# Every step below needs a Python that can run the descan package (numpy, OpenCV): the first call
+# says so at once, before anything is downloaded, moved or judged by its output. It also tells
+# whether DATA_DIR holds the demo set (its marker file, known to descan alone).
+if ! kind="$(descan kind "$DATA_DIR" 2>&1)"; then
   die "the Python '$PY' cannot run this kit's descan package:
-$(printf '%s\n' "$pyerr" | tail -n 5)
+$(printf '%s\n' "$kind" | tail -n 5)
 Install the requirements (pip install -r $HERE/requirements.txt) or point PYTHON at a Python
 that has them, then run this script again. Nothing was changed."
 fi
+[ "$kind" = demo ] && die "$DATA_DIR holds the synthetic demo data (its marker file says so).
+Real data is never mixed into it. Use another folder, e.g. bash data_download.sh ./data/real"
 
 has_images() {  # $1 folder: true when it holds at least one image file (not recursive)
   [ -d "$1" ] && [ -n "$(find "$1" -maxdepth 1 -type f ! -name '.*' \( -iname '*.png' -o -iname '*.tif' \

@@ -1,4 +1,4 @@
-"""The command line: ``python -m descan {score,demo,check-zip,identify-zip,check-zips,unpack,check,run-notebooks}``.
+"""The command line: ``python -m descan COMMAND`` (``-h`` lists them).
 
 torch is imported only by the subcommands that need it (none of those used by data_download.sh).
 """
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import DEMO_MARKER, ROOT, DataError, atomic_path, data_dir, data_label, workspace_dir
+from helpers import DEMO_MARKER, ROOT, SPLITS, DataError, atomic_path, data_dir, data_label, workspace_dir
 
 
 def _demo(args) -> None:
@@ -84,7 +84,15 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("score", help="competition score of restored images against clean ones")
     p.add_argument("pred_dir"), p.add_argument("clean_dir")
-    p = sub.add_parser("demo", help="generate the synthetic demo dataset (settings: DESCAN_DEMO_*)")
+    from descan.demo import DEMO_DEFAULTS
+    p = sub.add_parser("demo", help="generate the synthetic demo dataset (settings: DESCAN_DEMO_*)",
+                       description="Generate the synthetic demo set unless the same one is there. Defaults: "
+                       f"{DEMO_DEFAULTS['train_pages']} training pages (DESCAN_DEMO_PAGES), "
+                       f"{DEMO_DEFAULTS['test_pages']} test pages (DESCAN_DEMO_TEST_PAGES), "
+                       f"{DEMO_DEFAULTS['crops_per_page']} crops of {DEMO_DEFAULTS['crop']} px per page "
+                       "(DESCAN_DEMO_SIZE).")
+    p.add_argument("data_dir")
+    p = sub.add_parser("kind", help="print 'demo' (the demo marker is there), 'real' (data without it) or 'none'")
     p.add_argument("data_dir")
     p = sub.add_parser("check-zip", help="exit 0 when a file is a complete zip")
     p.add_argument("zip")
@@ -106,6 +114,10 @@ def main(argv=None) -> int:
             print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
         elif args.cmd == "demo":
             _demo(args)
+        elif args.cmd == "kind":
+            d = Path(args.data_dir)
+            print("demo" if (d / DEMO_MARKER).exists() else
+                  "real" if any((d / sub).is_dir() for sub in SPLITS.values()) else "none")
         elif args.cmd == "check-zip":
             from descan.zips import check_zip
             print(f"{args.zip}: complete zip, {check_zip(args.zip)} entries")

@@ -1,13 +1,7 @@
 """The data layer: zips, the demo set, the dataset check (descan.zips, descan.demo, descan.data)."""
-import csv
-import math
-import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 

@@ -4,12 +4,8 @@ split, atomic writes, environment switches.
 Every expected number is computed by hand (or by an independent OpenCV call in the test), so a
 wrong implementation fails. No network, no GPU.
 """
-import csv
 import math
-import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -21,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from descan import submit  # noqa: E402
 from helpers import DataError  # noqa: E402
-from builders import coord_image, files_under, imwrite_rgb, make_zip, pair_dirs, png_bytes, uniform  # noqa: E402
+from builders import coord_image, files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
 
 
 # ---------------------------------------------------------------- the metric

@@ -1,0 +1,81 @@
+"""descan.models and descan.inference: the models, the parameter rule, restoring whole images."""
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from descan import inference, models
+
+TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to run in a blink on a CPU
+
+def identity_dncnn():
+    """A DnCNN whose residual branch outputs zero: the model is the identity mapping."""
+    model = models.build_model("dncnn", **TINY)
+    torch.nn.init.zeros_(model.body[-1].weight)
+    torch.nn.init.zeros_(model.body[-1].bias)
+    return model
+
+
+def test_inference_undoes_the_normalisation():
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = inference.restore(identity_dncnn(), [img])[0]
+    assert np.array_equal(out, img)
+    assert helpers.mean_y(out) == helpers.mean_y(img)
+    # The slides' inference clamped the normalised output to [0, 1] without undoing (x - 0.5) / 0.5:
+    # that moves the mean Y, the very number the leaderboard scores.
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    z = (x - 0.5) / 0.5
+    slides = inference.tensor_to_images(z.clamp(0, 1))[0]
+    assert abs(helpers.mean_y(slides) - helpers.mean_y(img)) > 5
+
+
+def test_self_ensemble_of_identity_returns_the_input():
+    img = np.random.default_rng(1).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    assert np.array_equal(inference.restore(identity_dncnn(), [img], ensemble=True)[0], img)
+
+
+def test_restore_handles_mixed_sizes_in_one_call():
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in [(20, 30), (31, 17), (20, 30), (5, 9)]]
+    out = inference.restore(identity_dncnn(), imgs, images_per_pass=2)
+    assert [o.shape for o in out] == [i.shape for i in imgs]
+    assert all(np.array_equal(o, i) for o, i in zip(out, imgs))
+
+
+def test_parameter_rule(capsys):
+    assert models.parameter_report(models.build_model("dncnn"), patch=32) == 559_363  # the slides' count
+    assert "Total params: 559,363" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="fewer than 10,000,000"):
+        models.parameter_report(models.build_model("dncnn", width=800), patch=32)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (65, 31)])
+def test_attention_model_keeps_odd_image_sizes(size):
+    model = models.build_model("attention_unet", width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
+    img = np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)
+    out = inference.restore(model, [img])[0]
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # The colour path starts as the identity; with the local residual switched off the model gives
+    # back its input exactly, so padding and cropping back lose nothing, even at the bottom's 1x1.
+    torch.nn.init.zeros_(model.outro.weight)
+    torch.nn.init.zeros_(model.outro.bias)
+    assert np.array_equal(inference.restore(model, [img])[0], img)
+
+
+def test_attention_model_parameter_rule():
+    small = models.build_model("attention_unet")
+    assert models.parameter_report(small, patch=32) == models.count_parameters(small) < helpers.PARAM_LIMIT
+    huge = models.build_model("attention_unet", width=96, enc_blocks=(2, 2, 4), mid_blocks=8, dec_blocks=(2, 2, 2))
+    with pytest.raises(ValueError, match="fewer than 10,000,000"):
+        models.parameter_report(huge, patch=32)
+
+
+@pytest.mark.parametrize("size", [(100, 100), (517, 389), (7, 9)])
+@pytest.mark.parametrize("name", ["dncnn", "attention_unet"])
+def test_models_take_any_size_and_return_it(name, size):
+    kwargs = {"dncnn": TINY, "attention_unet": dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1,
+                                                     dec_blocks=(1, 1, 1))}[name]
+    model = models.build_model(name, **kwargs).eval()
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        assert model(x).shape == x.shape

@@ -54,6 +54,22 @@ FALLBACK_TEST_ID="1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"  # the test zip as replaced
 say() { printf '%s\n' "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 descan() { PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m descan "$@"; }
+python_help() {  # $1 a descan command's output [$2 "always"]: what to install when the Python failed
+  local mod req="$PY -m pip install -r $HERE/requirements.txt"
+  mod="$(sed -n "s/.*No module named '\([^'.]*\).*/\1/p" <<< "$1" | head -n 1)"
+  [ "$mod" = cv2 ] && mod="opencv-python (the module cv2)"
+  if [ -n "$mod" ]; then
+    printf "The Python '%s' lacks %s. Install the requirements:\n  %s\nor point PYTHON at a Python that has them.\n" "$PY" "$mod" "$req"
+  elif grep -q "^Traceback" <<< "$1"; then
+    printf "The Python '%s' crashed (see above). Install the requirements:\n  %s\nor point PYTHON at a Python that has them.\n" "$PY" "$req"
+  elif [ "${2:-}" = always ]; then
+    printf "Install the requirements:\n  %s\nor point PYTHON at a Python that has them.\n" "$req"
+  fi
+}
+whole_number() {  # $1 variable name, $2 its value, $3 minimum: refuse a bad value by name
+  [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ] || die "$1=$2 is not a whole number of at least $3.
+Set it to one (or unset it for the default) and run this script again."
+}
 folder_of() {  # $1 zip name -> its folder inside DATA_DIR
   case "$1" in
     train_clean.zip) say train/clean ;;
@@ -111,8 +127,8 @@ fi
 if ! kind="$(descan kind "$DATA_DIR" 2>&1)"; then
   die "the Python '$PY' cannot run this kit's descan package:
 $(printf '%s\n' "$kind" | tail -n 5)
-Install the requirements (pip install -r $HERE/requirements.txt) or point PYTHON at a Python
-that has them, then run this script again. Nothing was changed."
+$(python_help "$kind" always)
+Then run this script again. Nothing was changed."
 fi
 [ "$kind" = demo ] && die "$DATA_DIR holds the synthetic demo data (its marker file says so).
 Real data is never mixed into it. Use another folder, e.g. bash data_download.sh ./data/real"
@@ -157,6 +173,9 @@ fi
 TIMEOUT="${DESCAN_GDOWN_TIMEOUT:-30}"
 TRIES="${DESCAN_DOWNLOAD_TRIES:-3}"
 WAIT="${DESCAN_RETRY_WAIT:-10}"
+whole_number DESCAN_GDOWN_TIMEOUT "$TIMEOUT" 1
+whole_number DESCAN_DOWNLOAD_TRIES "$TRIES" 1
+whole_number DESCAN_RETRY_WAIT "$WAIT" 0
 
 TMP_PATHS=()
 cleanup() { local f; for f in "${TMP_PATHS[@]+"${TMP_PATHS[@]}"}"; do rm -rf "$f" 2>/dev/null || true; done; }
@@ -287,6 +306,7 @@ The download (id $id) is kept as $CACHE/$drive_name."
         mv -f "${files[0]}" "$CACHE/$drive_name.unchecked"
         die "checking the download of id $id failed:
 $checkmsg
+$(python_help "$checkmsg")
 The download is kept, unchecked, as $CACHE/$drive_name.unchecked."
       fi
       rm -rf "$dir"
@@ -356,7 +376,8 @@ if [ "${#TO_UNPACK[@]}" -gt 0 ]; then
 downloading it again. ($checkmsg)"
     else
       die "checking $zip failed (the file is kept):
-$checkmsg"
+$checkmsg
+$(python_help "$checkmsg")"
     fi
   done
 

@@ -42,7 +42,10 @@ def examples(items, n=5) -> str:
 
 def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
     """A tqdm progress bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
-    from tqdm.auto import tqdm
+    if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter with ipywidgets
+        from tqdm.auto import tqdm
+    else:  # text bars, without tqdm.auto's warning about the missing widgets
+        from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
 
 
@@ -65,16 +68,24 @@ def env_flag(name: str, default: bool) -> bool:
 
 def env_number(name: str, default, minimum=None, maximum=None):
     """A number from the environment, an int when ``default`` is one; unset or empty = default.
-    A bad or out-of-range value is refused with the variable's name."""
+    A bad or out-of-range value is refused naming the variable, its value and the allowed range
+    (``minimum`` and ``maximum`` included). Underscores ('1_0', which Python reads as 10), nan
+    and infinities are refused too."""
     raw, kind = os.environ.get(name, "").strip(), int if isinstance(default, int) else float
     if not raw:
         return default
+    bounds = (f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else
+              f"at least {minimum}" if minimum is not None else f"at most {maximum}" if maximum is not None else "")
     try:
+        if "_" in raw:
+            raise ValueError(raw)
         value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(raw)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a finite number'}"
+                         + (f"; it must be {bounds}" if bounds else "")) from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ValueError(f"{name}={raw} is out of range: it must be {bounds}")
     return value
 
@@ -172,25 +183,121 @@ def setup_notebook(seed: int = 0):
 # Files: atomic writes, image reading, pairing by name
 # --------------------------------------------------------------------------
 
+_PARTIALS_SEEN: dict = {}  # atomic_path: {folder: {target name: its stale .partial files}}, one scan a folder
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The
     file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the umask).
+    A write that fails for want of space or permission raises OSError saying "disk full" or
+    "read-only" and the path. The temporary files ``.<name>.<8 hex>.partial`` that a killed
+    writer of ``path`` left behind are removed (those of this name only, and only when no live
+    writer holds them: each writer holds a lock on its own; the folder is listed once a process).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    import errno
+    import re
+    import shutil
+    import time
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        import fcntl
+    except ImportError:  # not on Windows
+        fcntl = None
+    path = Path(path)
+
+    def clear_error(e):
+        """The OSError to raise for ``e`` when it is a full disk or a read-only place, else None."""
+        code = getattr(e, "errno", None)
+        if code is None and isinstance(e, (OSError, RuntimeError)):
+            # numpy's short write ("N requested and M written") and torch's writer ("unexpected
+            # pos") carry no errno: a full disk shows in the free space, the partial file still there
+            try:
+                code = errno.ENOSPC if shutil.disk_usage(path.parent).free < (1 << 20) else None
+            except OSError:
+                pass
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return OSError(code, f"disk full: could not write {path} ("
+                           f"{'no space left' if code == errno.ENOSPC else 'disk quota exceeded'} in "
+                           f"{path.parent}). Free some space (old runs, restored images, zips) and run this "
+                           f"again; any previous {path.name} is unchanged.")
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why = "a read-only file system" if code == errno.EROFS else "no permission to write there"
+            return OSError(code, f"read-only: could not write {path} ({why}). Use a writable folder (e.g. "
+                           f"set DESCAN_WORKSPACE); any previous {path.name} is unchanged.")
+        return None
+
+    def held(fd) -> bool | None:
+        """Lock ``fd``: False when done, True when another process holds it, None when locks do not work."""
+        if fcntl is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+
+    def remove_stale():
+        folder = str(path.parent.resolve())
+        if folder not in _PARTIALS_SEEN:
+            found = {}
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        m = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.partial", entry.name)
+                        if m and entry.is_file(follow_symlinks=False):
+                            found.setdefault(m.group(1), []).append(entry.name)
+            except OSError:
+                return  # an unlistable folder: the write itself says why it fails, if it does
+            _PARTIALS_SEEN[folder] = found
+        for name in _PARTIALS_SEEN[folder].pop(path.name, []):
+            old = path.parent / name
+            try:
+                fd = os.open(old, os.O_RDONLY)
+            except OSError:
+                continue  # gone already
+            try:
+                busy = held(fd)
+                if busy is None:  # no locks here (some network file systems): only an old file is stale
+                    busy = time.time() - os.fstat(fd).st_mtime < 600
+                if not busy:
+                    os.remove(old)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale()
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError as e:
+        err = clear_error(e)
+        if err is None:
+            raise
+        raise err from e
+    held(fd)  # held until the end: a writer in another process never takes this file for stale
+    try:
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            err = clear_error(e)
+            if err is None:
+                raise
+            raise err from e
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        finally:
+            os.close(fd)
 
 
 def read_rgb(path) -> np.ndarray:

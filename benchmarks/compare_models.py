@@ -19,13 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: E402
-from descan import checkpoints, demo, engine, inference, losses, models  # noqa: E402
+from descan import checkpoints, demo, engine, inference, losses, models, recipes  # noqa: E402
 
 
 def run(name, recipe, train, val, minutes, workdir, shared, model_changes=None, **changes):
     """Train one variant of a notebook recipe (engine.recipe, its GPU settings) with the shared
     batch/patch/crops and ``changes``, for ``minutes`` of training time; the best checkpoint's row."""
-    model, kwargs, cfg = engine.recipe(recipe, "cuda", use_env=False, epochs=10_000, budget_minutes=minutes,
+    model, kwargs, cfg = recipes.recipe(recipe, "cuda", use_env=False, epochs=10_000, budget_minutes=minutes,
                                        **shared, **changes)
     kwargs = {**kwargs, **(model_changes or {})}
     if cfg.perceptual_weight and losses.perceptual_loss(cfg.perceptual_weight) is None:
@@ -61,7 +61,7 @@ def main():
         val = [p for p in pairs if split[p.name] == "val"]
         val_images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
         nothing = inference.evaluate(models.Identity(), val_images)
-        n_att = models.count_parameters(models.build_model(*engine.recipe("attention", use_env=False)[:2]))
+        n_att = models.count_parameters(models.build_model(*recipes.recipe("attention", use_env=False)[:2]))
         print(f"DEMO DATA: {len(train)} training / {len(val)} validation pairs of 256x256 (split by page); "
               f"CPU threads {torch.get_num_threads()}; batch {args.batch} x {args.patch}px crops\n", flush=True)
         rows = [{"run": "do nothing (the scans)", "steps": 0, **nothing, "note": ""}]

@@ -128,19 +128,22 @@ def _checkpoint_entry(path) -> dict:
     return entry
 
 
-def find_checkpoints(workspace) -> list[dict]:
+def find_checkpoints(workspace, data_kind=None) -> list[dict]:
     """Every WORKSPACE/runs/*/best.pt, best recorded validation score first.
 
     One dict per file: run (its folder's name), path, model_name, data_kind ('demo' | 'real'),
     val_score (the validation competition score saved with it, ``state["val"]["score"]``; inf when
     it has none), epoch, and error: None, or why the file cannot be used (unreadable, unknown
-    model). Unusable files come last and are never chosen automatically.
+    model). Unusable files come last and are never chosen automatically. With ``data_kind``
+    ('demo' | 'real'), only the checkpoints recorded as trained on that kind of data.
     """
     entries = [_checkpoint_entry(p) for p in sorted(Path(workspace).glob(f"{RUNS}/*/{BEST}"))]
+    if data_kind is not None:
+        entries = [e for e in entries if e["data_kind"] == data_kind]
     return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
 
 
-def choose_checkpoint(workspace, wanted=None) -> dict:
+def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
     """The checkpoint to submit with: a find_checkpoints entry plus 'reason' (why this one).
 
     ``wanted`` (notebook 05 passes $DESCAN_CHECKPOINT): None or "" = the lowest recorded validation
@@ -148,6 +151,11 @@ def choose_checkpoint(workspace, wanted=None) -> dict:
     matched first against run folders ('dncnn' -> runs/dncnn/best.pt), then against the model
     name saved in the checkpoints (the best score among them). Raises CheckpointError saying what
     to run when nothing fits.
+
+    ``data_kind`` ('demo' | 'real', notebook 05 passes the kind of DATA): without ``wanted``, only
+    checkpoints trained on that kind of data are candidates, and CheckpointError says so when
+    none is. A ``wanted`` checkpoint is taken whatever its data (among several of one model name,
+    those of ``data_kind`` first).
     """
     runs = Path(workspace) / RUNS
     wanted = str(wanted).strip() if wanted is not None else ""
@@ -157,8 +165,18 @@ def choose_checkpoint(workspace, wanted=None) -> dict:
         if not usable:
             broken = "".join(f" Unusable: {e['error']}" for e in found)
             raise CheckpointError(f"no usable checkpoint under {runs}/*/best.pt.{broken} {RUN_FIRST}")
-        reason = (f"lowest recorded validation score of the {len(usable)} checkpoints under {runs}"
-                  if len(usable) > 1 else f"the only checkpoint under {runs}")
+        if data_kind is not None:
+            others = [e for e in usable if e["data_kind"] != data_kind]
+            usable = [e for e in usable if e["data_kind"] == data_kind]
+            if not usable:
+                have = ", ".join(f"{e['run']} ({e['data_kind'] or 'unrecorded'} data)" for e in others)
+                raise CheckpointError(
+                    f"no checkpoint under {runs} was trained on {data_kind} data, the kind of data this "
+                    f"notebook uses (found: {have}). Train on this data first (notebook 03 or 04), or set "
+                    f"DESCAN_CHECKPOINT to one of those runs to submit with it anyway.")
+        kind = f" trained on {data_kind} data" if data_kind is not None else ""
+        reason = (f"lowest recorded validation score of the {len(usable)} checkpoints{kind} under {runs}"
+                  if len(usable) > 1 else f"the only checkpoint{kind} under {runs}")
         return {**usable[0], "reason": reason}
     path = Path(wanted).expanduser()
     if "/" in wanted or os.sep in wanted or path.suffix in (".pt", ".pth") or path.is_file():
@@ -174,5 +192,7 @@ def choose_checkpoint(workspace, wanted=None) -> dict:
     good = [e for e in matches if e["error"] is None]
     if not good:
         raise CheckpointError(matches[0]["error"])
+    if data_kind is not None:  # one model name trained on both kinds of data: this kind first
+        good = [e for e in good if e["data_kind"] == data_kind] or good
     how = "run folder" if good[0]["run"] == wanted else "model name"
     return {**good[0], "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}

@@ -65,7 +65,7 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
         t0 = time.time()
         print(f"running {path.name} ...", flush=True)
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
                                 resources={"metadata": {"path": str(path.parent)}})
         try:
             client.execute()

@@ -1,21 +1,16 @@
-"""The training engine of notebooks 03 and 04: one recipe table, the config, and the Trainer.
-
-RECIPES is the single source of each notebook's recipe: the notebooks, benchmarks/ and the tests
-all build their settings with ``recipe()``. A *batch* is the crops of one optimiser step
-(``batch_size``); each decoded pair gives ``crops_per_image`` of them.
-"""
+"""The training engine of notebooks 03 and 04: the Trainer (settings: descan/recipes.py)."""
 from __future__ import annotations
 
 import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from helpers import DataError, atomic_path, env_flag, env_number, progress_bar, read_rgb, seed_everything
+from helpers import DataError, atomic_path, progress_bar, read_rgb, seed_everything
 from descan import checkpoints as ckpt
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
 from descan.demo import degradation_augment
@@ -23,126 +18,7 @@ from descan.inference import amp_dtype, autocast, evaluate
 from descan.losses import make_loss
 from descan.models import build_model
 from descan.plots import plot_history
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training knob. The defaults are the slides' DnCNN recipe."""
-    epochs: int = 10
-    crops_per_epoch: int = 64 * 160      # an epoch is a fixed number of crops, not a pass over images
-    batch_size: int = 64                 # crops per optimiser step
-    patch: int = 128                     # side of a training crop, in pixels
-    crops_per_image: int = 8             # crops cut from each decoded pair; batch_size is a multiple of it
-    loss: str = "mse"                    # "mse" or "l1"
-    mean_y_weight: float = 0.0           # extra loss on each crop's mean Y (what the metric sees)
-    perceptual_weight: float = 0.0       # VGG16 feature loss (downloads ImageNet weights); 0 = off
-    optimizer: str = "adam"              # "adam" or "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "constant"           # "constant" or "cosine" (with warm-up)
-    warmup_steps: int = 0
-    grad_clip: float = 0.0               # 0 = off
-    ema_decay: float = 0.0               # 0 = off; else validate and save the averaged weights
-    augment: bool = True                 # flips and 90-degree rotations
-    degrade_prob: float = 0.0            # degradation augmentation probability
-    budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
-    checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
-    val_images_per_pass: int = 8         # whole validation images per forward pass
-    workers: int = -1                    # -1 = automatic: none on a CPU, up to 4 beside a GPU
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.crops_per_image < 1 or self.batch_size % self.crops_per_image:
-            raise ValueError(f"batch_size={self.batch_size} (DESCAN_BATCH) must be a positive multiple of "
-                             f"crops_per_image={self.crops_per_image} (DESCAN_CROPS_PER_IMAGE): every decoded "
-                             "pair gives that many crops to a batch")
-        if self.crops_per_epoch < self.batch_size:
-            raise ValueError(f"crops_per_epoch={self.crops_per_epoch} must be at least batch_size={self.batch_size}")
-        if self.patch < 8 or self.epochs < 1:
-            raise ValueError(f"patch={self.patch} must be at least 8 and epochs={self.epochs} at least 1")
-        if self.loss not in ("mse", "l1") or self.optimizer not in ("adam", "adamw") or \
-                self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown loss {self.loss!r}, optimizer {self.optimizer!r} or schedule {self.schedule!r}")
-
-
-# The recipes of notebooks 03 and 04. "config" is the GPU recipe; "cpu" and "smoke" override it
-# without a GPU (a step of the slides' 64 x 128 px took about a minute on 2 CPU cores) and in
-# smoke mode; "smoke_model" overrides the model's arguments in smoke mode.
-RECIPES = {
-    "dncnn": {
-        "model": "dncnn",
-        "model_kwargs": dict(channels=3, width=64, depth=17, mean=0.5, std=0.5),
-        "config": dict(epochs=10, crops_per_epoch=64 * 160, batch_size=64, patch=128, crops_per_image=8,
-                       loss="mse", optimizer="adam", lr=1e-3, schedule="constant", budget_minutes=0.0),
-        "cpu": dict(batch_size=16, patch=64),
-        "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, crops_per_image=4),
-        "smoke_model": {},
-    },
-    "attention": {
-        "model": "attention_unet",
-        "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True),
-        "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,
-                       loss="l1", mean_y_weight=0.5, augment=True, degrade_prob=0.25, optimizer="adamw",
-                       lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=200, grad_clip=1.0,
-                       ema_decay=0.999, budget_minutes=90.0),
-        "cpu": dict(patch=64),
-        "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, warmup_steps=2, ema_decay=0.9,
-                      budget_minutes=0.0),
-        "smoke_model": dict(width=16, mid_blocks=1),
-    },
-}
-
-# Environment variables that override a recipe: name -> (TrainConfig field, kind, minimum, maximum)
-ENV_KNOBS = {
-    "DESCAN_EPOCHS": ("epochs", int, 1, None),
-    "DESCAN_CROPS_PER_EPOCH": ("crops_per_epoch", int, 1, None),
-    "DESCAN_BATCH": ("batch_size", int, 1, None),
-    "DESCAN_PATCH": ("patch", int, 8, None),
-    "DESCAN_CROPS_PER_IMAGE": ("crops_per_image", int, 1, None),
-    "DESCAN_LR": ("lr", float, 1e-8, 1.0),
-    "DESCAN_MEAN_Y_WEIGHT": ("mean_y_weight", float, 0.0, None),
-    "DESCAN_PERCEPTUAL_WEIGHT": ("perceptual_weight", float, 0.0, None),
-    "DESCAN_DEGRADE_PROB": ("degrade_prob", float, 0.0, 1.0),
-    "DESCAN_EMA_DECAY": ("ema_decay", float, 0.0, 0.99999),
-    "DESCAN_TRAIN_MINUTES": ("budget_minutes", float, 0.0, None),
-    "DESCAN_CHECKPOINT_MINUTES": ("checkpoint_minutes", float, 0.0, None),
-    "DESCAN_AUGMENT": ("augment", bool, None, None),
-    "DESCAN_LOSS": ("loss", str, None, None),
-}
-
-
-def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, **overrides):
-    """(model name, model kwargs, TrainConfig) of a RECIPES entry: the GPU recipe, then the CPU
-    sizes when ``device`` is not a GPU, then smoke mode's, then the DESCAN_* variables of
-    ENV_KNOBS (and DESCAN_WIDTH for the model's width) when ``use_env``, then ``overrides``."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    r = RECIPES[name]
-    config, model_kwargs = dict(r["config"]), dict(r["model_kwargs"])
-    if torch.device(device).type != "cuda":
-        config.update(r["cpu"])
-    if smoke:
-        config.update(r["smoke"])
-        model_kwargs.update(r["smoke_model"])
-    if use_env:
-        for var, (field, kind, lo, hi) in ENV_KNOBS.items():
-            if kind is bool:
-                config[field] = env_flag(var, config.get(field, True))
-            elif kind is str:
-                config[field] = os.environ.get(var, "").strip().lower() or config.get(field, "mse")
-            else:
-                default = config.get(field, TrainConfig.__dataclass_fields__[field].default)
-                config[field] = env_number(var, kind(default), lo, hi)
-        model_kwargs["width"] = env_number("DESCAN_WIDTH", model_kwargs["width"], 4, 512)
-    config.update({k: v for k, v in overrides.items() if k in {f.name for f in fields(TrainConfig)}})
-    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-    return r["model"], model_kwargs, TrainConfig(**config)
-
-
-# Fields that must match to resume a run; the others (epochs, budget, ...) may change between sessions.
-RESUME_KEYS = ("crops_per_epoch", "batch_size", "patch", "crops_per_image", "seed")
+from descan.recipes import DATA_KEYS, FREE_KEYS, TrainConfig
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int, seconds: float) -> float:
@@ -193,7 +69,7 @@ class Trainer:
         self.loss_fn = make_loss(cfg.loss, cfg.mean_y_weight, cfg.perceptual_weight, self.device)
         self.epoch = self.item = self.step = 0
         self.seconds, self.history = 0.0, []
-        self._val_images = None
+        self._val_images, self.do_nothing, self.pending_change = None, None, ""
 
     # ---- state -------------------------------------------------------------
     @property
@@ -223,29 +99,56 @@ class Trainer:
         ckpt.save_checkpoint({**self._common("best", model), "epoch": self.epoch + 1, "val": val},
                              self.run_dir / ckpt.BEST)
 
+    def settings_changed(self, state) -> tuple[dict, list]:
+        """(changed settings {name: (old, new)}, what forbids going on) between a last.pt and now."""
+        old = state.get("config", {})
+        diffs = {k: (old[k], v) for k, v in asdict(self.cfg).items() if k in old and k not in FREE_KEYS
+                 and old[k] != v}
+        fixed = [k for k in diffs if k in DATA_KEYS]
+        if state.get("data_id") != self.data_id():
+            fixed.append("training/validation pairs")
+        if state.get("model_name") != self.name or state.get("model_kwargs") != self.kwargs:
+            fixed.append(f"model {state.get('model_name')} {state.get('model_kwargs')}")
+            diffs.update({k: (state.get("model_kwargs", {}).get(k), v) for k, v in self.kwargs.items()
+                          if state.get("model_kwargs", {}).get(k) != v})
+        return diffs, fixed
+
     def try_resume(self) -> bool:
+        """Go on from last.pt when there is one. A run trained with other settings stops with what
+        changed and the two ways out: a new DESCAN_RUN_NAME, or DESCAN_RESUME=continue (not for
+        settings that decide the crops or the model), which records the change in the history."""
         path = self.run_dir / ckpt.LAST
         if not path.exists():
             return False
         state = ckpt.load_checkpoint(path, kind="last")
-        old = state.get("config", {})
-        changed = [k for k in RESUME_KEYS if old.get(k) != getattr(self.cfg, k)]
-        if state.get("data_id") != self.data_id():
-            changed.append("training/validation pairs")
-        if state.get("model_name") != self.name or state.get("model_kwargs") != self.kwargs or changed:
+        diffs, fixed = self.settings_changed(state)
+        said = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
+        go_on = os.environ.get("DESCAN_RESUME", "").strip().lower() == "continue"
+        if fixed or (diffs and not go_on):
+            tag = "-".join(f"{k.split('_')[0]}{n}" for k, (o, n) in list(diffs.items())[:2]) or "new"
+            new_name = f"{self.run_dir.name}-{tag}".replace(" ", "")
+            why = (f" {', '.join(fixed)} differ, so this run cannot go on: those decide the crops or the model."
+                   if fixed else "")
             raise ckpt.CheckpointError(
-                f"{path} belongs to a different run (model {state.get('model_name')} {state.get('model_kwargs')}, "
-                f"settings {', '.join(changed) or 'same'} differ). Use another run name (DESCAN_RUN_NAME), "
-                "or move that folder aside to start over.")
+                f"{path} was trained with other settings: {said or 'see below'}.{why}\n"
+                f"  - start a new run with the new settings (suggested): DESCAN_RUN_NAME={new_name}\n"
+                + ("" if fixed else "  - or carry on this run with the new settings (recorded in its history): "
+                   "DESCAN_RESUME=continue\n") + "  - or set the settings back to the run's.")
         self.model.load_state_dict(state["model"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:  # an EMA switched on now starts from the trained weights, not random ones
+            self.ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # another optimiser: it starts afresh (the change is recorded below)
+            pass
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
         self.seconds = state["seconds"]
         self.history = list(state["history"])
         ckpt.set_rng_state(state["rng"])
+        if diffs:
+            self.pending_change = said
+            print(f"DESCAN_RESUME=continue: going on with changed settings ({said}); recorded in the history.")
         print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
               f"{self.seconds / 60:.1f} min trained so far, best validation score {self.best_score:.4f}")
         return True
@@ -302,6 +205,14 @@ class Trainer:
         return self.epoch >= self.cfg.epochs or not self._budget_left()
 
     # ---- the loop ---------------------------------------------------------------
+    def _best_row(self) -> dict:
+        return min(self.history, key=lambda r: r["val_score"], default={})
+
+    def loss_name(self) -> str:
+        cfg = self.cfg
+        return cfg.loss.upper() + (f" + {cfg.mean_y_weight} x mean-Y" if cfg.mean_y_weight else "") + \
+            (f" + {cfg.perceptual_weight} x VGG" if cfg.perceptual_weight else "")
+
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget are used up, resuming from last.pt when present.
 
@@ -311,16 +222,22 @@ class Trainer:
         cfg = self.cfg
         self.try_resume()
         if self._done():
-            print(f"Nothing to train: {self.run_dir / ckpt.LAST} has finished "
-                  f"{'its epochs' if self.epoch >= cfg.epochs else 'its time budget'}. Raise "
-                  "DESCAN_EPOCHS / DESCAN_TRAIN_MINUTES to continue it, or set another DESCAN_RUN_NAME "
-                  "(or move the folder aside) to start over.")
+            best = self._best_row()
+            print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished "
+                  + (f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else
+                     f"its budget of {cfg.budget_minutes:g} min") +
+                  f" after {self.step} steps; best validation score {best.get('val_score', math.nan):.4f} at step "
+                  f"{best.get('step')}. To train it further: raise DESCAN_EPOCHS (now {cfg.epochs}) or "
+                  f"DESCAN_TRAIN_MINUTES (now {cfg.budget_minutes:g}). To start over: set another "
+                  "DESCAN_RUN_NAME, or move the folder aside.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
         cache = build_cache(self.train_pairs)  # None (decode per item) when it would not fit in memory
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)
+        from descan.models import Identity
+        self.do_nothing = evaluate(Identity(), self.val_images(), self.device, cfg.val_images_per_pass)
         total_steps = cfg.epochs * self.steps_per_epoch
         last_save = time.time()
         try:
@@ -329,8 +246,8 @@ class Trainer:
                 loader = make_loader(dataset, self.pairs_per_batch, workers, self.device)
                 self.model.train()
                 loss_sum, n_loss = torch.zeros((), device=self.device), 0
-                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
-                                   total=self.steps_per_epoch - self.item // self.pairs_per_batch)
+                left_in_epoch = self.steps_per_epoch - self.item // self.pairs_per_batch
+                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left_in_epoch)
                 t_epoch = t_last = time.time()
                 crops = 0
                 for clean, scan in bar:
@@ -342,6 +259,11 @@ class Trainer:
                     now = time.time()
                     self.seconds += now - t_last
                     t_last = now
+                    if n_loss == 5 and cfg.budget_minutes > 0:  # size the bar to what the budget allows
+                        per_step = (now - t_epoch) / n_loss
+                        can = n_loss + int((cfg.budget_minutes * 60 - self.seconds) / per_step)
+                        bar.total = max(n_loss, min(left_in_epoch, can))
+                        bar.refresh()
                     if self.step % 20 == 0:
                         bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
                                         crops_s=f"{crops / (now - t_epoch):.0f}")
@@ -352,10 +274,18 @@ class Trainer:
                         last_save = time.time()
                     if not self._budget_left():
                         break
+                bar.close()
                 epoch_finished = self.item >= self.steps_per_epoch * self.pairs_per_batch
                 self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
                                 epoch_finished)
                 last_save = time.time()
+                if not self._budget_left():
+                    best = self._best_row()
+                    done = 100 * (self.item / self.pairs_per_batch) / self.steps_per_epoch
+                    print(f"Budget of {cfg.budget_minutes:g} min spent after {self.step} steps "
+                          f"({'100% of epoch ' + str(self.epoch) if epoch_finished else f'{done:.0f}% of epoch {self.epoch + 1}'}"
+                          f"); best validation score {best['val_score']:.4f} at step {best['step']} "
+                          f"(do nothing: {self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")
         except KeyboardInterrupt:
             self.save_last()
             print(f"\nInterrupted: saved {self.run_dir / ckpt.LAST} at step {self.step}. "
@@ -368,7 +298,10 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"], "val_psnr": val["psnr"],
-               "crops_per_s": crops_per_s}
+               "crops_per_s": crops_per_s, "loss_name": self.loss_name(),
+               "do_nothing_score": self.do_nothing["score"], "do_nothing_psnr": self.do_nothing["psnr"],
+               "settings_changed": self.pending_change}
+        self.pending_change = ""
         improved = val["score"] < self.best_score
         self.history.append(row)
         if improved:

@@ -1,7 +1,7 @@
 """Running a model on whole images: mixed precision, tensors <-> images, restore, evaluate.
 
 ``images_per_pass`` is how many whole images go through the model at once (a "batch" is only
-ever the crops of one training step, see engine.TrainConfig).
+ever the crops of one training step, see recipes.TrainConfig).
 """
 from __future__ import annotations
 

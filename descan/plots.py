@@ -16,18 +16,37 @@ def _done(fig):
 
 
 def plot_history(history, path=None, title=""):
-    """Training loss and validation metrics per epoch; saved to ``path`` when given."""
+    """Training loss, validation score and PSNR against optimiser steps (epoch ends on the top
+    axis), with the best checkpoint starred, "do nothing" as a dashed line and changed settings
+    as vertical lines, from a run's history.csv (or its rows); saved to ``path`` when given."""
     import matplotlib.pyplot as plt
     import pandas as pd
     df = pd.DataFrame(history)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, col, label in zip(axes, ("train_loss", "val_score", "val_psnr"),
-                              ("training loss", "validation score (lower is better)", "validation PSNR (dB)")):
+    loss = df["loss_name"].iloc[-1] if "loss_name" in df and len(df) else "loss"
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (("train_loss", f"training loss ({loss})", None),
+              ("val_score", "validation score (lower is better)", "do_nothing_score"),
+              ("val_psnr", "validation PSNR (dB, higher is better)", "do_nothing_psnr"))
+    best = df["val_score"].idxmin() if len(df) else None
+    for ax, (col, label, nothing) in zip(axes, panels):
         if len(df):
-            ax.plot(df["epoch"], df[col], marker="o")
-        ax.set_xlabel("epoch")
-        ax.set_title(label)
+            ax.plot(df["step"], df[col], marker="o", ms=3, label="run")
+            ax.plot(df["step"][best], df[col][best], "*", ms=14, color="tab:red", label="best.pt")
+            if nothing in df:
+                ax.axhline(df[nothing].iloc[-1], color="0.4", ls="--", lw=1, label="do nothing")
+            for step in df.loc[df.get("settings_changed", pd.Series(dtype=str)).fillna("") != "", "step"]:
+                ax.axvline(step, color="tab:purple", lw=1, label="settings changed")
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(list(df["step"]), [str(e) for e in df["epoch"]] if len(df) <= 12 else
+                           [str(e) if i % max(1, len(df) // 8) == 0 else "" for i, e in enumerate(df["epoch"])])
+            top.tick_params(labelsize=7)
+            top.set_xlabel("epoch", fontsize=8)
+        ax.set_xlabel("optimiser step")
+        ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    if handles:
+        axes[1].legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
@@ -36,25 +55,35 @@ def plot_history(history, path=None, title=""):
     return _done(fig)
 
 
-def plot_leaderboard(board, baseline="do nothing", title=None):
-    """Horizontal bars of a local_leaderboard table (best at the top), the ``baseline`` entry in grey
-    with a dashed line at its score. Returns the figure."""
+def plot_leaderboard(board, baseline="do nothing", submitted=None, title=None):
+    """A local_leaderboard table as bars of each entry's gain over ``baseline`` (its score minus
+    the entry's: longer is better, below zero is worse than doing nothing), single pass and x8 in
+    two colours, the ``submitted`` (entry, ensemble) outlined, the scores written beside."""
     import matplotlib.pyplot as plt
-    board = board.sort_values("score", ascending=False, kind="stable")
-    labels = [f"{e} (x8)" if x else e for e, x in zip(board["entry"], board["ensemble"])]
-    colours = ["0.6" if e == baseline else ("tab:orange" if x else "tab:blue")
-               for e, x in zip(board["entry"], board["ensemble"])]
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * len(board)))
-    ax.barh(labels, board["score"], color=colours)
-    for y, v in enumerate(board["score"]):
-        ax.text(v, y, f" {v:.4f}", va="center", fontsize=9)
-    base = board.loc[board["entry"] == baseline, "score"]
-    if len(base):
-        ax.axvline(float(base.iloc[0]), color="0.4", ls="--", lw=1)
-    ax.set_xlim(0, float(board["score"].max()) * 1.2 + 1e-9)
-    ax.set_xlabel("validation score: mean |mean Y(restored) - mean Y(clean)| (lower is better)")
+    from matplotlib.patches import Patch
+    base = float(board.loc[board["entry"] == baseline, "score"].iloc[0])
+    rows = board[board["entry"] != baseline].sort_values("score", ascending=False, kind="stable")
+    gains = base - rows["score"].to_numpy()
+    labels = [f"{e} (x8)" if x else e for e, x in zip(rows["entry"], rows["ensemble"])]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * max(1, len(rows))))
+    colours = ["tab:orange" if x else "tab:blue" for x in rows["ensemble"]]
+    bars = ax.barh(labels, gains, color=colours)
+    span = max(1e-9, float(np.abs(gains).max()) if len(gains) else 1.0)
+    for bar, g, sc, e, x in zip(bars, gains, rows["score"], rows["entry"], rows["ensemble"]):
+        if submitted is not None and (e, bool(x)) == tuple(submitted):
+            bar.set_edgecolor("black"), bar.set_linewidth(2.5)
+        ax.text(g + (0.02 if g >= 0 else -0.02) * span, bar.get_y() + bar.get_height() / 2,
+                f"score {sc:.4f}", va="center", ha="left" if g >= 0 else "right", fontsize=8)
+    ax.axvline(0, color="0.3", lw=1)
+    lo, hi = min(0.0, float(gains.min()) if len(gains) else 0.0), max(0.0, float(gains.max()) if len(gains) else 1.0)
+    ax.set_xlim(lo - 0.35 * span * (lo < 0), hi + 0.35 * span)
+    handles = [Patch(color="tab:blue", label="single pass"), Patch(color="tab:orange", label="x8 self-ensemble")]
+    if submitted is not None:
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.5, label="submitted"))
+    ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_xlabel(f"gain over '{baseline}' (its score {base:.4f} minus the entry's; longer is better)")
     if title:
-        ax.set_title(title, fontsize=10)
+        fig.suptitle(title, fontsize=10)
     return _done(fig)
 
 

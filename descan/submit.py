@@ -31,15 +31,20 @@ def csv_mean_y(png_path) -> float:
 
 
 def submission_rows(restored_dir) -> list[tuple[str, float]]:
-    """(id, mean Y) for every PNG in ``restored_dir``, in sorted file-name order."""
-    files = sorted(p for p in Path(restored_dir).glob("*.png"))
+    """(id, mean Y) for every PNG in ``restored_dir``, in sorted file-name order; hidden files
+    (e.g. macOS's '._<name>.png') are skipped, as helpers.list_images skips them."""
+    files = sorted(p for p in Path(restored_dir).glob("*.png") if not p.name.startswith("."))
     if not files:
         raise DataError(f"no restored PNGs in {restored_dir}; restore the test set first")
     return [(p.stem, csv_mean_y(p)) for p in files]
 
 
 def validate_submission(rows, expected_ids) -> None:
-    """Raise ValueError unless ``rows`` has exactly one finite value in [0, 255] per expected id."""
+    """Raise ValueError unless ``rows`` has exactly one finite value in [0, 255] per expected id.
+
+    Values may be numbers or the text of a plain decimal number; text with an underscore is
+    refused ('1_0': Python reads it as 10, other readers refuse it). The order of the rows is not
+    checked here: write_submission sorts them and read_submission checks the order of a file."""
     ids = [r[0] for r in rows]
     expected = set(expected_ids)
     problems = []
@@ -54,6 +59,8 @@ def validate_submission(rows, expected_ids) -> None:
     bad = []
     for i, v in rows:
         try:
+            if isinstance(v, str) and "_" in v:
+                raise ValueError(v)
             ok = math.isfinite(float(v)) and 0.0 <= float(v) <= 255.0
         except (TypeError, ValueError):
             ok = False
@@ -68,10 +75,11 @@ def validate_submission(rows, expected_ids) -> None:
 
 
 def write_submission(rows, path, expected_ids) -> Path:
-    """Validate, then write the CSV atomically: header 'Image File,Y Channel Value', sorted rows."""
+    """Validate, then write the CSV atomically (UTF-8): header 'Image File,Y Channel Value', the rows
+    sorted by id. A full disk or a read-only folder raises OSError saying so (helpers.atomic_path)."""
     validate_submission(rows, expected_ids)
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(CSV_HEADER)
             for name, value in sorted(rows, key=lambda r: r[0]):
@@ -80,20 +88,43 @@ def write_submission(rows, path, expected_ids) -> Path:
 
 
 def read_submission(path, expected_ids=None) -> list[tuple[str, float]]:
-    """Read a submission CSV back; checks the header, and the rows when ``expected_ids`` is given."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if tuple(header or ()) != CSV_HEADER:
-            raise ValueError(f"{path}: header must be {','.join(CSV_HEADER)!r}, got {header}")
-        rows = []
-        for line in reader:
-            if len(line) != 2:
-                raise ValueError(f"{path}: row {len(rows) + 2} has {len(line)} fields, expected 2")
-            try:
-                rows.append((line[0], float(line[1])))
-            except ValueError:
-                raise ValueError(f"{path}: row {len(rows) + 2} value {line[1]!r} is not a number")
+    """Read a submission CSV back; ValueError naming the file and the first offending row unless:
+    it is UTF-8 text (a byte-order mark is allowed) with the header, two fields a row, each value
+    a number written without underscores, the ids in sorted order (as write_submission writes
+    them); and, when ``expected_ids`` is given, the rows pass validate_submission. Blank lines at
+    the end of the file are ignored."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start} "
+                         "cannot be decoded); save it as UTF-8 (plain ASCII is fine)") from None
+    while lines and not "".join(lines[-1]).strip():  # blank lines at the end
+        lines.pop()
+    header = lines[0] if lines else None
+    if tuple(header or ()) != CSV_HEADER:
+        raise ValueError(f"{path}: header must be {','.join(CSV_HEADER)!r}, got {header}")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        if len(line) != 2:
+            raise ValueError(f"{path}: row {n} has {len(line)} fields, expected 2"
+                             + (" (a blank line inside the file)" if not "".join(line).strip() else ""))
+        try:
+            if "_" in line[1]:
+                raise ValueError(line[1])
+            rows.append((line[0], float(line[1])))
+        except ValueError:
+            hint = " (no underscores in numbers: Python reads '1_0' as 10, other readers refuse it)" \
+                if "_" in line[1] else ""
+            raise ValueError(f"{path}: row {n} value {line[1]!r} is not a number{hint}") from None
+    ids = [r[0] for r in rows]
+    unsorted = [n for n, (a, b) in enumerate(zip(ids, ids[1:]), start=3) if b < a]
+    if unsorted:
+        n = unsorted[0]
+        raise ValueError(f"{path}: the ids are not in sorted order ({len(unsorted)} rows out of order; first: "
+                         f"row {n} {ids[n - 2]!r} comes after row {n - 1} {ids[n - 3]!r}). Write it with "
+                         "write_submission, which sorts the rows.")
     if expected_ids is not None:
         validate_submission(rows, expected_ids)
     return rows
@@ -125,33 +156,73 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
     The PNG's name is the scan's file name with its extension replaced by ``.png``
     ('BookOfMaking.00012.02.tif' -> 'BookOfMaking.00012.02.png'); images of any size keep it.
     Scans are read, restored by restore() (x8 self-ensemble when ``ensemble``) and written
-    atomically ``chunk`` images at a time (default: 4 passes), so memory stays bounded.
-    ``out_dir`` belongs to this function: the PNGs already in it are deleted first, so it never
-    mixes two runs, and an interrupted run leaves missing files that make_submission refuses.
-    Returns the written paths, in the order of ``scan_paths``.
+    ``chunk`` images at a time (default: 4 passes), so memory stays bounded.
+    The new folder is built beside the old one (``.<name>.new``) and swapped in only when it is
+    complete: the PNGs of an earlier run are replaced all at once, never mixed with these, and an
+    interrupted run (or a full disk) leaves the previous complete folder as it was. Other files
+    in ``out_dir`` are carried over; a folder holding subfolders is refused (it is not a folder
+    of restored images). Returns the paths of the PNGs, in the order of ``scan_paths``.
     """
+    import errno
+    import shutil
     scan_paths = [Path(p) for p in scan_paths]
     out_dir = Path(out_dir)
     if not scan_paths:
-        raise DataError("no scans to restore")
+        raise DataError(f"no scans to restore into {out_dir}: the list of scans is empty. If it comes from an "
+                        "empty test folder (e.g. DATA/test/scan), run notebook 01 again to unpack the test scans.")
     by_stem(scan_paths, "the scans to restore")  # two scans may not share a name
     if any(p.parent.resolve() == out_dir.resolve() for p in scan_paths):
         raise DataError(f"{out_dir} holds the scans themselves; restore into another folder")
-    targets = [out_dir / f"{p.stem}.png" for p in scan_paths]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.png"):
-        old.unlink()
+    new, old = out_dir.parent / f".{out_dir.name}.new", out_dir.parent / f".{out_dir.name}.old"
+    if not out_dir.exists() and old.is_dir():  # a swap cut short: the previous folder comes back
+        old.rename(out_dir)
+    keep = []
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"{out_dir} is a file, not a folder; restore into another folder")
+        entries = sorted(out_dir.iterdir())
+        folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
+        if folders:
+            raise DataError(f"{out_dir} holds folders ({examples(folders)}), so it is not a folder of restored "
+                            "images; restore into a folder of its own (nothing was changed).")
+        keep = [p for p in entries if not (p.suffix == ".png" and p.is_file() and not p.name.startswith("."))
+                and not (p.name.startswith(".") and p.name.endswith(".partial"))]
+    shutil.rmtree(new, ignore_errors=True)  # left by an earlier run cut short
+    try:
+        new.mkdir(parents=True)
+    except OSError as e:
+        what = ("disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+                "read-only" if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "cannot write")
+        raise OSError(e.errno, f"{what}: could not create {new} beside {out_dir} ({e.strerror}); "
+                      f"{out_dir} is unchanged.") from e
     from descan.inference import restore
     chunk = max(1, chunk or 4 * images_per_pass)
     bar = progress_bar(total=len(scan_paths), desc=f"restoring{' (x8)' if ensemble else ''}", unit="img",
                        enabled=show_progress)
-    for i in range(0, len(scan_paths), chunk):
-        images = [read_rgb(p) for p in scan_paths[i:i + chunk]]
-        for target, img in zip(targets[i:i + chunk], restore(model, images, device, images_per_pass, ensemble)):
-            write_png(target, img)
-        bar.update(len(images))
-    bar.close()
-    return targets
+    try:
+        for i in range(0, len(scan_paths), chunk):
+            images = [read_rgb(p) for p in scan_paths[i:i + chunk]]
+            for p, img in zip(scan_paths[i:i + chunk], restore(model, images, device, images_per_pass, ensemble)):
+                write_png(new / f"{p.stem}.png", img)
+            bar.update(len(images))
+        for p in keep:  # the files that are not ours go with the folder (copied: the old folder stays whole)
+            if p.is_dir() and not p.is_symlink():
+                shutil.copytree(p, new / p.name, symlinks=True)
+            else:
+                shutil.copy2(p, new / p.name, follow_symlinks=False)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if out_dir.exists():  # the swap: two renames; a kill between them is undone by the next run
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        new.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(out_dir)
+    return [out_dir / f"{p.stem}.png" for p in scan_paths]
 
 
 def make_submission(restored_dir, test_scan_dir, csv_path):
@@ -242,21 +313,13 @@ def leaderboard_candidates(found, chosen, model, device=None):
     return out, name
 
 
-def leaderboard_notes(board, chosen: str, ensemble: bool) -> list[str]:
-    """What a local_leaderboard table says about the submission: its estimate against doing
-    nothing, whether the x8 self-ensemble helped the chosen entry, and a better entry if any."""
-    def score(entry, ens):
-        row = board[(board["entry"] == entry) & (board["ensemble"] == ens)]
-        return float(row["score"].iloc[0]) if len(row) else math.nan
-
-    notes = [f"validation estimate of the submission ({chosen}{', x8' if ensemble else ''}): "
-             f"{score(chosen, ensemble):.4f}   do nothing: {score('do nothing', False):.4f}"]
-    single, x8 = score(chosen, False), score(chosen, True)
-    if math.isfinite(x8):
-        better = x8 < single
-        notes.append(f"x8 self-ensemble {'helps' if better else 'does not help'} {chosen} on validation "
-                     f"({x8:.4f} vs {single:.4f} single pass)" +
-                     ("" if better == ensemble else f"; consider DESCAN_ENSEMBLE={int(better)}"))
+def leaderboard_notes(board, chosen: str) -> list[str]:
+    """What a local_leaderboard table says about the chosen entry: its estimate against doing
+    nothing, and a better entry if there is one."""
+    nothing = float(board.loc[(board["entry"] == "do nothing"), "score"].iloc[0])
+    mine = board[board["entry"] == chosen].sort_values("score")
+    notes = [f"validation estimate of {chosen}: {float(mine['score'].iloc[0]):.4f} "
+             f"({'x8' if mine['ensemble'].iloc[0] else 'single pass'})   do nothing: {nothing:.4f}"]
     best = board.iloc[0]
     if best["entry"] == "do nothing":
         notes.append("note: on these images no checkpoint beats doing nothing; the models need more training "
@@ -265,3 +328,25 @@ def leaderboard_notes(board, chosen: str, ensemble: bool) -> list[str]:
         notes.append(f"note: on these images {best['entry']}{' (x8)' if best['ensemble'] else ''} scores better "
                      f"({best['score']:.4f}); set DESCAN_CHECKPOINT={best['entry']} to submit with it")
     return notes
+
+
+def decide_ensemble(board, entry: str, mode: str = "auto", min_gain: float = 0.05) -> tuple[bool, str]:
+    """Whether to restore the test set with the x8 self-ensemble, and why, from a local_leaderboard
+    table. ``mode``: "1"/"0" force it; "auto" uses x8 only when its measured gain over the single
+    pass on validation is larger than ``min_gain`` (score points: differences smaller than that
+    are within the noise of a few hundred images)."""
+    def score(ens):
+        row = board[(board["entry"] == entry) & (board["ensemble"] == ens)]
+        return float(row["score"].iloc[0]) if len(row) else math.nan
+
+    single, x8 = score(False), score(True)
+    measured = f"single pass {single:.4f}, x8 {x8:.4f} on validation" if math.isfinite(x8) else \
+        f"single pass {single:.4f} on validation; x8 not measured"
+    if mode in ("1", "0"):
+        return mode == "1", f"DESCAN_ENSEMBLE={mode} ({measured})"
+    if not math.isfinite(x8):
+        return False, f"single pass ({measured})"
+    gain = single - x8
+    use = gain > min_gain
+    return use, (f"{'x8 self-ensemble' if use else 'single pass'}: x8 gains {gain:+.4f} over the single pass "
+                 f"({measured}); it is used only above DESCAN_ENSEMBLE_MIN_GAIN={min_gain:g}")

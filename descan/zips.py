@@ -7,7 +7,9 @@ else from its contents, and check_zip_set refuses a set whose contents contradic
 """
 from __future__ import annotations
 
+import errno
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -20,7 +22,11 @@ TEST_MAX_IMAGES = 2000
 
 
 def check_zip(path) -> int:
-    """Raise DataError unless ``path`` is a complete, readable zip; return its number of entries."""
+    """Raise DataError unless ``path`` is a complete, readable zip; return its number of entries.
+
+    The message says "is not a complete zip file (" or "is corrupt (entry" only when the file's
+    own bytes are at fault (data_download.sh moves such a file aside); a file that cannot be read
+    (permissions, an I/O error of the disk) is reported as such: the file may be fine."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
@@ -32,7 +38,15 @@ def check_zip(path) -> int:
                                 "download it again.")
             return len(zf.infolist())
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        head = path.read_bytes()[:200].lower() if path.stat().st_size else b""
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
+                                                  errno.EISDIR, errno.ENXIO, errno.ESTALE):
+            raise DataError(f"cannot read {path} ({e}); it was not judged and is kept as it is. Check the "
+                            "file's permissions and the disk (or Drive) it is on, then try again.") from None
+        try:
+            with open(path, "rb") as f:
+                head = f.read(200).lower()
+        except OSError:
+            head = b""
         hint = (" It looks like a web page (Google Drive quota or sign-in page), not a zip."
                 if b"<html" in head or b"<!doctype" in head else "")
         raise DataError(f"{path} is not a complete zip file ({e}).{hint} Delete it and download "
@@ -51,6 +65,9 @@ def zip_image_entries(zf: zipfile.ZipFile, zip_path):
             continue
         if Path(parts[-1]).suffix.lower() not in IMAGE_EXTS:
             continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataError(f"{zip_path}: entry {info.filename!r} is a symbolic link, not an image; refusing to "
+                            "unpack this zip. Make the zip again without links (e.g. zip without -y).")
         if parts[-1] in out:
             raise DataError(f"{zip_path}: two entries are both named {parts[-1]} "
                             f"({out[parts[-1]].filename}, {info.filename}); cannot flatten.")

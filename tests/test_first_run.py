@@ -1,5 +1,6 @@
 """The user's first run: one rule for paths, workspaces kept apart by the kind of data, files
 written with normal permissions, and every notebook starting in a fresh runtime."""
+import json
 import os
 import stat
 import subprocess
@@ -149,4 +150,9 @@ def test_a_fresh_runtime_unpacks_the_data_from_the_zip_cache_without_downloading
     assert len(list((data / "train/scan").iterdir())) == 16 and len(list((data / "test/scan").iterdir())) == 2
     assert not (data / helpers.DEMO_MARKER).exists()
     assert (workspace / "runs/dncnn/best.pt").is_file() and (workspace / "runs/dncnn/history.csv").is_file()
-    assert "ok in" in r.stdout
+    assert "ok in" in r.stdout and "WARNING" not in r.stdout + r.stderr
+    # quiet notebooks: no warnings (e.g. tqdm's about missing widgets) in the executed outputs
+    for nb in (workspace / "executed").glob("*.ipynb"):
+        outputs = [o for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", [])]
+        text = json.dumps(outputs)
+        assert "Warning" not in text and "Traceback" not in text, nb.name

@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
-ORDER = ["demo", "zips", "data", "plots", "colab", "models", "inference", "crops", "losses", "checkpoints",
+ORDER = ["demo", "zips", "data", "plots", "colab", "recipes", "models", "inference", "crops", "losses", "checkpoints",
          "engine", "submit", "cli"]
 NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data", "descan.plots", "descan.colab",
-            "descan.submit", "descan.cli"]
+            "descan.recipes", "descan.submit", "descan.cli"]
 
 
 def cells(path, kind="code"):
@@ -86,14 +86,14 @@ def test_file_sizes():
 
 
 def test_the_recipes_table_is_the_single_source():
-    from descan import engine
+    from descan import recipes
     sources = {"03": "\n".join(cells(ROOT / "notebooks/03_train_dncnn.ipynb")),
                "04": "\n".join(cells(ROOT / "notebooks/04_train_attention.ipynb")),
                "benchmark": (ROOT / "benchmarks/compare_models.py").read_text(),
                "tests": (ROOT / "tests/test_training.py").read_text()}
-    assert 'engine.recipe("dncnn"' in sources["03"] and 'engine.recipe("attention"' in sources["04"]
+    assert 'recipes.recipe("dncnn"' in sources["03"] and 'recipes.recipe("attention"' in sources["04"]
     for where in ("benchmark", "tests"):
-        assert "engine.recipe(" in sources[where] and '"dncnn"' in sources[where] and '"attention"' in sources[where]
+        assert "recipes.recipe(" in sources[where] and '"dncnn"' in sources[where] and '"attention"' in sources[where]
     knobs = ("warmup_steps=", "ema_decay=", "weight_decay=", "degrade_prob=", "mean_y_weight=", "grad_clip=")
     for where, text in sources.items():
         if where == "tests":  # unit tests of one knob may set it; the recipe tests read RECIPES (above)
@@ -102,10 +102,10 @@ def test_the_recipes_table_is_the_single_source():
         literal = [k for k in knobs if re.search(rf"\b{k}\s*[\d.]", code)]
         assert not literal, f"{where} sets recipe knobs itself instead of reading RECIPES: {literal}"
     # the layers of recipe(): GPU recipe, then the CPU sizes, then smoke mode
-    name, kwargs, gpu = engine.recipe("attention", "cuda", use_env=False)
-    _, _, cpu = engine.recipe("attention", "cpu", use_env=False)
-    _, small, smoke = engine.recipe("attention", "cpu", smoke=True, use_env=False)
-    assert name == "attention_unet" and kwargs == engine.RECIPES["attention"]["model_kwargs"]
+    name, kwargs, gpu = recipes.recipe("attention", "cuda", use_env=False)
+    _, _, cpu = recipes.recipe("attention", "cpu", use_env=False)
+    _, small, smoke = recipes.recipe("attention", "cpu", smoke=True, use_env=False)
+    assert name == "attention_unet" and kwargs == recipes.RECIPES["attention"]["model_kwargs"]
     assert gpu.patch == 256 and gpu.ema_decay == 0.999 and gpu.warmup_steps == 200
     assert cpu.patch == 64 and cpu.ema_decay == 0.999 and smoke.patch == 48 and small["width"] == 16
 

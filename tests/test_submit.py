@@ -430,3 +430,34 @@ def test_cli_score_prints_the_score(tmp_path, capsys):
     assert cli.main(["score", str(tmp_path / "pred"), str(tmp_path / "clean")]) == 1
     assert "nomatch.00001.01" in capsys.readouterr().err
 
+
+
+def _board(rows):
+    import pandas as pd
+    return pd.DataFrame([{"entry": e, "ensemble": x, "score": s} for e, x, s in rows])
+
+
+@pytest.mark.parametrize("x8, mode, use", [
+    (4.80, "auto", True),    # x8 helps by 0.20 > 0.05: used
+    (4.99, "auto", False),   # helps by 0.01, within the noise: single pass
+    (5.30, "auto", False),   # hurts
+    (None, "auto", False),   # not measured (e.g. on a CPU)
+    (5.30, "1", True),       # forced
+    (4.80, "0", False),      # forced off
+])
+def test_the_ensemble_decision_follows_the_measured_gain_and_threshold(x8, mode, use):
+    rows = [("do nothing", False, 8.0), ("dncnn", False, 5.0)] + ([("dncnn", True, x8)] if x8 else [])
+    decided, why = submit.decide_ensemble(_board(rows), "dncnn", mode, min_gain=0.05)
+    assert decided is use
+    assert ("DESCAN_ENSEMBLE=" + mode) in why if mode != "auto" else ("0.05" in why or "not measured" in why)
+
+
+def test_leaderboard_figure_shows_gains_and_the_submitted_entry():
+    from descan import plots
+    board = _board([("do nothing", False, 8.0), ("dncnn", False, 5.0), ("dncnn", True, 4.9), ("unet", False, 8.5)])
+    fig = plots.plot_leaderboard(board, submitted=("dncnn", True))
+    ax = fig.axes[0]
+    widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+    assert widths == [-0.5, 3.0, 3.1]  # gains over doing nothing, one worse than it
+    assert [p.get_linewidth() for p in ax.patches].count(2.5) == 1  # the submitted bar is outlined
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"single pass", "x8 self-ensemble", "submitted"}

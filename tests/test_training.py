@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import helpers
-from descan import checkpoints, crops, demo, engine, inference, losses, models  # noqa: E402
+from descan import checkpoints, crops, demo, engine, inference, losses, models, recipes  # noqa: E402
 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to train in a second on a CPU
 
@@ -23,8 +23,8 @@ TINY_SIZES = dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=32, crops_pe
 
 
 def tiny_cfg(recipe="dncnn", **kw):
-    """A notebook's recipe from engine.RECIPES (smoke mode, CPU), at tiny sizes, plus ``kw``."""
-    return engine.recipe(recipe, "cpu", smoke=True, use_env=False, **{**TINY_SIZES, **kw})[2]
+    """A notebook's recipe from recipes.RECIPES (smoke mode, CPU), at tiny sizes, plus ``kw``."""
+    return recipes.recipe(recipe, "cpu", smoke=True, use_env=False, **{**TINY_SIZES, **kw})[2]
 
 
 def weights(trainer):
@@ -72,27 +72,58 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
         assert (tmp_path / "cut" / f).stat().st_size > 0
 
 
-def test_resume_refuses_a_different_run(demo_pairs, tmp_path):
+def test_resume_refuses_a_different_run(demo_pairs, tmp_path, monkeypatch):
     train, val = demo_pairs
     engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1), device="cpu").fit()
+    monkeypatch.setenv("DESCAN_RESUME", "continue")  # not even deliberately: these decide the crops or the model
     other = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(patch=24), device="cpu")
-    with pytest.raises(checkpoints.CheckpointError, match="different run.*patch"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"patch 32 -> 24\. patch differ, so this run cannot go on"):
         other.fit()
     other_split = engine.Trainer("dncnn", TINY, train[1:], val, tmp_path, tiny_cfg(), device="cpu")
-    with pytest.raises(checkpoints.CheckpointError, match="different run.*training/validation pairs"):
+    with pytest.raises(checkpoints.CheckpointError, match="training/validation pairs differ"):
         other_split.fit()
     wider = engine.Trainer("dncnn", {**TINY, "width": 9}, train, val, tmp_path, tiny_cfg(), device="cpu")
-    with pytest.raises(checkpoints.CheckpointError, match="different run"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"width 8 -> 9.*model dncnn"):
         wider.fit()
 
 
-def test_budget_stops_training_and_still_validates(demo_pairs, tmp_path):
+def test_a_changed_lr_stops_with_the_ways_out_then_continues_on_request(demo_pairs, tmp_path, monkeypatch, capsys):
+    train, val = demo_pairs
+    run = tmp_path / "dncnn"
+    engine.Trainer("dncnn", TINY, train, val, run, tiny_cfg(epochs=1), device="cpu").fit()
+    monkeypatch.setenv("DESCAN_LR", "0.0003")
+    cfg = recipes.recipe("dncnn", "cpu", smoke=True, **{**TINY_SIZES, "epochs": 2})[2]
+    assert cfg.lr == 0.0003
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu").fit()
+    msg = str(e.value)
+    assert "lr 0.001 -> 0.0003" in msg and "DESCAN_RUN_NAME=dncnn-lr0.0003" in msg and "DESCAN_RESUME=continue" in msg
+    monkeypatch.setenv("DESCAN_RESUME", "continue")
+    t = engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu")
+    r = t.fit()
+    assert r["epochs"] == 2 and t.optimizer.param_groups[0]["lr"] == pytest.approx(0.0003)
+    assert [row["settings_changed"] for row in r["history"]] == ["", "lr 0.001 -> 0.0003"]
+    import pandas as pd
+    assert list(pd.read_csv(run / "history.csv")["settings_changed"].fillna("")) == ["", "lr 0.001 -> 0.0003"]
+    # a finished run says what it is and how to extend or restart it
+    capsys.readouterr()
+    engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu").fit()
+    out = capsys.readouterr().out
+    assert "Nothing to train: run 'dncnn'" in out and "DESCAN_EPOCHS (now 2)" in out and "DESCAN_RUN_NAME" in out
+
+
+def test_budget_stops_training_says_so_and_still_validates(demo_pairs, tmp_path, capsys):
     train, val = demo_pairs
     t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=50, budget_minutes=1e-6),
-                        device="cpu")
+                       device="cpu")
     r = t.fit()
     assert r["steps"] == 1 and len(r["history"]) == 1 and np.isfinite(r["best_score"])
     assert (tmp_path / "best.pt").exists()
+    out = capsys.readouterr().out
+    assert "Budget of 1e-06 min spent after 1 steps (25% of epoch 1); best validation score" in out
+    assert "at step 1 (do nothing: " in out
+    row = r["history"][0]
+    assert row["loss_name"] == "MSE" and row["do_nothing_score"] > 0
 
 
 def test_best_checkpoint_rebuilds_the_model_from_the_file_alone(demo_pairs, tmp_path):
@@ -249,6 +280,6 @@ def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name(mo
     monkeypatch.setenv("DESCAN_BATCH", "20")
     with pytest.raises(ValueError, match=r"batch_size=20 \(DESCAN_BATCH\) must be a positive multiple of "
                                          r"crops_per_image=8"):
-        engine.recipe("dncnn", "cuda")
+        recipes.recipe("dncnn", "cuda")
     monkeypatch.setenv("DESCAN_CROPS_PER_IMAGE", "4")
-    assert engine.recipe("dncnn", "cuda")[2].batch_size == 20
+    assert recipes.recipe("dncnn", "cuda")[2].batch_size == 20

@@ -10,10 +10,13 @@ the code runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
 import random
+import re
+import shutil
 import sys
 import uuid
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
 
 ROOT = Path(__file__).resolve().parent
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -67,24 +72,21 @@ def env_flag(name: str, default: bool) -> bool:
 
 
 def env_number(name: str, default, minimum=None, maximum=None):
-    """A number from the environment, an int when ``default`` is one; unset or empty = default.
-    A bad or out-of-range value is refused naming the variable, its value and the allowed range
-    (``minimum`` and ``maximum`` included). Underscores ('1_0', which Python reads as 10), nan
-    and infinities are refused too."""
+    """A number from the environment, an int when ``default`` is one; unset or empty = default. A bad
+    or out-of-range value (also '1_0', which Python reads as 10, nan and inf) is refused naming the
+    variable, its value and the allowed range (``minimum`` and ``maximum`` included)."""
     raw, kind = os.environ.get(name, "").strip(), int if isinstance(default, int) else float
     if not raw:
         return default
-    bounds = (f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else
-              f"at least {minimum}" if minimum is not None else f"at most {maximum}" if maximum is not None else "")
+    bounds = " and ".join(b for b in (minimum is not None and f"at least {minimum}",
+                                      maximum is not None and f"at most {maximum}") if b) or "a number"
     try:
-        if "_" in raw:
+        value = kind(raw.replace("_", "?"))
+        if value * 0 != 0:  # nan or an infinity
             raise ValueError(raw)
-        value = kind(raw)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(raw)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a finite number'}"
-                         + (f"; it must be {bounds}" if bounds else "")) from None
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a finite number'}; "
+                         f"it must be {bounds}") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name}={raw} is out of range: it must be {bounds}")
     return value
@@ -183,7 +185,7 @@ def setup_notebook(seed: int = 0):
 # Files: atomic writes, image reading, pairing by name
 # --------------------------------------------------------------------------
 
-_PARTIALS_SEEN: dict = {}  # atomic_path: {folder: {target name: its stale .partial files}}, one scan a folder
+_STALE: dict = {}  # atomic_path: {folder: the .partial files found there}, each folder listed once a process
 
 
 @contextlib.contextmanager
@@ -193,111 +195,51 @@ def atomic_path(path):
     An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The
     file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the umask).
     A write that fails for want of space or permission raises OSError saying "disk full" or
-    "read-only" and the path. The temporary files ``.<name>.<8 hex>.partial`` that a killed
-    writer of ``path`` left behind are removed (those of this name only, and only when no live
-    writer holds them: each writer holds a lock on its own; the folder is listed once a process).
+    "read-only" and the path. The temporary files ``.<name>.<8 hex>.partial`` of ``path`` that a
+    killed writer left are removed first; a live writer's is not (each holds a lock on its own).
     """
-    import errno
-    import re
-    import shutil
-    import time
-    try:
-        import fcntl
-    except ImportError:  # not on Windows
-        fcntl = None
     path = Path(path)
 
-    def clear_error(e):
-        """The OSError to raise for ``e`` when it is a full disk or a read-only place, else None."""
+    def clear(e):  # the OSError to raise instead of ``e`` (None: keep ``e``)
         code = getattr(e, "errno", None)
-        if code is None and isinstance(e, (OSError, RuntimeError)):
-            # numpy's short write ("N requested and M written") and torch's writer ("unexpected
-            # pos") carry no errno: a full disk shows in the free space, the partial file still there
-            try:
-                code = errno.ENOSPC if shutil.disk_usage(path.parent).free < (1 << 20) else None
-            except OSError:
-                pass
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            return OSError(code, f"disk full: could not write {path} ("
-                           f"{'no space left' if code == errno.ENOSPC else 'disk quota exceeded'} in "
-                           f"{path.parent}). Free some space (old runs, restored images, zips) and run this "
-                           f"again; any previous {path.name} is unchanged.")
-        if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-            why = "a read-only file system" if code == errno.EROFS else "no permission to write there"
-            return OSError(code, f"read-only: could not write {path} ({why}). Use a writable folder (e.g. "
-                           f"set DESCAN_WORKSPACE); any previous {path.name} is unchanged.")
-        return None
+        if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
+            with contextlib.suppress(OSError):
+                code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
+        what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
+                errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}.get(code)
+        return what and OSError(code, f"{what}: could not write {path}. Free some space or use a writable folder "
+                                      f"(e.g. set DESCAN_WORKSPACE); any previous {path.name} is unchanged.")
 
-    def held(fd) -> bool | None:
-        """Lock ``fd``: False when done, True when another process holds it, None when locks do not work."""
-        if fcntl is None:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        except OSError:
-            return None
-
-    def remove_stale():
-        folder = str(path.parent.resolve())
-        if folder not in _PARTIALS_SEEN:
-            found = {}
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        m = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.partial", entry.name)
-                        if m and entry.is_file(follow_symlinks=False):
-                            found.setdefault(m.group(1), []).append(entry.name)
-            except OSError:
-                return  # an unlistable folder: the write itself says why it fails, if it does
-            _PARTIALS_SEEN[folder] = found
-        for name in _PARTIALS_SEEN[folder].pop(path.name, []):
-            old = path.parent / name
-            try:
-                fd = os.open(old, os.O_RDONLY)
-            except OSError:
-                continue  # gone already
-            try:
-                busy = held(fd)
-                if busy is None:  # no locks here (some network file systems): only an old file is stale
-                    busy = time.time() - os.fstat(fd).st_mtime < 600
-                if not busy:
-                    os.remove(old)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale()
+        if folder not in _STALE:
+            _STALE[folder] = [n for n in os.listdir(folder) if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
+        for name in [n for n in _STALE[folder] if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
+            _STALE[folder].remove(name)
+            with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
+                os.remove(path.parent / name)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except OSError as e:
-        err = clear_error(e)
-        if err is None:
+        if not clear(e):
             raise
-        raise err from e
-    held(fd)  # held until the end: a writer in another process never takes this file for stale
+        raise clear(e) from e
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
     try:
-        try:
-            yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as e:
-            err = clear_error(e)
-            if err is None:
-                raise
-            raise err from e
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not clear(e):
+            raise
+        raise clear(e) from e
     finally:
-        try:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        finally:
-            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        os.close(fd)
 
 
 def read_rgb(path) -> np.ndarray:

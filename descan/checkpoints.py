@@ -27,6 +27,9 @@ BEST_KEYS = ("kind", "model_name", "model_kwargs", "model", "val", "epoch", "ste
 LAST_KEYS = ("kind", "model_name", "model_kwargs", "model", "ema", "optimizer", "scaler", "epoch", "item",
              "step", "seconds", "history", "config", "data_kind", "data_id", "rng")
 SCHEMAS = {"best": BEST_KEYS, "last": LAST_KEYS}
+UNKNOWN_MODEL = ("If it is your own model, define it in WORKSPACE/my_models.py with @descan.models.register(name) "
+                 "and call models.load_user_models(WORKSPACE) first (README: Bring your own model); "
+                 "else update the repository (git pull) or train again.")
 RUN_FIRST = "Run notebook 03 (DnCNN) or 04 (attention) first, or set DESCAN_CHECKPOINT to a checkpoint file."
 
 
@@ -88,7 +91,7 @@ def model_from_checkpoint(path_or_state, device="cpu") -> nn.Module:
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
     if state.get("model_name") not in MODELS:
         raise CheckpointError(f"checkpoint names model {state.get('model_name')!r}, which this version "
-                              f"of descan does not know (known: {', '.join(sorted(MODELS))}).")
+                              f"of descan does not know (known: {', '.join(sorted(MODELS))}). {UNKNOWN_MODEL}")
     model = build_model(state["model_name"], **state["model_kwargs"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()
@@ -124,7 +127,7 @@ def _checkpoint_entry(path) -> dict:
                  val_score=float(score) if score is not None and math.isfinite(float(score)) else math.inf)
     if entry["model_name"] not in MODELS:
         entry["error"] = (f"{path} names model {entry['model_name']!r}, which this version of descan does "
-                          f"not know (known: {', '.join(sorted(MODELS))}). Update the repository (git pull) or train again.")
+                          f"not know (known: {', '.join(sorted(MODELS))}). {UNKNOWN_MODEL}")
     return entry
 
 

@@ -7,8 +7,10 @@ constructor arguments, so ``build_model(name, **kwargs)`` rebuilds it from the f
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +149,37 @@ class AttentionUNet(nn.Module):
 
 
 MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet}
+USER_MODELS = "my_models.py"  # in the workspace: a student's own models, found by every notebook
+
+
+def register(name: str):
+    """Class decorator: make a model buildable by ``name`` (build_model, checkpoints, notebook 05).
+
+    Put your model in WORKSPACE/my_models.py (``from descan.models import register`` and
+    ``@register("mynet")`` above the class): the workspace is on Drive in Colab, so the notebooks
+    of every runtime find it with load_user_models(WORKSPACE). Its forward() takes and returns
+    RGB in [0, 1], any size (pad inside, as AttentionUNet does)."""
+    def add(cls):
+        if name in MODELS and MODELS[name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"a model named {name!r} exists already ({MODELS[name].__qualname__}); pick another name")
+        MODELS[name] = cls
+        return cls
+    return add
+
+
+def load_user_models(workspace) -> list[str]:
+    """Import WORKSPACE/my_models.py when it exists; returns the model names known afterwards that
+    it added. Errors in the file are shown as they are, with the file's name."""
+    path = Path(workspace) / USER_MODELS
+    if not path.is_file():
+        return []
+    before = set(MODELS)
+    spec = importlib.util.spec_from_file_location("descan_user_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    added = sorted(set(MODELS) - before)
+    print(f"{path}: your models {', '.join(added) or '(none new)'}; all models: {', '.join(sorted(MODELS))}")
+    return added
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

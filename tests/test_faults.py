@@ -325,9 +325,9 @@ def test_choose_checkpoint_stops_when_no_checkpoint_has_the_kind_of_data(tmp_pat
 @pytest.mark.parametrize("raw, default, lo, hi, message", [
     ("abc", 16, 1, None, r"DESCAN_X='abc' is not an integer; it must be at least 1"),
     ("1_0", 16, 1, None, r"DESCAN_X='1_0' is not an integer"),
-    ("nan", 0.1, 0.01, 0.9, r"DESCAN_X='nan' is not a finite number; it must be between 0.01 and 0.9"),
+    ("nan", 0.1, 0.01, 0.9, r"DESCAN_X='nan' is not a finite number; it must be at least 0.01 and at most 0.9"),
     ("inf", 0.0, 0.0, None, r"DESCAN_X='inf' is not a finite number"),
-    ("1.5", 0.1, 0.01, 0.9, r"DESCAN_X=1.5 is out of range: it must be between 0.01 and 0.9"),
+    ("1.5", 0.1, 0.01, 0.9, r"DESCAN_X=1.5 is out of range: it must be at least 0.01 and at most 0.9"),
     ("7", 5, None, 6, r"DESCAN_X=7 is out of range: it must be at most 6"),
     ("-1", 0.0, 0.0, None, r"DESCAN_X=-1 is out of range: it must be at least 0.0"),
 ])

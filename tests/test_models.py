@@ -79,3 +79,57 @@ def test_models_take_any_size_and_return_it(name, size):
     x = torch.rand(1, 3, *size)
     with torch.no_grad():
         assert model(x).shape == x.shape
+
+
+MY_MODELS = '''
+import torch
+from torch import nn
+from descan.models import register
+
+
+@register("tiny_tone")
+class TinyTone(nn.Module):
+    """A student's model: one learned colour matrix and offset for the whole image."""
+
+    def __init__(self, bias=0.0):
+        super().__init__()
+        self.mix = nn.Conv2d(3, 3, 1)
+        nn.init.eye_(self.mix.weight[:, :, 0, 0])
+        nn.init.constant_(self.mix.bias, bias)
+
+    def forward(self, x):
+        return self.mix(x)
+'''
+
+
+def test_bring_your_own_model_trains_and_is_found_by_another_runtime(tmp_path):
+    """A model defined in WORKSPACE/my_models.py trains with the engine and is rebuilt by a fresh
+    Python process (another Colab runtime) that loads the same file; without it, the message
+    says what to do."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from descan import checkpoints, demo, engine, recipes
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "my_models.py").write_text(MY_MODELS)
+    assert models.load_user_models(workspace) == ["tiny_tone"]
+    demo.make_demo_dataset(tmp_path / "d", train_pages=4, test_pages=1, crop=32, show_progress=False)
+    pairs = helpers.pair_files(tmp_path / "d/train/clean", tmp_path / "d/train/scan")
+    cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False, epochs=1, crops_per_epoch=8, patch=16,
+                         workers=0)[2]
+    engine.Trainer("tiny_tone", {"bias": 0.1}, pairs[:-2], pairs[-2:], checkpoints.run_dir(workspace, "mine"),
+                   cfg, device="cpu").fit()
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from descan import checkpoints, models; ws = sys.argv[2]\n"
+            "try:\n    checkpoints.model_from_checkpoint(checkpoints.best_path(ws, 'mine'))\n"
+            "except checkpoints.CheckpointError as e:\n    print('BEFORE:', e)\n"
+            "models.load_user_models(ws)\n"
+            "print('AFTER:', type(checkpoints.model_from_checkpoint(checkpoints.choose_checkpoint(ws)['path'])).__name__)")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, str(root), str(workspace)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "BEFORE:" in r.stdout and "'tiny_tone'" in r.stdout and "my_models.py" in r.stdout
+    assert "AFTER: TinyTone" in r.stdout
+    models.MODELS.pop("tiny_tone")

@@ -185,7 +185,7 @@ def setup_notebook(seed: int = 0):
 # Files: atomic writes, image reading, pairing by name
 # --------------------------------------------------------------------------
 
-_STALE: dict = {}  # atomic_path: {folder: the .partial files found there}, each folder listed once a process
+_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was listed}
 
 
 @contextlib.contextmanager
@@ -210,24 +210,23 @@ def atomic_path(path):
         return what and OSError(code, f"{what}: could not write {path}. Free some space or use a writable folder "
                                       f"(e.g. set DESCAN_WORKSPACE); any previous {path.name} is unchanged.")
 
-    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
+    tmp, folder, fd = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if folder not in _STALE:
-            _STALE[folder] = [n for n in os.listdir(folder) if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
-        for name in [n for n in _STALE[folder] if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
-            _STALE[folder].remove(name)
+        names = _STALE.get(folder)
+        if names is None:
+            listing = os.listdir(folder)
+            names = [n for n in listing if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
+            if len(listing) > 1000:  # a big folder (unpacked images) is listed once a process, others each time
+                _STALE[folder] = names
+        for name in [n for n in names if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
+            names.remove(name)
             with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
                 os.remove(path.parent / name)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    except OSError as e:
-        if not clear(e):
-            raise
-        raise clear(e) from e
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
-    try:
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -237,9 +236,10 @@ def atomic_path(path):
             raise
         raise clear(e) from e
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        os.close(fd)
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            os.close(fd)
 
 
 def read_rgb(path) -> np.ndarray:

@@ -2,23 +2,23 @@
 
     python benchmarks/fault_drill.py [--quick]
 
-Each case makes one fault in a temporary folder (bad images, unpaired names, broken zips,
-corrupt or foreign checkpoints, bad CSVs, bad settings, full or read-only disks, kills during a
-write), runs the kit's own code on it (in this process, or data_download.sh and kills in a
-subprocess) and says what happened:
+Each case makes one fault in a temporary folder (bad images, unpaired names, broken zips, corrupt
+or foreign checkpoints, bad CSVs, bad settings, full or read-only disks, kills during a write),
+runs the kit's code on it (data_download.sh and kills in a subprocess) and prints what happened:
   clear      refused, with a message that names what is wrong (the case's expected words)
   handled    no error, and the result is right (a blank line ignored, a stale file removed, ...)
   silent     no error, but the result is wrong
   traceback  an unexpected kind of error, or an error that does not say what is wrong
   lost       a file that must survive (a cached zip, the previous CSV, checkpoint or restored
              folder) was changed or deleted, whatever else happened
-The last line counts them as "N cases: C clear, S silent, T traceback, L lost", where C counts
-the clear errors and the handled cases together (the line before it gives each). The exit status
-is 1 unless S, T and L are 0. --quick leaves out the slow cases (data_download.sh, training and
-kills in a subprocess) for CI. A read-only folder is simulated when running as root.
+The last line reads "N cases: C clear, S silent, T traceback, L lost" (C: the clear errors plus the
+handled cases, split on the line before); exit status 1 unless S, T and L are 0. --quick leaves out
+the slow cases (data_download.sh, killing a torch process). Read-only is simulated for root (EROFS).
 """
 import argparse
+import contextlib
 import errno
+import io
 import os
 import re
 import shutil
@@ -28,69 +28,25 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
-import cv2
-import numpy as np
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # the broken images are on purpose
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-for _var in [v for v in os.environ if v.startswith("DESCAN_")]:  # the user's settings stay out of the drill
-    del os.environ[_var]
+[os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN_")]  # the user's own settings stay out
 import helpers  # noqa: E402
-from helpers import DataError  # noqa: E402
-from descan import data, demo, zips  # noqa: E402
+from descan import checkpoints, data, demo, models, submit, zips  # noqa: E402
 
-CASES = []
+recipes = __import__("descan.recipes" if (ROOT / "descan/recipes.py").exists() else "descan.engine", fromlist=["x"])
+CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
 
 
 class Refused(Exception):
-    """A command line or script that stopped with a non-zero exit status; the message is its output."""
-
-
-class Drill:
-    """What a case gets: a fresh folder, undoable patches and settings, and files to protect."""
-
-    def __init__(self, tmp):
-        self.tmp, self.undo, self.kept = tmp, [], []
-
-    def setenv(self, name, value):
-        old = os.environ.get(name)
-        os.environ[name] = value
-        self.undo.append(lambda: os.environ.pop(name) if old is None else os.environ.update({name: old}))
-
-    def patch(self, obj, attr, value):
-        old = getattr(obj, attr)
-        setattr(obj, attr, value)
-        self.undo.append(lambda: setattr(obj, attr, old))
-
-    def protect(self, path, also=None):
-        """``path`` must keep its bytes (a folder: every file), at ``path`` or at ``also``."""
-        self.kept.append((Path(path), also and Path(also), snapshot(path)))
-
-    def lost(self):
-        return [str(p) for p, also, before in self.kept if snapshot(p) != before and
-                (also is None or snapshot(also) != before)]
-
-    def full_disk(self):  # what shutil.disk_usage says on a full disk
-        self.patch(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
-
-    def read_only(self, folder):
-        """Writes under ``folder`` fail as on a read-only mount (a real chmod unless we are root)."""
-        folder = Path(folder)
-        if os.geteuid() != 0:
-            folder.chmod(0o555)
-            self.undo.append(lambda: folder.chmod(0o755))
-            return
-        real_open, real_mkdir = os.open, os.mkdir
-
-        def refuse(real):
-            def call(p, *a, **k):
-                if str(p).startswith(str(folder)) and (real is real_mkdir or a[0] & (os.O_WRONLY | os.O_RDWR)):
-                    raise OSError(errno.EROFS, "Read-only file system", str(p))
-                return real(p, *a, **k)
-            return call
-        self.patch(os, "open", refuse(real_open))
-        self.patch(os, "mkdir", refuse(real_mkdir))
+    """A script that stopped with a non-zero exit status; the message is its output."""
 
 
 def snapshot(path):
@@ -100,288 +56,395 @@ def snapshot(path):
     return path.read_bytes() if path.is_file() else None
 
 
-def case(name, words=(), slow=False):
-    """Register a case: with ``words`` it must raise an error naming them all; without, it must
-    return normally (its return value is the detail; an AssertionError means a wrong result)."""
-    def register(fn):
-        CASES.append((name, fn, tuple(words), slow))
-        return fn
-    return register
+def raising(error):
+    def fail(*a, **k):
+        raise error
+    return fail
+
+
+class Drill:
+    """What a case gets: a fresh folder, undone patches, files not to lose, builders of faults."""
+
+    def __init__(self, tmp):
+        self.tmp, self.undo, self.kept, self.was_lost = tmp, [], [], []
+
+    def setenv(self, name, value):
+        os.environ[name] = value
+        self.undo.append(lambda: os.environ.pop(name, None))
+
+    def patch(self, obj, attr, value):
+        self.undo.append(lambda old=getattr(obj, attr): setattr(obj, attr, old))
+        setattr(obj, attr, value)
+
+    def protect(self, path, also=None):  # path keeps its bytes (a folder: its files), there or at ``also``
+        self.kept.append((Path(path), also, snapshot(path)))
+        return path
+
+    def lost(self):
+        return self.was_lost + [str(p) for p, also, old in self.kept if snapshot(p) != old and snapshot(also) != old]
+
+    def settle(self):  # before the case replaces its protected files on purpose
+        self.was_lost, self.kept = self.lost(), []
+
+    def full_disk(self):
+        self.patch(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+
+    def read_only(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            return self.undo.append(lambda: folder.chmod(0o755))
+        for name in ("open", "mkdir"):
+            def refuse(p, *a, real=getattr(os, name), name=name, **k):
+                if str(p).startswith(str(folder)) and (name == "mkdir" or a[0] & (os.O_WRONLY | os.O_RDWR)):
+                    raise OSError(errno.EROFS, "Read-only file system", str(p))
+                return real(p, *a, **k)
+            self.patch(os, name, refuse)
+
+    def png(self, rel, h=8, w=8, value=100, dtype=np.uint8, channels=3):
+        (self.tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(self.tmp / rel), np.full((h, w, channels) if channels > 1 else (h, w), value, dtype))
+        return self.tmp / rel
+
+    def dataset(self, fault=None):
+        """A tiny data folder (two pairs, a test scan); ``fault(root)`` breaks it, then it is checked."""
+        for n in ("Mag.00001.01", "Mag.00002.01"):
+            self.png(f"data/train/clean/{n}.png"), self.png(f"data/train/scan/{n}.png", value=90)
+        self.png("data/test/scan/scanner01_000.png")
+        return self.tmp / "data" if fault is None else (fault(self.tmp / "data"), self.check())
+
+    def check(self, root=None):
+        return data.check_dataset(root or self.tmp / "data", self.tmp / "ws", show_progress=False, force=True)
+
+    def zip(self, name, entries):
+        with zipfile.ZipFile(self.tmp / name, "w") as zf:
+            [zf.writestr(arc, blob) for arc, blob in entries]
+        return self.tmp / name
+
+    def image_zip(self, name, stems):
+        return self.zip(name, [(f"{s}.png", cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+                               for s in stems])
+
+    def save_run(self, run, **kw):
+        return checkpoints.save_checkpoint(best_state(**kw), checkpoints.best_path(self.tmp / "ws", run))
+
+    def choose(self, wanted=None, data_kind="real"):
+        return checkpoints.choose_checkpoint(self.tmp / "ws", wanted, data_kind=data_kind)
+
+    def read_csv(self, text, encoding="utf-8", expected=("a", "b")):
+        (self.tmp / "submission.csv").write_bytes(text.encode(encoding))
+        return submit.read_submission(self.tmp / "submission.csv", list(expected))
+
+    def old_csv(self):
+        return self.protect(submit.write_submission([("a", 1.0), ("b", 2.0)], self.tmp / "submission.csv", ["a", "b"]))
+
+    def scans(self, n=4):
+        return [self.png(f"test/scan/s{i}.tif", 9, 7, 40 * i) for i in range(n)]
+
+    def restored(self, n=4):  # a complete restored folder from an earlier run, protected
+        submit.restore_folder(models.Identity(), self.scans(n), self.tmp / "restored", show_progress=False)
+        return self.protect(self.tmp / "restored")
+
+    def names(self, sub="."):
+        return sorted(p.name for p in (self.tmp / sub).iterdir()) if (self.tmp / sub).is_dir() else []
+
+
+def best_state(data_kind="real", score=1.0, model_name="dncnn"):
+    return {"kind": "best", "model_name": model_name, "model_kwargs": TINY, "val": {"score": score}, "epoch": 1,
+            "step": 1, "config": {}, "data_kind": data_kind, "model": models.build_model("dncnn", **TINY).state_dict()}
+
+
+def case(name, words=(), slow=False, fn=None):
+    """A case (also a decorator): with ``words`` it must raise an error naming them all; without,
+    it must return normally (its return value is the detail; an AssertionError: a wrong result)."""
+    if fn is None:
+        return lambda f: case(name, words, slow, f)
+    CASES.append((name, fn, tuple(words), slow))
 
 
 def run_case(fn, words, tmp):
-    d = Drill(tmp)
+    d, out = Drill(tmp), io.StringIO()
     try:
-        detail = fn(d)
-        outcome = "silent" if words else "handled"
-        detail = ("no error: " + str(detail)) if words else str(detail or "")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            detail = fn(d)
+        outcome, detail = ("silent", f"no error ({detail})") if words else ("handled", str(detail or ""))
     except AssertionError as e:
         outcome, detail = "silent", f"wrong result: {e}"
-    except (DataError, ValueError, OSError, Refused, KeyboardInterrupt) + CHECKPOINT_ERROR as e:
-        msg = str(e)
-        missing = [w for w in words if w.lower() not in msg.lower()]
-        outcome = "clear" if words and not missing and "Traceback (most recent" not in msg else "traceback"
-        detail = f"{type(e).__name__}: {msg}" + (f"  [does not say: {missing}]" if words and missing else "")
+    except (helpers.DataError, ValueError, OSError, Refused, checkpoints.CheckpointError) as e:
+        missing = [w for w in words if w.lower() not in str(e).lower()]
+        outcome = "clear" if words and not missing and "Traceback (most recent" not in str(e) else "traceback"
+        detail = f"{type(e).__name__}: {e}" + (f"  [does not say {missing}]" if words and missing else "")
     except Exception as e:  # noqa: BLE001 - anything else is the bare traceback a user would see
         outcome, detail = "traceback", f"{type(e).__name__}: {e}"
     finally:
-        for undo in reversed(d.undo):
-            undo()
+        [undo() for undo in reversed(d.undo)]
     if d.lost():
         outcome, detail = "lost", f"changed or deleted: {', '.join(d.lost())}; {detail}"
     return outcome, " ".join(detail.split())
 
 
-# ---------------------------------------------------------------- builders
+# ---------------------------------------------------------------- the cases (one blank line between)
 
-def png(path, h=8, w=8, value=100, dtype=np.uint8, channels=3):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.full((h, w, channels) if channels > 1 else (h, w), value, dtype)
-    assert cv2.imwrite(str(path), img)
+def cut(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
     return path
 
+def expect(ok, wrong, right):
+    assert ok, wrong
+    return right
 
-def dataset(root, names=("Mag.00001.01", "Mag.00002.01")):
-    for n in names:
-        png(root / "train/clean" / f"{n}.png"), png(root / "train/scan" / f"{n}.png", value=90)
-    png(root / "test/scan/scanner01_000.png")
-    return root
+def in_data(fault):  # a case breaking the tiny data folder with fault(d, root), then checking it
+    return lambda d: d.dataset(lambda root: fault(d, root))
 
+case("image: a truncated PNG", ["Mag.00001.01.png", "unreadable"],
+     fn=in_data(lambda d, r: cut(r / "train/clean/Mag.00001.01.png", 40)))
+case("image: a text file named .png", ["scanner01_000.png", "unreadable test scans"],
+     fn=in_data(lambda d, r: (r / "test/scan/scanner01_000.png").write_text("<html></html>")))
+case("pair: sizes differ", ["Mag.00002.01", "sizes differ"],
+     fn=in_data(lambda d, r: d.png("data/train/scan/Mag.00002.01.png", 8, 9)))
+case("pair: a clean image without its scan", ["no scan", "Mag.00003.01.png"],
+     fn=in_data(lambda d, r: d.png("data/train/clean/Mag.00003.01.png")))
+case("data: an empty test folder", ["no test scans", "test/scan"],
+     fn=in_data(lambda d, r: (r / "test/scan/scanner01_000.png").unlink()))
 
-def check(root, d):
-    return data.check_dataset(root, d.tmp / "ws", show_progress=False, force=True)
-
-
-def make_zip(path, entries):
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, blob in entries:
-            zf.writestr(name, blob)
-    return path
-
-
-def image_zip(path, names):
-    ok, buf = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
-    return make_zip(path, [(f"{n}.png", buf.tobytes()) for n in names])
-
-
-def csv_file(d, text, encoding="utf-8"):
-    (d.tmp / "submission.csv").write_bytes(text.encode(encoding))
-    return d.tmp / "submission.csv"
-
-
-HEADER = "Image File,Y Channel Value\n"
-
-# ---------------------------------------------------------------- images and pairs
-
-
-@case("image: a truncated PNG", ["Mag.00001.01.png", "truncated"])
+@case("image: 16-bit, grey and RGBA files")
 def _(d):
-    root = dataset(d.tmp / "data")
-    p = root / "train/clean/Mag.00001.01.png"
-    p.write_bytes(p.read_bytes()[:40])
-    check(root, d)
-
-
-@case("image: an empty file", ["Mag.00002.01.png", "unreadable"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    (root / "train/scan/Mag.00002.01.png").write_bytes(b"")
-    check(root, d)
-
-
-@case("image: a text file named .png", ["scanner01_000.png", "unreadable test scans"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    (root / "test/scan/scanner01_000.png").write_text("<html>not an image</html>")
-    check(root, d)
-
-
-@case("image: float pixels (32-bit TIFF)", ["x.tif", "floating-point"])
-def _(d):
-    helpers.read_rgb(png(d.tmp / "x.tif", value=0.5, dtype=np.float32))
-
-
-@case("image: 16-bit, grey and RGBA files are converted")
-def _(d):
-    a = helpers.read_rgb(png(d.tmp / "a.png", value=65535, dtype=np.uint16))
-    b = helpers.read_rgb(png(d.tmp / "b.png", value=7, channels=1))
-    c = helpers.read_rgb(png(d.tmp / "c.png", value=9, channels=4))
-    assert a.shape == b.shape == c.shape == (8, 8, 3) and (a.min(), b.max(), c.max()) == (255, 7, 9)
-    return "uint8 RGB with the right values"
-
-
-@case("pair: sizes differ", ["Mag.00002.01", "sizes differ"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    png(root / "train/scan/Mag.00002.01.png", 8, 9)
-    check(root, d)
-
-
-@case("pair: a clean image without its scan", ["no scan", "Mag.00003.01.png"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    png(root / "train/clean/Mag.00003.01.png")
-    check(root, d)
-
-
-@case("pair: a scan without its clean image", ["no clean image", "Mag.00003.01.tif"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    png(root / "train/scan/Mag.00003.01.tif")
-    check(root, d)
-
-
-@case("pair: one name twice (a .png and a .tif)", ["appear twice", "Mag.00001.01.tif"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    png(root / "train/clean/Mag.00001.01.tif")
-    check(root, d)
-
+    got = [helpers.read_rgb(d.png("a.png", value=65535, dtype=np.uint16)), helpers.read_rgb(d.png("b.png", value=7,
+           channels=1)), helpers.read_rgb(d.png("c.png", value=9, channels=4))]
+    return expect([(i.shape, i.min(), i.max()) for i in got] == [((8, 8, 3), 255, 255), ((8, 8, 3), 7, 7),
+                                                                  ((8, 8, 3), 9, 9)], "wrong pixels", "right pixels")
 
 @case("pair: p.png, p.q.png against p.q.tif, p.tif (sorted orders differ)")
 def _(d):
-    for n in ("p.png", "p.q.png"):
-        png(d.tmp / "c" / n)
-    for n in ("p.q.tif", "p.tif"):
-        png(d.tmp / "s" / n)
+    [d.png(n) for n in ("c/p.png", "c/p.q.png", "s/p.q.tif", "s/p.tif")]
     got = [(p.name, p.clean.name, p.scan.name) for p in helpers.pair_files(d.tmp / "c", d.tmp / "s")]
-    assert got == [("p", "p.png", "p.tif"), ("p.q", "p.q.png", "p.q.tif")], got
-    return "paired by name"
+    return expect(got == [("p", "p.png", "p.tif"), ("p.q", "p.q.png", "p.q.tif")], got, "paired by name")
 
-
-@case("data: the folder does not exist", ["does not exist", "nowhere"])
-def _(d):
-    check(d.tmp / "nowhere", d)
-
-
-@case("data: an empty test folder", ["no test scans", "test/scan"])
-def _(d):
-    root = dataset(d.tmp / "data")
-    (root / "test/scan/scanner01_000.png").unlink()
-    check(root, d)
-
-
-# ---------------------------------------------------------------- zips
-
-@case("zip: truncated", ["not a complete zip", "t.zip"])
-def _(d):
-    p = image_zip(d.tmp / "t.zip", ["a", "b"])
-    p.write_bytes(p.read_bytes()[:-30])
-    zips.check_zip(p)
-
-
-@case("zip: a web page (Drive's quota page)", ["web page", "page.zip"])
-def _(d):
-    (d.tmp / "page.zip").write_text("<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>")
-    zips.check_zip(d.tmp / "page.zip")
-
-
+# ---- zips
 @case("zip: a CRC error inside", ["is corrupt", "a.png"])
 def _(d):
-    p = make_zip(d.tmp / "c.zip", [("a.png", b"0123456789" * 20)])
+    p = d.zip("c.zip", [("a.png", b"0123456789" * 20)])
     blob = bytearray(p.read_bytes())
     blob[blob.index(b"0123456789") + 5] ^= 0xFF
-    p.write_bytes(bytes(blob))
-    zips.check_zip(p)
-
-
-@case("zip: unreadable (permission denied), not judged", ["cannot read", "kept"])
-def _(d):
-    p = image_zip(d.tmp / "train_clean.zip", ["a"])
-    d.protect(p)
-
-    def denied(*a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied", str(p))
-    d.patch(zips.zipfile, "ZipFile", denied)
-    zips.check_zip(p)
-
-
-@case("zip: an entry escaping the folder", ["outside the target folder", "../evil.png"])
-def _(d):
-    d.protect(d.tmp / "out")
-    zips.unpack_zip(make_zip(d.tmp / "e.zip", [("ok.png", b"x"), ("../evil.png", b"x")]), d.tmp / "out", False)
-
+    zips.check_zip(p.write_bytes(bytes(blob)) and p)
 
 @case("zip: a symbolic link entry", ["symbolic link", "link.png"])
 def _(d):
     info = zipfile.ZipInfo("link.png")
-    info.external_attr = (0o120777 << 16)
+    info.external_attr = 0o120777 << 16  # a symbolic link, as `zip -y` stores one
     with zipfile.ZipFile(d.tmp / "l.zip", "w") as zf:
         zf.writestr(info, "/etc/passwd")
-    d.protect(d.tmp / "out")
-    zips.unpack_zip(d.tmp / "l.zip", d.tmp / "out", False)
+    zips.unpack_zip(d.tmp / "l.zip", d.protect(d.tmp / "out"), False)
 
-
-@case("zip: no images in it", ["holds no images"])
+@case("zip: unreadable (permission denied) is not judged", ["cannot read", "kept"])
 def _(d):
-    zips.unpack_zip(make_zip(d.tmp / "n.zip", [("readme.txt", b"x")]), d.tmp / "out", False)
+    p = d.protect(d.image_zip("z.zip", "a"))
+    d.patch(zips.zipfile, "ZipFile", raising(PermissionError(errno.EACCES, "Permission denied", str(p))))
+    zips.check_zip(p)
 
+case("zip: truncated", ["not a complete zip", "t.zip"], fn=lambda d: zips.check_zip(cut(d.image_zip("t.zip", "a"), 90)))
+case("zip: a web page (Drive's quota page)", ["web page", "page.zip"], fn=lambda d: zips.check_zip(
+    d.zip("page.zip", []).write_text("<!DOCTYPE html><html>Quota</html>") and d.tmp / "page.zip"))
+case("zip: an entry escaping the folder", ["outside the target folder", "../evil.png"], fn=lambda d: zips.unpack_zip(
+    d.zip("e.zip", [("ok.png", b"x"), ("../evil.png", b"x")]), d.protect(d.tmp / "out"), False))
+case("zips: train_scan.zip holds the test scans", ["train_scan.zip", "test_scan.zip"], fn=lambda d: zips.check_zip_set(
+    {k: d.image_zip(k, [n]) for k, n in zip(zips.ZIP_NAMES, ["a.01", "s01", "s01"])}))
 
-@case("zips: train_scan.zip holds the test scans", ["train_scan.zip", "test_scan.zip"])
-def _(d):
-    z = {"train_clean.zip": image_zip(d.tmp / "train_clean.zip", ["a.01.01", "b.01.01"]),
-         "train_scan.zip": image_zip(d.tmp / "train_scan.zip", ["scanner01_000"]),
-         "test_scan.zip": image_zip(d.tmp / "test_scan.zip", ["scanner01_000"])}
-    zips.check_zip_set(z)
-
-
-@case("zips: clean and scan names differ", ["do not hold the same image names", "b.01.01"])
-def _(d):
-    z = {"train_clean.zip": image_zip(d.tmp / "train_clean.zip", ["a.01.01", "b.01.01"]),
-         "train_scan.zip": image_zip(d.tmp / "train_scan.zip", ["a.01.01", "c.01.01"]),
-         "test_scan.zip": image_zip(d.tmp / "test_scan.zip", ["scanner01_000"])}
-    zips.check_zip_set(z)
-
-
-# ---------------------------------------------------------------- data_download.sh (slow)
-
-def download(d, env, data_dir=None):
+# ---- data_download.sh (slow)
+def download(d, env, cached=None):
+    """The script, its downloader always failing; ``cached(path)`` puts a zip in the cache (protected)."""
+    (d.tmp / "cache").mkdir()
+    if cached:
+        d.protect(cached(d.tmp / "cache/train_clean.zip"), also=d.tmp / "cache/train_clean.zip.bad")
     full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
     full.update({"DESCAN_ZIP_CACHE": str(d.tmp / "cache"), "DESCAN_WORKSPACE": str(d.tmp / "ws"),
                  "DESCAN_GDOWN": "false", "DESCAN_RETRY_WAIT": "0", "PYTHON": sys.executable, **env})
-    full = {k: v for k, v in full.items() if v is not None}
-    r = subprocess.run(["bash", str(ROOT / "data_download.sh"), str(data_dir or d.tmp / "data")],
-                       capture_output=True, text=True, env=full, timeout=120)
+    r = subprocess.run(["bash", str(ROOT / "data_download.sh"), str(d.tmp / "data")], capture_output=True, text=True,
+                       env={k: v for k, v in full.items() if v is not None}, timeout=120)
     if r.returncode:
-        raise Refused(r.stdout[-600:] + r.stderr)
-    return r.stdout[-200:]
+        raise Refused(r.stdout + r.stderr)
 
+def no_cv2(d, passthrough):
+    """A python3 first on the PATH that cannot import OpenCV (``passthrough``: only its zip check fails)."""
+    (d.tmp / "bin").mkdir()
+    line = f'case "$*" in *check-zip*) ;; *) exec "{sys.executable}" "$@" ;; esac\n' if passthrough else ""
+    (d.tmp / "bin/python3").write_text(f"#!/usr/bin/env bash\n{line}echo \"ModuleNotFoundError: No module named "
+                                       "'cv2'\" >&2\nexit 1\n")
+    (d.tmp / "bin/python3").chmod(0o755)
+    return {"PATH": f"{d.tmp / 'bin'}:{os.environ['PATH']}", "PYTHON": None}
 
-def no_cv2_python(d, passthrough):
-    """A python3 on the PATH that cannot import OpenCV (optionally running -c and -m descan -h)."""
-    bindir = d.tmp / "bin"
-    bindir.mkdir()
-    pass_line = f'case "$*" in "-c "*|"-m descan -h") exec "{sys.executable}" "$@" ;; esac\n' if passthrough else ""
-    (bindir / "python3").write_text("#!/usr/bin/env bash\n" + pass_line +
-                                    "echo \"ModuleNotFoundError: No module named 'cv2'\" >&2\nexit 1\n")
-    (bindir / "python3").chmod(0o755)
-    return {"PATH": f"{bindir}:{os.environ['PATH']}", "PYTHON": None}
+case("download: a good cached zip, a python3 without OpenCV", ["opencv", "requirements.txt"], True,
+     lambda d: download(d, no_cv2(d, False), lambda p: d.image_zip(p, ["a.01.01"])))
+case("download: the same, the python starts but its zip check fails", ["opencv", "the file is kept"], True,
+     lambda d: download(d, no_cv2(d, True), lambda p: d.image_zip(p, ["a.01.01"])))
+case("download: a truncated cached zip is moved aside, not deleted", ["moved it aside", ".bad"], True,
+     lambda d: download(d, {}, lambda p: cut(d.image_zip(p, ["a.01.01"]), 60)))
+case("download: DESCAN_DOWNLOAD_TRIES=abc", ["DESCAN_DOWNLOAD_TRIES=abc", "whole number"], True,
+     lambda d: download(d, {"DESCAN_DOWNLOAD_TRIES": "abc"}))
 
+# ---- checkpoints and 05's choice
+case("checkpoint: a truncated best.pt (kept)", ["corrupt", "best.pt", "nothing was deleted"],
+     fn=lambda d: d.choose(str(d.protect(cut(d.save_run("dncnn"), 1000)))))
+case("checkpoint: random bytes named .pt", ["corrupt", "x.pt"],
+     fn=lambda d: (d.tmp / "x.pt").write_bytes(os.urandom(5000)) and d.choose(str(d.tmp / "x.pt")))
+case("checkpoint: a bare state_dict", ["bare state_dict"], fn=lambda d: d.choose(
+    torch.save(models.build_model("dncnn", **TINY).state_dict(), d.tmp / "sd.pt") or str(d.tmp / "sd.pt")))
+case("checkpoint: a model this version does not know", ["does not know", "swin"],
+     fn=lambda d: d.save_run("mine", model_name="swin") and d.choose())
+case("checkpoint: DESCAN_CHECKPOINT names no run", ["no checkpoint named 'dncn'", "dncnn"],
+     fn=lambda d: d.save_run("dncnn") and d.choose("dncn"))
+case("05 across data kinds: only demo runs, real data", ["trained on real data", "demo_run (demo data)"],
+     fn=lambda d: d.save_run("demo_run", data_kind="demo") and d.choose())
 
-@case("download: a good cached zip, a python3 without OpenCV", ["opencv", "requirements.txt"], slow=True)
+case("checkpoint: a broken file beside a good one", fn=lambda d: (cut(d.save_run("broken"), 100), d.save_run(
+    "good", score=9.0), expect(d.choose()["run"] == "good", "the broken one chosen", "the good one chosen"))[-1])
+
+@case("05 across data kinds: a demo run (better score) and a real run, real data")
 def _(d):
-    (d.tmp / "cache").mkdir()
-    d.protect(image_zip(d.tmp / "cache/train_clean.zip", ["a.01.01"]))
-    download(d, no_cv2_python(d, passthrough=False))
+    d.save_run("demo_run", data_kind="demo", score=1.0), d.save_run("real_run", data_kind="real", score=5.0)
+    return expect(d.choose(data_kind=helpers.dataset_kind(d.dataset()))["run"] == "real_run", "the demo run chosen",
+                  "the real run chosen")
 
+# ---- the CSV
+for _name, _text, _words in [
+        ("ids not sorted", "b,1.0\na,2.0\n", ["not in sorted order", "row 3 'a'"]),
+        ("a number with an underscore", "a,1_0\nb,2.0\n", ["row 2", "'1_0'", "underscores"]),
+        ("nan", "a,nan\nb,2.0\n", ["not finite", "a=nan"]), ("256", "a,256\nb,2.0\n", ["[0, 255]", "a=256"]),
+        ("a row missing", "a,1.0\n", ["have no row", "b"]), ("an id twice", "a,1.0\na,1.0\nb,2.0\n", ["duplicate"]),
+        ("three fields", "a,1.0,x\nb,2.0\n", ["row 2 has 3 fields"]),
+        ("a blank line inside", "a,1.0\n\nb,2.0\n", ["row 3", "blank line inside"])]:
+    case(f"csv: {_name}", _words, fn=lambda d, t=_text: d.read_csv(HEADER + t))
+case("csv: the wrong header", ["header must be"], fn=lambda d: d.read_csv("id,value\na,1.0\nb,2.0\n"))
+case("csv: Latin-1, not UTF-8", ["submission.csv", "not UTF-8"],
+     fn=lambda d: d.read_csv(HEADER + "a,1.0\nb,2.0\nCafé,3.0\n", "latin-1", ["a", "b", "Café"]))
+case("csv: a trailing blank line", fn=lambda d: expect(
+    d.read_csv(HEADER + "a,1.0\nb,2.0\n\n") == [("a", 1.0), ("b", 2.0)], "rows differ", "ignored"))
 
-@case("download: the same, the python starts but its zip check fails", ["opencv", "the file is kept"], slow=True)
+# ---- settings
+def val_fraction():
+    """DESCAN_VAL_FRACTION read by notebook 01's own line (taken from the notebook)."""
+    text = (ROOT / "notebooks/01_download.ipynb").read_text()
+    m = re.search(r'helpers\.env_number\(\\"DESCAN_VAL_FRACTION\\"[^)]*\)', text)
+    call = m.group(0).replace('\\"', '"') if m else 'helpers.env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)'
+    return eval(call, {"helpers": helpers})  # noqa: S307 - the notebook's own line
+
+for _var, _value, _read in [*[(v, x, lambda: recipes.recipe("dncnn", "cuda")) for v, x in (
+        ("DESCAN_BATCH", "abc"), ("DESCAN_BATCH", "0"), ("DESCAN_BATCH", "12"), ("DESCAN_TRAIN_MINUTES", "-1"),
+        ("DESCAN_PATCH", "7"), ("DESCAN_EPOCHS", "0"), ("DESCAN_EPOCHS", "1_0"), ("DESCAN_LR", "nan"),
+        ("DESCAN_LOSS", "huber"), ("DESCAN_WIDTH", "2"))],
+        ("DESCAN_VAL_FRACTION", "1.5", val_fraction), ("DESCAN_VAL_FRACTION", "0", val_fraction),
+        ("DESCAN_SMOKE", "maybe", helpers.smoke_mode), ("DESCAN_DEMO_PAGES", "1", demo.demo_settings)]:
+    case(f"setting: {_var}={_value}", [_var, _value], fn=lambda d, v=_var, x=_value, r=_read: (d.setenv(v, x), r()))
+
+# ---- full disks and read-only folders
+def short_write(name):  # numpy's tofile on a full disk: part of the bytes, then an OSError without errno
+    Path(name).write_bytes(b"8192 bytes")
+    raise OSError("23590 requested and 8192 written")
+
+def encoder_cut_at(n):  # cv2.imencode whose n-th PNG meets a full disk when it is written
+    encode, calls = cv2.imencode, []
+    return lambda ext, img: (calls.append(ext), (True, SimpleNamespace(tofile=short_write)) if len(calls) == n
+                             else encode(ext, img))[1]
+
+def broken_writer(error):  # stands for csv.writer: the first row meets ``error``
+    return lambda f: SimpleNamespace(writerow=raising(error))
+
+def torch_save_on_full_disk(obj, f, *a, **k):
+    Path(f).write_bytes(b"PK half a checkpoint")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 23590 vs 8192")
+
+case("disk full: writing submission.csv (ENOSPC)", ["disk full", "submission.csv"], fn=lambda d: (
+    d.old_csv(), d.patch(submit.csv, "writer", broken_writer(OSError(errno.ENOSPC, "No space left on device"))),
+    submit.write_submission([("a", 3.0), ("b", 4.0)], d.tmp / "submission.csv", ["a", "b"])))
+case("disk full: a checkpoint save (torch's 'unexpected pos')", ["disk full", "best.pt"], fn=lambda d: (
+    d.protect(d.save_run("dncnn")), d.full_disk(), d.patch(torch, "save", torch_save_on_full_disk),
+    d.save_run("dncnn")))
+case("disk full: half-way through restoring the test set", ["disk full", "s2.png"], fn=lambda d: (
+    d.restored(), d.full_disk(), d.patch(cv2, "imencode", encoder_cut_at(3)),
+    submit.restore_folder(models.Identity(), d.scans(), d.tmp / "restored", show_progress=False)))
+case("read-only: the workspace (manifest.csv)", ["read-only", "manifest.csv"], fn=lambda d: (
+    d.read_only(d.tmp / "ws"), data.write_manifest(data.make_manifest(d.dataset()), d.tmp / "ws")))
+case("restore: into the workspace by mistake", ["holds folders", "nothing was changed"], fn=lambda d: (
+    d.save_run("dncnn"), d.protect(d.tmp / "ws"),
+    submit.restore_folder(models.Identity(), d.scans(), d.tmp / "ws", show_progress=False)))
+case("submission: a restored PNG missing", ["have no row", "s1"], fn=lambda d: (
+    d.restored(), d.settle(), d.old_csv(), (d.tmp / "restored/s1.png").unlink(),
+    submit.make_submission(d.tmp / "restored", d.tmp / "test/scan", d.tmp / "submission.csv")))
+
+# ---- kills: by an exception, and by os._exit in a subprocess (no finally runs)
+def interrupted(d, run, detail):
+    with contextlib.suppress(KeyboardInterrupt):
+        run()
+    return expect([n for n in d.names() if n not in ("test", "ws")] == [p.name for p, _, _ in d.kept],
+                  f"left: {d.names()}", detail)
+
+def failing(n):  # an identity model stopped by the user (the stop button) in its n-th pass
+    model, calls = models.Identity(), []
+    model.forward = lambda x: raising(KeyboardInterrupt())() if len(calls.append(x) or calls) == n else x
+    return model
+
+def killed(d, code, *args):
+    """Run ``code`` in a Python that dies by os._exit(9) in the middle of a write; the partial files left."""
+    r = subprocess.run([sys.executable, "-c", f"import os, sys; sys.path.insert(0, {str(ROOT)!r})\n{code}",
+                        *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, f"exit status {r.returncode}: {r.stderr[-300:]}"
+    return [n for n in d.names() + d.names("ws/runs/dncnn") if n.endswith((".partial", ".new"))]
+
+def kill_write(d, path, code, write_again):
+    """A write of ``path`` killed, then the next write: the old file must stay, the partial must go."""
+    left, folder = killed(d, code, d.protect(path)), path.parent.relative_to(d.tmp)
+    (path.parent / ".other.csv.0123abcd.partial").write_text("another file's, not to be touched")
+    d.settle(), write_again(path)  # the next write replaces the file on purpose
+    assert len(left) == 1 and d.names(folder) == sorted([".other.csv.0123abcd.partial", path.name]), d.names(folder)
+    return f"{path.name} intact after the kill; {left[0]} removed by the next write, another file's partial kept"
+
+case("kill during a CSV write (the stop button)", fn=lambda d: (
+    d.old_csv(), d.patch(submit.csv, "writer", broken_writer(KeyboardInterrupt())), interrupted(
+        d, lambda: submit.write_submission([("a", 3.0)], d.tmp / "submission.csv", ["a"]), "the old CSV intact"))[-1])
+case("restore: interrupted half-way (the stop button)", fn=lambda d: (d.restored(), interrupted(d, lambda: (
+    submit.restore_folder(failing(3), d.scans(), d.tmp / "restored", images_per_pass=1, chunk=1, show_progress=False)),
+    "the previous restored folder intact, nothing partial left"))[-1])
+case("kill during a write (os._exit), then the next write", fn=lambda d: kill_write(
+    d, d.old_csv(), "import helpers\nwith helpers.atomic_path(sys.argv[1]) as t:\n    t.write_text('half')\n"
+    "    os._exit(9)", lambda p: submit.write_submission([("a", 1.0), ("b", 2.0)], p, ["a", "b"])))
+case("kill during a checkpoint save (os._exit), then the next save", slow=True, fn=lambda d: kill_write(
+    d, d.save_run("dncnn"), "import torch\nfrom descan import checkpoints\nstate = checkpoints.load_checkpoint("
+    "sys.argv[1])\nstate.pop('format')\ntorch.save = lambda o, f: (open(f, 'wb').write(b'PK half'), os._exit(9))\n"
+    "checkpoints.save_checkpoint(state, sys.argv[1])", lambda p: checkpoints.save_checkpoint(best_state(), p)))
+
+@case("restore: killed half-way (os._exit), then run again", slow=True)
 def _(d):
-    (d.tmp / "cache").mkdir()
-    d.protect(image_zip(d.tmp / "cache/train_clean.zip", ["a.01.01"]))
-    download(d, no_cv2_python(d, passthrough=True))
+    code = ("import torch\nfrom pathlib import Path\nfrom descan import submit\nclass M(torch.nn.Module):\n    n = 0\n"
+            "    def forward(self, x):\n        M.n += 1\n        return os._exit(9) if M.n == 3 else x\n"
+            "submit.restore_folder(M(), sorted(Path(sys.argv[1]).glob('*.tif')), sys.argv[2], images_per_pass=1, "
+            "chunk=1, show_progress=False)")
+    left = (d.restored(), killed(d, code, d.tmp / "test/scan", d.tmp / "restored"))[1]
+    assert left == [".restored.new"], left
+    d.settle()  # the next run replaces the folder on purpose
+    submit.restore_folder(models.Identity(), d.scans(5), d.tmp / "restored", show_progress=False)
+    return expect(d.names() == ["restored", "test"] and len(snapshot(d.tmp / "restored")) == 5, d.names(),
+                  "the previous folder intact after the kill; the next run swapped a complete one in")
 
 
-@case("download: a truncated zip in the cache is moved aside", ["moved it aside", ".bad"], slow=True)
-def _(d):
-    (d.tmp / "cache").mkdir()
-    p = image_zip(d.tmp / "cache/train_clean.zip", ["a.01.01"])
-    p.write_bytes(p.read_bytes()[:-30])
-    d.protect(p, also=d.tmp / "cache/train_clean.zip.bad")
-    download(d, {})
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="leave out the slow cases (for CI)")
+    args = ap.parse_args(argv)
+    counts, t0 = dict.fromkeys(("clear", "handled", "silent", "traceback", "lost"), 0), time.time()
+    with tempfile.TemporaryDirectory(prefix="fault-drill-") as root:
+        os.environ.update(DESCAN_DATA=str(Path(root) / "data"), DESCAN_WORKSPACE=str(Path(root) / "ws"))
+        for i, (name, fn, words, slow) in enumerate(c for c in CASES if not (c[3] and args.quick)):
+            (Path(root) / str(i)).mkdir()
+            outcome, detail = run_case(fn, words, Path(root) / str(i))
+            counts[outcome] += 1
+            print(f"{outcome:<9} {name}" + (f"  -- {detail[:150]}" if detail else ""), flush=True)
+    n = sum(counts.values())
+    print(f"({counts['clear']} clear errors + {counts['handled']} handled correctly, in {time.time() - t0:.0f} s"
+          f"{'; --quick: the slow cases left out' if args.quick else ''})")
+    print(f"{n} cases: {counts['clear'] + counts['handled']} clear, {counts['silent']} silent, "
+          f"{counts['traceback']} traceback, {counts['lost']} lost")
+    return 0 if counts["silent"] + counts["traceback"] + counts["lost"] == 0 else 1
 
 
-@pytest_like := None  # (no pytest here; a marker for readers: the next cases are settings)
-@case("download: DESCAN_DOWNLOAD_TRIES=abc", ["DESCAN_DOWNLOAD_TRIES=abc", "whole number"], slow=True)
-def _(d):
-    download(d, {"DESCAN_DOWNLOAD_TRIES": "abc"})
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,6 +58,7 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
     <workspace>/executed/ so their figures can be looked at."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     paths = [Path(p) for p in paths] if paths else sorted((ROOT / "notebooks").glob("*.ipynb"))
     out_dir = workspace_dir(data_dir()) / "executed"
     done = []
@@ -67,10 +68,13 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
                                 resources={"metadata": {"path": str(path.parent)}})
+        target = out_dir / path.name
         try:
             client.execute()
+        except CellExecutionError as e:  # the message first; the whole traceback is in the saved copy
+            raise DataError(f"{path.name} stopped: {e.ename}: {e.evalue}\n(the executed copy with the whole "
+                            f"traceback: {target})") from None
         finally:
-            target = out_dir / path.name
             with atomic_path(target) as tmp:
                 nbformat.write(nb, str(tmp))
         print(f"  ok in {time.time() - t0:.0f} s -> {target}", flush=True)

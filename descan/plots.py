@@ -160,10 +160,11 @@ def show_error_maps(rows, suptitle=None, cell=3.0):
         axes[i, 1].imshow(other)
         axes[i, 1].set_title(f"{label}\nmean Y {my_o:.1f}, |diff| {abs(my_o - my_c):.1f}", fontsize=9)
         im = axes[i, 2].imshow(signed[i], cmap="RdBu", vmin=-lim, vmax=lim)
-        axes[i, 2].set_title("difference (RGB mean)\nred: darker, blue: lighter", fontsize=9)
+        axes[i, 2].set_title(f"difference (RGB mean, 0..255)\nred: darker, blue: lighter; clipped at ±{lim:.0f}",
+                             fontsize=9)
         fig.colorbar(im, ax=axes[i, 2], fraction=0.046, pad=0.02)
         im = axes[i, 3].imshow(yerr[i], cmap="magma", vmin=0, vmax=top)
-        axes[i, 3].set_title(f"|Y error|\npixel mean {yerr[i].mean():.1f}", fontsize=9)
+        axes[i, 3].set_title(f"|Y error| (0..255), clipped at {top:.0f}\npixel mean {yerr[i].mean():.1f}", fontsize=9)
         fig.colorbar(im, ax=axes[i, 3], fraction=0.046, pad=0.02)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
@@ -200,21 +201,26 @@ def show_colour_histograms(groups, suptitle=None):
     return _done(fig)
 
 
-def show_mean_y_scatter(df, x="mean_y_clean", y="mean_y_scan", hue="title", title=None):
+def show_mean_y_scatter(df, x="mean_y_clean", y="mean_y_scan", hue="title", title=None, mark=None,
+                        xlabel="mean Y of the clean image", ylabel="mean Y of the scan"):
     """Scatter of each image's mean Y (``y`` column) against the clean image's (``x``), one colour
     per ``hue`` value, with the line y = x: the metric is the mean vertical distance to it.
+    ``mark``: a boolean column whose True rows get a black ring (e.g. the validation images).
     Returns the figure."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 5.8))
     groups = df.groupby(hue, sort=True) if hue else [("", df)]
     for key, g in groups:
-        ax.scatter(g[x], g[y], s=10, alpha=0.6, label=str(key) if hue else None)
+        ax.scatter(g[x], g[y], s=12, alpha=0.7, label=str(key) if hue else None)
+    if mark is not None and df[mark].any():
+        m = df[df[mark]]
+        ax.scatter(m[x], m[y], s=40, facecolors="none", edgecolors="black", lw=0.8, label="validation (held out)")
     lo = float(min(df[x].min(), df[y].min())) - 2
     hi = float(max(df[x].max(), df[y].max())) + 2
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (perfect)")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (score 0)")
     ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
-    ax.set_xlabel(f"{x} (0..255)"), ax.set_ylabel(f"{y} (0..255)")
+    ax.set_xlabel(f"{xlabel} (0..255)"), ax.set_ylabel(f"{ylabel} (0..255)")
     ax.legend(fontsize=8, loc="upper left")
     if title:
         ax.set_title(title, fontsize=10)

@@ -156,3 +156,17 @@ def test_a_fresh_runtime_unpacks_the_data_from_the_zip_cache_without_downloading
         outputs = [o for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", [])]
         text = json.dumps(outputs)
         assert "Warning" not in text and "Traceback" not in text, nb.name
+
+
+def test_a_failing_notebook_says_its_error_first(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('the data is gone')")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, str(path))
+    env = clean_env(DESCAN_WORKSPACE=str(tmp_path / "ws"), DESCAN_DATA=str(tmp_path / "data"))
+    r = subprocess.run([sys.executable, "-m", "descan", "run-notebooks", str(path)], capture_output=True,
+                       text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: broken.ipynb stopped: ValueError: the data is gone"), r.stderr[:500]
+    assert "Traceback" not in r.stderr and (tmp_path / "ws/executed/broken.ipynb").is_file()

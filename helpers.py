@@ -1,11 +1,9 @@
 """The notebooks' small face: paths and switches, setup, images and pairs, crops, split, the metric.
 
 Everything else lives in the package ``descan/``, one module per concern. No torch at import time.
-Contracts: an *image* is a numpy uint8 array (H, W, 3) in RGB order, never modified by the
-functions it is given to; a *pair* is ``Pair(name, clean, scan)``, the file-name stem shared by a
-clean image and its scan and their two paths (clean always before scan, in arguments, tuples and
-returns); relative paths in ``DESCAN_*`` variables are taken from the repository root, wherever
-the code runs.
+An *image* is a numpy uint8 (H, W, 3) RGB array, never modified by the functions given it; a *pair*
+is ``Pair(name, clean, scan)`` (clean always before scan); relative paths in ``DESCAN_*`` variables
+are taken from the repository root, wherever the code runs.
 """
 from __future__ import annotations
 
@@ -41,8 +39,7 @@ class DataError(Exception):
 def examples(items, n=5) -> str:
     """The first ``n`` items joined for a message, with how many more there are."""
     items = list(items)
-    more = f" (and {len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
+    return ", ".join(str(i) for i in items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
@@ -54,9 +51,7 @@ def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
     return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
 
 
-# --------------------------------------------------------------------------
-# Switches and paths, from the environment
-# --------------------------------------------------------------------------
+# ---- Switches and paths, from the environment -----------------------------------------------------
 
 def is_colab() -> bool:
     return "google.colab" in sys.modules
@@ -96,10 +91,7 @@ def env_path(name: str) -> Path | None:
     """A path from the environment, absolute; a relative one is taken from the repository root
     (the same folder from a notebook, the command line or a script). None when unset or empty."""
     raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else ROOT / path
+    return None if not raw else Path(raw).expanduser() if Path(raw).expanduser().is_absolute() else ROOT / raw
 
 
 def smoke_mode() -> bool:
@@ -126,34 +118,25 @@ def dataset_kind(data) -> str:
     return "demo" if smoke_mode() else "real"
 
 
-def data_label(data) -> str:
-    """A label for titles and prints: shows plainly when the data is the synthetic demo set."""
+def data_label(data) -> str:  # for titles and prints: says plainly when the data is the synthetic demo set
     return "DEMO DATA (synthetic)" if dataset_kind(data) == "demo" else "competition data"
 
 
 def workspace_dir(data=None) -> Path:
-    """Where notebooks hand each other files (manifest, checkpoints, CSVs), created if missing.
-
-    $DESCAN_WORKSPACE; else a folder per kind of data (``demo`` or ``real``, decided by the data's
-    marker, not by the smoke switch) under: Google Drive in Colab when it is mounted (runtimes
-    do not share /content), /content/workspace in Colab without Drive, ./workspace elsewhere.
-    """
-    path = env_path("DESCAN_WORKSPACE")
+    """Where notebooks hand each other files (manifest, checkpoints, CSVs), created if missing:
+    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``, by the data's marker, not the
+    smoke switch) under Google Drive in Colab when mounted (runtimes do not share /content),
+    /content/workspace in Colab without Drive, ./workspace elsewhere."""
+    path, drive = env_path("DESCAN_WORKSPACE"), Path("/content/drive/MyDrive")
     if path is None:
-        kind = dataset_kind(data if data is not None else data_dir())
-        if is_colab():
-            drive = Path("/content/drive/MyDrive")
-            base = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
-        else:
-            base = ROOT / "workspace"
-        path = base / kind
+        colab = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
+        base = colab if is_colab() else ROOT / "workspace"
+        path = base / dataset_kind(data if data is not None else data_dir())
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-# --------------------------------------------------------------------------
-# Notebook setup
-# --------------------------------------------------------------------------
+# ---- Notebook setup -------------------------------------------------------------------------------
 
 def seed_everything(seed: int) -> None:
     """Seed Python's random, numpy and (when it is loaded or installed) torch, CPU and CUDA."""
@@ -171,54 +154,49 @@ def setup_notebook(seed: int = 0):
     seed_everything(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv {cv2.__version__} "
-          f"| numpy {np.__version__}")
-    if device.type == "cuda":
-        print(f"device: cuda ({torch.cuda.get_device_name(0)})")
-    else:
-        print("device: cpu" + ("" if smoke_mode() else
-              "  -- no GPU found. In Colab: Runtime > Change runtime type > GPU, then run all again."))
+          f"| numpy {np.__version__}\ndevice: " + (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
+          else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
+                        "GPU, then run all again.")))
     print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
     return device
 
 
-# --------------------------------------------------------------------------
-# Files: atomic writes, image reading, pairing by name
-# --------------------------------------------------------------------------
+# ---- Files: atomic writes, image reading, pairing by name -----------------------------------------
 
-_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was listed}
+_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was first listed}
+_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
+                 errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}
+
+
+def _write_error(e, path):
+    """The OSError saying "disk full" or "read-only" with the path for a failed write, or None."""
+    code = getattr(e, "errno", None)
+    if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
+        with contextlib.suppress(OSError):
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
+    todo = "Free some space (old runs, zips)" if code in (errno.ENOSPC, errno.EDQUOT) else "Use a writable folder"
+    return code in _WRITE_ERRORS and OSError(code, f"{_WRITE_ERRORS[code]}: could not write {path}. {todo}; "
+                                                   f"any previous {path.name} is unchanged.")
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
-    An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The
-    file gets the permissions a plain ``open(path, "w")`` would give it (0666 minus the umask).
-    A write that fails for want of space or permission raises OSError saying "disk full" or
-    "read-only" and the path. The temporary files ``.<name>.<8 hex>.partial`` of ``path`` that a
-    killed writer left are removed first; a live writer's is not (each holds a lock on its own).
+    An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The file
+    gets the permissions of a plain ``open(path, "w")``. A write that fails for want of space or
+    permission says "disk full" or "read-only" and the path. The ``.<name>.<8 hex>.partial`` files
+    that a killed writer of ``path`` left are removed first; a live writer's stays (it holds a lock).
     """
-    path = Path(path)
-
-    def clear(e):  # the OSError to raise instead of ``e`` (None: keep ``e``)
-        code = getattr(e, "errno", None)
-        if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
-            with contextlib.suppress(OSError):
-                code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
-        what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
-                errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}.get(code)
-        return what and OSError(code, f"{what}: could not write {path}. Free some space or use a writable folder "
-                                      f"(e.g. set DESCAN_WORKSPACE); any previous {path.name} is unchanged.")
-
-    tmp, folder, fd = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent), None
+    path, fd = Path(path), None
+    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         names = _STALE.get(folder)
-        if names is None:
+        if names is None:  # a big folder (unpacked images) is listed once a process, others each time
             listing = os.listdir(folder)
             names = [n for n in listing if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
-            if len(listing) > 1000:  # a big folder (unpacked images) is listed once a process, others each time
-                _STALE[folder] = names
+            _STALE.update({folder: names} if len(listing) > 1000 else {})
         for name in [n for n in names if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
             names.remove(name)
             with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
@@ -232,9 +210,9 @@ def atomic_path(path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        if not clear(e):
+        if not _write_error(e, path):
             raise
-        raise clear(e) from e
+        raise _write_error(e, path) from e
     finally:
         if fd is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -243,10 +221,8 @@ def atomic_path(path):
 
 
 def read_rgb(path) -> np.ndarray:
-    """Read any image file as RGB uint8 (H, W, 3): grey, alpha and 16-bit files are converted.
-
-    16-bit values are scaled by 255/65535 and rounded; alpha is dropped (not composited).
-    """
+    """Read any image file as RGB uint8 (H, W, 3): grey, alpha and 16-bit files are converted
+    (16-bit values scaled by 255/65535 and rounded; alpha dropped, not composited)."""
     path = Path(path)
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
@@ -307,11 +283,8 @@ class Pair:
 
 
 def pair_files(clean_dir, scan_dir) -> list[Pair]:
-    """Pair clean and scan images by file name (extension ignored), sorted by name.
-
-    Raises DataError listing examples when a folder is missing or empty, a name appears twice,
-    or an image has no partner.
-    """
+    """Pair clean and scan images by file name (extension ignored), sorted by name. DataError with
+    examples when a folder is missing or empty, a name appears twice, or an image has no partner."""
     clean_files, scan_files = list_images(clean_dir), list_images(scan_dir)
     for folder, files in ((clean_dir, clean_files), (scan_dir, scan_files)):
         if not files:
@@ -319,29 +292,21 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
                             "Unpack the data again (notebook 01).")
     clean, scan = by_stem(clean_files, clean_dir), by_stem(scan_files, scan_dir)
     only_clean, only_scan = sorted(set(clean) - set(scan)), sorted(set(scan) - set(clean))
-    if only_clean or only_scan:
-        msg = []
-        if only_clean:
-            msg.append(f"{len(only_clean)} clean images have no scan in {scan_dir}: "
-                       f"{examples(clean[n].name for n in only_clean)}")
-        if only_scan:
-            msg.append(f"{len(only_scan)} scans have no clean image in {clean_dir}: "
-                       f"{examples(scan[n].name for n in only_scan)}")
+    msg = ([f"{len(only_clean)} clean images have no scan in {scan_dir}: "
+            f"{examples(clean[n].name for n in only_clean)}"] if only_clean else []) + \
+          ([f"{len(only_scan)} scans have no clean image in {clean_dir}: "
+            f"{examples(scan[n].name for n in only_scan)}"] if only_scan else [])
+    if msg:
         raise DataError("unpaired images. " + "; ".join(msg) +
                         ". A clean image and its scan must share a file name; re-unpack the data.")
     return [Pair(n, clean[n], scan[n]) for n in sorted(clean)]
 
 
-# --------------------------------------------------------------------------
-# Cropping and the train/validation split
-# --------------------------------------------------------------------------
+# ---- Cropping and the train/validation split ------------------------------------------------------
 
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
-    """The same random size x size window from both images of a pair, as (clean, scan).
-
-    Images smaller than ``size`` are first padded by reflection on the bottom/right, so the
-    crop is always size x size and the two stay aligned. Returns new arrays.
-    """
+    """The same random size x size window from both images of a pair, as new arrays (clean, scan).
+    Images smaller than ``size`` are first padded by reflection on the bottom/right."""
     if clean.shape[:2] != scan.shape[:2]:
         raise ValueError(f"pair sizes differ: clean {clean.shape[:2]}, scan {scan.shape[:2]}")
     h, w = clean.shape[:2]
@@ -351,34 +316,26 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
         clean = cv2.copyMakeBorder(clean, 0, ph, 0, pw, border)
         scan = cv2.copyMakeBorder(scan, 0, ph, 0, pw, border)
         h, w = clean.shape[:2]
-    top = int(rng.integers(0, h - size + 1))
-    left = int(rng.integers(0, w - size + 1))
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     window = (slice(top, top + size), slice(left, left + size))
     return clean[window].copy(), scan[window].copy()
 
 
 def page_id(name: str) -> str:
-    """The source page of a crop: 'BookOfMaking.00012.02' -> 'BookOfMaking.00012'.
-
-    Names without a title.page.crop pattern (e.g. 'scanner01_100') are their own page.
-    """
+    """The source page of a crop: 'BookOfMaking.00012.02' -> 'BookOfMaking.00012'. Names without a
+    title.page.crop pattern (e.g. 'scanner01_100') are their own page."""
     parts = Path(name).stem.split(".") if Path(name).suffix.lower() in IMAGE_EXTS else name.split(".")
     return ".".join(parts[:-1]) if len(parts) >= 3 else ".".join(parts)
 
 
 def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
-    """Deterministic train/validation split by source page: {name: 'train' | 'val'}.
-
-    All crops of one page land on the same side, so validation never sees a page that training
-    saw. The result does not depend on the order of ``names``. At least one page goes to each
-    side when there are two pages or more.
-    """
+    """Deterministic train/validation split by source page: {name: 'train' | 'val'}. All crops of a
+    page land on one side, whatever the order of ``names``; with two pages or more, each side gets one."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     names = sorted(set(names))
     pages = sorted({page_id(n) for n in names})
-    # Rank pages by a seeded hash: stable across machines and Python versions.
-    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())  # stable everywhere
     n_val = int(round(val_fraction * len(pages)))
     if len(pages) >= 2:
         n_val = min(max(n_val, 1), len(pages) - 1)
@@ -386,9 +343,7 @@ def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
     return {n: ("val" if page_id(n) in val_pages else "train") for n in names}
 
 
-# --------------------------------------------------------------------------
-# The metric, exactly as the course scores it
-# --------------------------------------------------------------------------
+# ---- The metric, exactly as the course scores it --------------------------------------------------
 
 def check_image(img, what="image"):
     """TypeError unless ``img`` is an RGB uint8 array of shape (H, W, 3)."""
@@ -416,11 +371,8 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)|. Lower is better, 0 is perfect.
-
-    ``restored`` and ``clean`` are equal-length sequences of RGB uint8 images (or of mean-Y
-    values, as floats).
-    """
+    """Mean over images of |mean Y(restored) - mean Y(clean)|; lower is better, 0 is perfect. Both are
+    equal-length sequences of RGB uint8 images (or of mean-Y values, as floats)."""
     a = [x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in restored]
     b = [x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in clean]
     if len(a) != len(b) or not a:

@@ -195,11 +195,17 @@ def warn_if_demo(data) -> str:
 def make_manifest(data, val_fraction=0.1, seed=0):
     """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
     clean and scan paths relative to ``data`` (POSIX style), and split ('train' | 'val', by page,
-    from split_names). Sorted by name."""
+    from split_names). Sorted by name. DataError when a side would be empty: a split needs at least
+    two source pages, one on each side."""
     import pandas as pd
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
     split = split_names([p.name for p in pairs], val_fraction=val_fraction, seed=seed)
+    if set(split.values()) != {"train", "val"}:
+        pages = sorted({page_id(p.name) for p in pairs})
+        raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source page "
+                        f"({examples(pages)}), so the split (validation fraction {val_fraction}, DESCAN_VAL_FRACTION) "
+                        "cannot put a page on each side: training and validation need at least two pages.")
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
                           "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name]}

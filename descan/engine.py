@@ -282,10 +282,11 @@ class Trainer:
                 if not self._budget_left():
                     best = self._best_row()
                     done = 100 * (self.item / self.pairs_per_batch) / self.steps_per_epoch
-                    print(f"Budget of {cfg.budget_minutes:g} min spent after {self.step} steps "
-                          f"({'100% of epoch ' + str(self.epoch) if epoch_finished else f'{done:.0f}% of epoch {self.epoch + 1}'}"
-                          f"); best validation score {best['val_score']:.4f} at step {best['step']} "
-                          f"(do nothing: {self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")
+                    where = f"100% of epoch {self.epoch}" if epoch_finished else \
+                        f"{done:.0f}% of epoch {self.epoch + 1}"
+                    print(f"Budget of {cfg.budget_minutes:g} min spent after {self.step} steps ({where}); best "
+                          f"validation score {best['val_score']:.4f} at step {best['step']} (do nothing: "
+                          f"{self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")
         except KeyboardInterrupt:
             self.save_last()
             print(f"\nInterrupted: saved {self.run_dir / ckpt.LAST} at step {self.step}. "

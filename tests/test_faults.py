@@ -359,6 +359,16 @@ def test_the_settings_of_the_issue_are_refused_by_name(monkeypatch, var, value):
         recipes.recipe("dncnn", "cuda", smoke=False)
 
 
+def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
+    from descan import data
+    c, s = pair_dirs(tmp_path / "d/train", ["Mag.00001.01.png", "Mag.00001.02.png"],
+                     ["Mag.00001.01.png", "Mag.00001.02.png"])
+    c.rename(tmp_path / "d/train/clean"), s.rename(tmp_path / "d/train/scan")
+    for fraction in (0.1, 0.9):  # 0.9 would put the only page in validation, 0.1 in training
+        with pytest.raises(DataError, match=r"from 1 source page \(Mag\.00001\).*DESCAN_VAL_FRACTION.*two pages"):
+            data.make_manifest(tmp_path / "d", val_fraction=fraction)
+
+
 # ---------------------------------------------------------------- claims that deliberate bugs slipped past
 
 @pytest.fixture(scope="module")
@@ -488,3 +498,4 @@ def test_the_fault_drill_quick_mode_finds_nothing_silent_or_lost():
     m = re.fullmatch(r"(\d+) cases: (\d+) clear, 0 silent, 0 traceback, 0 lost", last)
     assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 30, r.stdout[-4000:] + r.stderr[-3000:]
     assert r.returncode == 0
+

@@ -148,7 +148,20 @@ class AttentionUNet(nn.Module):
         return (base + self.outro(feat))[..., :h, :w]
 
 
-MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet}
+class ColourMap(nn.Module):
+    """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted by
+    least squares in descan/colourmap.py; the identity until fitted."""
+
+    def __init__(self):
+        super().__init__()
+        self.matrix = nn.Parameter(torch.eye(3))
+        self.offset = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x):
+        return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + self.offset.to(x.dtype).view(1, 3, 1, 1)
+
+
+MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet, "colour_map": ColourMap}
 USER_MODELS = "my_models.py"  # in the workspace: a student's own models, found by every notebook
 
 

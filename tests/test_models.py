@@ -133,3 +133,35 @@ def test_bring_your_own_model_trains_and_is_found_by_another_runtime(tmp_path):
     assert "BEFORE:" in r.stdout and "'tiny_tone'" in r.stdout and "my_models.py" in r.stdout
     assert "AFTER: TinyTone" in r.stdout
     models.MODELS.pop("tiny_tone")
+
+
+def test_the_classical_fit_recovers_a_known_affine_map_exactly():
+    from descan import colourmap
+    rng = np.random.default_rng(0)
+    matrix = np.array([[0.9, 0.05, 0.0], [0.1, 1.1, -0.05], [0.0, -0.1, 0.95]])
+    offset = np.array([0.02, -0.03, 0.05])
+    scan = rng.random((5000, 3))
+    got_m, got_b = colourmap.fit_affine(scan, scan @ matrix.T + offset)
+    np.testing.assert_allclose(got_m, matrix, atol=1e-10)
+    np.testing.assert_allclose(got_b, offset, atol=1e-10)
+    # the model applies exactly that map, rounded like a saved PNG, through the usual restore path
+    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    model = models.ColourMap()
+    with torch.no_grad():
+        model.matrix.copy_(torch.tensor(matrix)), model.offset.copy_(torch.tensor(offset))
+    assert np.abs(inference.restore(model, [img])[0].astype(int) - colourmap.apply(matrix, offset, img)).max() <= 1
+    assert models.count_parameters(model) == 12
+
+
+def test_the_colour_map_is_fitted_saved_and_submittable(tmp_path):
+    from descan import checkpoints, colourmap, data, demo
+    demo.make_demo_dataset(tmp_path / "d", train_pages=8, test_pages=1, crop=48, show_progress=False)
+    manifest = data.make_manifest(tmp_path / "d", val_fraction=0.25)
+    train, val = data.manifest_pairs(manifest, tmp_path / "d", "train"), data.manifest_pairs(manifest, tmp_path / "d", "val")
+    model, val_figures = colourmap.fit_colour_map(train, val, tmp_path / "ws", "demo", show_progress=False)
+    entry = checkpoints.choose_checkpoint(tmp_path / "ws", data_kind="demo")
+    assert entry["run"] == "colour_map" and entry["val_score"] == pytest.approx(val_figures["score"])
+    rebuilt = checkpoints.model_from_checkpoint(entry["path"])
+    images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
+    assert inference.evaluate(rebuilt, images)["score"] == pytest.approx(val_figures["score"], abs=1e-9)
+    assert not np.allclose(model.matrix.detach().numpy(), np.eye(3))  # it learned something

@@ -239,7 +239,7 @@ class Trainer:
         from descan.models import Identity
         self.do_nothing = evaluate(Identity(), self.val_images(), self.device, cfg.val_images_per_pass)
         total_steps = cfg.epochs * self.steps_per_epoch
-        last_save = time.time()
+        last_save, last_val = time.time(), self.seconds
         try:
             while not self._done():
                 dataset.set_epoch(self.epoch, self.item)
@@ -269,7 +269,13 @@ class Trainer:
                                         crops_s=f"{crops / (now - t_epoch):.0f}")
                     if on_step is not None:
                         on_step(self.step)
-                    if now - last_save >= cfg.checkpoint_minutes * 60:
+                    if cfg.val_every_minutes > 0 and self.seconds - last_val >= cfg.val_every_minutes * 60 \
+                            and self.item < self.steps_per_epoch * self.pairs_per_batch and self._budget_left():
+                        # a short budget gets several candidates for best.pt, not only the epoch ends
+                        self._end_epoch(loss_sum.item() / n_loss, crops / max(1e-9, now - t_epoch), False)
+                        self.model.train()
+                        last_val, last_save, t_last = self.seconds, time.time(), time.time()
+                    elif now - last_save >= cfg.checkpoint_minutes * 60:
                         self.save_last()
                         last_save = time.time()
                     if not self._budget_left():
@@ -278,7 +284,7 @@ class Trainer:
                 epoch_finished = self.item >= self.steps_per_epoch * self.pairs_per_batch
                 self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
                                 epoch_finished)
-                last_save = time.time()
+                last_save, last_val = time.time(), self.seconds
                 if not self._budget_left():
                     best = self._best_row()
                     done = 100 * (self.item / self.pairs_per_batch) / self.steps_per_epoch

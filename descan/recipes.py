@@ -34,6 +34,7 @@ class TrainConfig:
     degrade_prob: float = 0.0            # degradation augmentation probability
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
     checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
+    val_every_minutes: float = 0.0       # also validate this often inside an epoch (short budgets); 0 = no
     val_images_per_pass: int = 8         # whole validation images per forward pass
     workers: int = -1                    # -1 = automatic: none on a CPU, up to 4 beside a GPU
     seed: int = 0
@@ -62,7 +63,7 @@ RECIPES = {
         "model_kwargs": dict(channels=3, width=64, depth=17, mean=0.5, std=0.5),
         "config": dict(epochs=10, crops_per_epoch=64 * 160, batch_size=64, patch=128, crops_per_image=8,
                        loss="mse", optimizer="adam", lr=1e-3, schedule="constant", budget_minutes=0.0),
-        "cpu": dict(batch_size=16, patch=64, budget_minutes=10.0),
+        "cpu": dict(batch_size=16, patch=64, budget_minutes=10.0, val_every_minutes=2.0),
         "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, crops_per_image=4, budget_minutes=0.0),
         "smoke_model": {},
     },
@@ -73,7 +74,7 @@ RECIPES = {
                        loss="l1", mean_y_weight=0.5, augment=True, degrade_prob=0.25, optimizer="adamw",
                        lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=200, grad_clip=1.0,
                        ema_decay=0.999, budget_minutes=90.0),
-        "cpu": dict(patch=64, budget_minutes=10.0),
+        "cpu": dict(patch=64, budget_minutes=10.0, val_every_minutes=2.0),
         "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, warmup_steps=2, ema_decay=0.9,
                       budget_minutes=0.0),
         "smoke_model": dict(width=16, mid_blocks=1),
@@ -94,6 +95,7 @@ ENV_KNOBS = {
     "DESCAN_EMA_DECAY": ("ema_decay", float, 0.0, 0.99999),
     "DESCAN_TRAIN_MINUTES": ("budget_minutes", float, 0.0, None),
     "DESCAN_CHECKPOINT_MINUTES": ("checkpoint_minutes", float, 0.0, None),
+    "DESCAN_VAL_EVERY_MINUTES": ("val_every_minutes", float, 0.0, None),
     "DESCAN_WEIGHT_DECAY": ("weight_decay", float, 0.0, 1.0),
     "DESCAN_WARMUP_STEPS": ("warmup_steps", int, 0, None),
     "DESCAN_GRAD_CLIP": ("grad_clip", float, 0.0, None),
@@ -138,6 +140,6 @@ def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, *
 
 
 # Settings that may change between sessions of one run without a word: how long and how often.
-FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "workers", "val_images_per_pass")
+FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "val_every_minutes", "workers", "val_images_per_pass")
 # Settings that decide which crops each step sees: a run cannot go on with other values.
 DATA_KEYS = ("crops_per_epoch", "batch_size", "patch", "crops_per_image", "seed")

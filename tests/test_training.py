@@ -283,3 +283,14 @@ def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name(mo
         recipes.recipe("dncnn", "cuda")
     monkeypatch.setenv("DESCAN_CROPS_PER_IMAGE", "4")
     assert recipes.recipe("dncnn", "cuda")[2].batch_size == 20
+
+
+def test_short_budgets_validate_inside_the_epoch_too(demo_pairs, tmp_path):
+    """With val_every_minutes, best.pt has a candidate at every interval, not only at epoch ends."""
+    train, val = demo_pairs
+    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1, val_every_minutes=1e-9), device="cpu")
+    r = t.fit()
+    assert [row["step"] for row in r["history"]] == [1, 2, 3, 4]  # 3 inside the epoch, then its end
+    assert [row["epoch"] for row in r["history"]] == [1, 1, 1, 1] and r["epochs"] == 1
+    assert recipes.recipe("dncnn", "cpu", use_env=False)[2].val_every_minutes == 2.0  # CPU: 5 within 10 minutes
+    assert recipes.recipe("dncnn", "cuda", use_env=False)[2].val_every_minutes == 0.0

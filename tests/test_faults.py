@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from builders import files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
-from descan import checkpoints, demo, engine, inference, models, submit  # noqa: E402
+from descan import checkpoints, engine, inference, models, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError  # noqa: E402
 
@@ -370,15 +370,6 @@ def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
 
 
 # ---------------------------------------------------------------- claims that deliberate bugs slipped past
-
-@pytest.fixture(scope="module")
-def demo_pairs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    demo.make_demo_dataset(root, train_pages=6, test_pages=1, crops_per_page=2, crop=48, show_progress=False)
-    pairs = helpers.pair_files(root / "train/clean", root / "train/scan")
-    split = helpers.split_names([p.name for p in pairs], val_fraction=0.2, seed=0)
-    return [p for p in pairs if split[p.name] == "train"], [p for p in pairs if split[p.name] == "val"]
-
 
 def tiny_cfg(**kw):
     sizes = dict(epochs=3, crops_per_epoch=16, batch_size=8, patch=32, crops_per_image=4, workers=0,

@@ -9,15 +9,6 @@ from descan import checkpoints, crops, demo, engine, inference, losses, models, 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to train in a second on a CPU
 
 
-@pytest.fixture(scope="module")
-def demo_pairs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    demo.make_demo_dataset(root, train_pages=6, test_pages=1, crops_per_page=2, crop=48, show_progress=False)
-    pairs = helpers.pair_files(root / "train/clean", root / "train/scan")
-    split = helpers.split_names([p.name for p in pairs], val_fraction=0.2, seed=0)
-    return ([p for p in pairs if split[p.name] == "train"], [p for p in pairs if split[p.name] == "val"])
-
-
 TINY_SIZES = dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=32, crops_per_image=4, workers=0,
                   checkpoint_minutes=0.0)  # checkpoint_minutes=0: `last` is saved after every step
 

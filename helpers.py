@@ -88,28 +88,24 @@ def env_number(name: str, default, minimum=None, maximum=None):
 
 
 def env_path(name: str) -> Path | None:
-    """A path from the environment, absolute; a relative one is taken from the repository root
-    (the same folder from a notebook, the command line or a script). None when unset or empty."""
+    """A path from the environment, absolute (a relative one is taken from the repository root); or None."""
     raw = os.environ.get(name, "").strip()
     return None if not raw else Path(raw).expanduser() if Path(raw).expanduser().is_absolute() else ROOT / raw
 
 
-def smoke_mode() -> bool:
-    """DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU)."""
+def smoke_mode() -> bool:  # DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU)
     return env_flag("DESCAN_SMOKE", False)
 
 
 def data_dir() -> Path:
-    """Where the unpacked images live: $DESCAN_DATA; else ./data/demo in smoke mode, /content/data
-    in Colab (the runtime's fast local disk), ./data/real elsewhere."""
+    """The unpacked images: $DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab, ./data/real."""
     if env_path("DESCAN_DATA") is not None:
         return env_path("DESCAN_DATA")
     return ROOT / "data" / "demo" if smoke_mode() else Path("/content/data") if is_colab() else ROOT / "data/real"
 
 
 def dataset_kind(data) -> str:
-    """'demo' when the folder holds (or, being empty, will hold in smoke mode) the synthetic demo
-    set made by `data_download.sh --demo`; else 'real'. The demo marker file decides."""
+    """'demo' when the folder holds the demo set (its marker file), or is empty in smoke mode; else 'real'."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         return "demo"
@@ -140,8 +136,7 @@ def workspace_dir(data=None) -> Path:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's random, numpy and (when it is loaded or installed) torch, CPU and CUDA."""
-    random.seed(seed)
-    np.random.seed(seed)
+    random.seed(seed), np.random.seed(seed)
     if importlib.util.find_spec("torch") is not None:
         import torch
         torch.manual_seed(seed)  # also seeds every CUDA device
@@ -158,6 +153,10 @@ def setup_notebook(seed: int = 0):
           else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
                         "GPU, then run all again.")))
     print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)
+        shell.set_custom_exc((DataError,), lambda sh, et, ev, tb, tb_offset=None: sh.showtraceback(
+            (et, ev, tb), tb_offset=tb_offset, exception_only=True))
     return device
 
 

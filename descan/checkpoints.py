@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from helpers import atomic_path
+from helpers import DataError, atomic_path
 from descan.models import MODELS, build_model
 
 FORMAT = "descanning-checkpoint-v1"
@@ -33,7 +33,7 @@ UNKNOWN_MODEL = ("If it is your own model, define it in WORKSPACE/my_models.py w
 RUN_FIRST = "Run notebook 03 (DnCNN) or 04 (attention) first, or set DESCAN_CHECKPOINT to a checkpoint file."
 
 
-class CheckpointError(Exception):
+class CheckpointError(DataError):
     """A checkpoint is missing, corrupt or not one of ours; the message says what to do."""
 
 

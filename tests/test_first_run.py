@@ -170,3 +170,18 @@ def test_a_failing_notebook_says_its_error_first(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("error: broken.ipynb stopped: ValueError: the data is gone"), r.stderr[:500]
     assert "Traceback" not in r.stderr and (tmp_path / "ws/executed/broken.ipynb").is_file()
+
+
+def test_in_a_notebook_the_kits_errors_show_their_message_not_a_traceback(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nimport helpers\n"
+                                          "helpers.setup_notebook()\nfrom descan import data"),
+                nbformat.v4.new_code_cell(f"data.read_manifest({str(tmp_path / 'manifest.csv')!r})")]
+    with pytest.raises(CellExecutionError) as e:  # still an error: Run all stops there
+        NotebookClient(nb, kernel_name="python3", extra_arguments=["--log-level=ERROR"]).execute()
+    assert e.value.ename == "DataError"
+    shown = "".join(nb.cells[1].outputs[-1]["traceback"])
+    assert "no manifest at" in shown and "Run notebook 01 first" in shown and "read_manifest" not in shown

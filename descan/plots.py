@@ -36,9 +36,10 @@ def plot_history(history, path=None, title=""):
                 ax.axhline(df[nothing].iloc[-1], color="0.4", ls="--", lw=1, label="do nothing")
             for step in df.loc[df.get("settings_changed", pd.Series(dtype=str)).fillna("") != "", "step"]:
                 ax.axvline(step, color="tab:purple", lw=1, label="settings changed")
+            ends = df.groupby("epoch")["step"].max()  # the last validation of each epoch
+            every = max(1, len(ends) // 8)
             top = ax.secondary_xaxis("top")
-            top.set_xticks(list(df["step"]), [str(e) for e in df["epoch"]] if len(df) <= 12 else
-                           [str(e) if i % max(1, len(df) // 8) == 0 else "" for i, e in enumerate(df["epoch"])])
+            top.set_xticks(list(ends), [str(e) if i % every == 0 else "" for i, e in enumerate(ends.index)])
             top.tick_params(labelsize=7)
             top.set_xlabel("epoch", fontsize=8)
         ax.set_xlabel("optimiser step")

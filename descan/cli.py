@@ -5,6 +5,7 @@ torch is imported only by the subcommands that need it (none of those used by da
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -51,6 +52,30 @@ def _check(args) -> None:
     print(f"{data_label(args.data_dir)} in {args.data_dir}: {r['train_pairs']} training pairs, "
           f"{r['test_scans']} test scans, all paired and readable; sizes {r['train_sizes']}, "
           f"test sizes {r['test_sizes']} (checked {r['checked']})")
+
+
+def _train(args) -> None:
+    """Train a recipe exactly as notebooks 03/04 do: same data step, split, run folder and files."""
+    import torch
+    from descan import checkpoints, data, engine, models, recipes
+    from helpers import dataset_kind, env_number, smoke_mode
+    folder = Path(args.data).resolve() if args.data else data_dir()
+    workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
+    data.ensure_data(folder, workspace)
+    if not (workspace / data.MANIFEST_FILE).is_file():  # what notebook 01 does, once
+        print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
+        data.write_manifest(data.make_manifest(folder, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
+    train, val = data.load_split(folder, workspace)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models.load_user_models(workspace)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("budget_minutes", args.minutes)) if v is not None}
+    name, kwargs, cfg = recipes.recipe(args.recipe, device, smoke_mode(), **overrides)
+    run = args.run_name or os.environ.get("DESCAN_RUN_NAME") or name
+    print(f"training {name} {kwargs} on {len(train)} pairs ({dataset_kind(folder)} data), validating on {len(val)}, "
+          f"device {device}, run {checkpoints.run_dir(workspace, run)}\n{cfg}")
+    result = engine.Trainer(name, kwargs, train, val, checkpoints.run_dir(workspace, run), cfg, device,
+                            dataset_kind(folder)).fit()
+    print(f"best validation score {result['best_score']:.4f} after {result['steps']} steps: {result['best_path']}")
 
 
 def run_notebooks(paths=None, timeout=1800) -> list[Path]:
@@ -108,6 +133,12 @@ def main(argv=None) -> int:
     p.add_argument("zip"), p.add_argument("dest")
     p = sub.add_parser("check", help="check pairing, readability and sizes of a data folder (once)")
     p.add_argument("data_dir"), p.add_argument("--force", action="store_true", help="check again")
+    p = sub.add_parser("train", help="train a recipe as notebook 03 (dncnn) or 04 (attention) does")
+    p.add_argument("--recipe", choices=("dncnn", "attention"), required=True)
+    p.add_argument("--data", help="data folder (default: DESCAN_DATA's rule)")
+    p.add_argument("--workspace", help="workspace (default: DESCAN_WORKSPACE's rule)")
+    p.add_argument("--epochs", type=int), p.add_argument("--minutes", type=float, help="training budget")
+    p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the model's)")
     p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
     p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
     args = parser.parse_args(argv)
@@ -138,6 +169,8 @@ def main(argv=None) -> int:
             print(f"{args.zip} -> {args.dest}: {r['written']} written, {r['skipped']} already there")
         elif args.cmd == "check":
             _check(args)
+        elif args.cmd == "train":
+            _train(args)
         elif args.cmd == "run-notebooks":
             run_notebooks(args.notebooks)
     except DataError as e:

@@ -38,7 +38,9 @@ class CheckpointError(DataError):
 
 
 def run_dir(workspace, run: str) -> Path:
-    """The folder of one training run: WORKSPACE/runs/<run>."""
+    """The folder of one training run: WORKSPACE/runs/<run>; a name that would leave runs/ is refused."""
+    if not run or run in (".", "..") or "/" in run or "\\" in run:
+        raise ValueError(f"run name {run!r} (DESCAN_RUN_NAME) must be a plain folder name, e.g. dncnn-lr0.0003")
     return Path(workspace) / RUNS / run
 
 

@@ -285,3 +285,10 @@ def test_short_budgets_validate_inside_the_epoch_too(demo_pairs, tmp_path):
     assert [row["epoch"] for row in r["history"]] == [1, 1, 1, 1] and r["epochs"] == 1
     assert recipes.recipe("dncnn", "cpu", use_env=False)[2].val_every_minutes == 2.0  # CPU: 5 within 10 minutes
     assert recipes.recipe("dncnn", "cuda", use_env=False)[2].val_every_minutes == 0.0
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/b", "../../etc"])
+def test_a_run_name_cannot_leave_the_runs_folder(tmp_path, bad):
+    with pytest.raises(ValueError, match="DESCAN_RUN_NAME"):
+        checkpoints.run_dir(tmp_path, bad)
+    assert checkpoints.run_dir(tmp_path, "dncnn-lr0.0003") == tmp_path / "runs" / "dncnn-lr0.0003"

@@ -61,7 +61,8 @@ def main():
         val = [p for p in pairs if split[p.name] == "val"]
         val_images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
         nothing = inference.evaluate(models.Identity(), val_images)
-        n_att = models.count_parameters(models.build_model(*recipes.recipe("attention", use_env=False)[:2]))
+        att_name, att_kwargs, _ = recipes.recipe("attention", use_env=False)
+        n_att = models.count_parameters(models.build_model(att_name, **att_kwargs))
         print(f"DEMO DATA: {len(train)} training / {len(val)} validation pairs of 256x256 (split by page); "
               f"CPU threads {torch.get_num_threads()}; batch {args.batch} x {args.patch}px crops\n", flush=True)
         rows = [{"run": "do nothing (the scans)", "steps": 0, **nothing, "note": ""}]

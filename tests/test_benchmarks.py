@@ -1,0 +1,23 @@
+"""The benchmark scripts run (at toy sizes): a script that only runs on release day is broken."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def test_compare_models_prints_its_table():
+    out = run("benchmarks/compare_models.py", "--minutes", "0.01", "--ablation-minutes", "0", "--pages", "4")
+    for row in ("do nothing (the scans)", "DnCNN (03 recipe)", "attention U-Net (04 recipe)"):
+        assert row in out
+
+
+def test_loading_benchmark_prints_its_ratios():
+    out = run("benchmarks/loading.py", "--pairs", "4", "--size", "160", "--batches", "2")
+    assert "vs slides" in out and "ours + decoded cache" in out

@@ -48,8 +48,11 @@ def best_path(workspace, run: str) -> Path:
     return run_dir(workspace, run) / BEST
 
 
-def last_path(workspace, run: str) -> Path:
-    return run_dir(workspace, run) / LAST
+def best_models(workspace, runs: dict, device="cpu") -> dict:
+    """{label: model} for each {label: run name} whose WORKSPACE/runs/<run>/best.pt exists, rebuilt on
+    ``device`` (runs not trained yet are left out)."""
+    return {label: model_from_checkpoint(best_path(workspace, run), device)
+            for label, run in runs.items() if best_path(workspace, run).is_file()}
 
 
 def save_checkpoint(state: dict, path) -> Path:

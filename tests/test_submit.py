@@ -461,3 +461,10 @@ def test_leaderboard_figure_shows_gains_and_the_submitted_entry():
     assert widths == [-0.5, 3.0, 3.1]  # gains over doing nothing, one worse than it
     assert [p.get_linewidth() for p in ax.patches].count(2.5) == 1  # the submitted bar is outlined
     assert {t.get_text() for t in ax.get_legend().get_texts()} == {"single pass", "x8 self-ensemble", "submitted"}
+
+
+def test_best_models_loads_the_runs_that_exist_on_the_asked_device(tmp_path):
+    save_run(tmp_path, "dncnn", 3.0)
+    got = checkpoints.best_models(tmp_path, {"DnCNN": "dncnn", "colour map": "colour_map"}, "cpu")
+    assert list(got) == ["DnCNN"] and not got["DnCNN"].training
+    assert next(got["DnCNN"].parameters()).device.type == "cpu"

@@ -1,17 +1,23 @@
-"""Do nothing vs DnCNN vs the attention model, and an ablation of 04's strategies, in one run.
+"""Seen vs unseen scanners: do nothing, the classical colour map and the notebooks' models, in one run.
 
-    python benchmarks/compare_models.py [--minutes 4] [--ablation-minutes 1.5] [--pages 32]
+    python benchmarks/compare_models.py [--minutes 6] [--seeds 2] [--jobs 2] [--pages 40]
 
-Everything runs here, side by side, on the same freshly generated DEMO data (synthetic pages,
-not the competition data), the same page-grouped split and the same wall-clock training budget
-per model (validation time is not counted in the budget). Each row reports the validation
-competition score of the best checkpoint and its pixel Y MAE. Figures depend on the machine and
-the budget; the point is the comparison inside one run.
+Everything runs here, side by side, on freshly generated DEMO data (synthetic pages printed and
+scanned by named scanner profiles, not the competition data), split as notebook 01 splits it:
+training pairs from two scanners, validation pages of those two (*seen*) and pairs from two other
+scanners (*unseen*, never trained on). Each trained row gets the same training time on the CPU
+(validation is not counted) with the notebooks' CPU recipes, once per seed; best.pt is chosen on
+the seen scanners, as in the notebooks, and the unseen figures are those of that same checkpoint:
+nothing is tuned on them. Rows with "+ mean-Y shift" evaluate the row above's checkpoints with the
+shift switched on (no training of their own). Figures are means over seeds, "+-" half the range.
 """
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -19,82 +25,111 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: E402
-from descan import checkpoints, demo, engine, inference, losses, models, recipes  # noqa: E402
+from descan import checkpoints, colourmap, data, demo, engine, inference, models, recipes  # noqa: E402
+
+# (row, recipe, TrainConfig changes): the trained rows, all from the one recipe table
+TRAINED = [
+    ("DnCNN (03 recipe)", "dncnn", {}),
+    ("attention U-Net (04 recipe)", "attention", {}),
+    ("U-Net + colour head", "attention_head", {}),
+    ("U-Net + colour head + colour jitter", "attention_head", {"colour_jitter": 0.5}),
+    ("colour head alone", "colour_head", {}),
+    ("colour head + colour jitter", "colour_head", {"colour_jitter": 0.5}),
+]
+SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter"}  # also evaluated with the mean-Y shift
+FIGURES = ("score", "pixel_y_mae", "unseen_score", "unseen_pixel_y_mae")
 
 
-def run(name, recipe, train, val, minutes, workdir, shared, model_changes=None, **changes):
-    """Train one variant of a notebook recipe (engine.recipe, its GPU settings) with the shared
-    batch/patch/crops and ``changes``, for ``minutes`` of training time; the best checkpoint's row."""
-    model, kwargs, cfg = recipes.recipe(recipe, "cuda", use_env=False, epochs=10_000, budget_minutes=minutes,
-                                       **shared, **changes)
-    kwargs = {**kwargs, **(model_changes or {})}
-    if cfg.perceptual_weight and losses.perceptual_loss(cfg.perceptual_weight) is None:
-        return {"run": name, "steps": 0, "score": float("nan"), "pixel_y_mae": float("nan"),
-                "psnr": float("nan"), "note": "skipped: VGG16 weights not available offline"}
+def train_one(job):
+    """One trained row and seed, in its own process: the best checkpoint's validation figures."""
+    row, name, changes, seed, minutes, threads, data_dir, workdir = job
+    torch.set_num_threads(threads)
+    train, val = data.load_split(data_dir, workdir)
+    model, kwargs, cfg = recipes.recipe(name, "cpu", use_env=False, epochs=10_000, budget_minutes=minutes,
+                                       workers=0, checkpoint_minutes=60, seed=seed, **changes)
+    run = Path(workdir) / f"{name}-{len(changes)}-{seed}-{abs(hash(row)) % 10_000}"
     t0 = time.time()
-    trainer = engine.Trainer(model, kwargs, train, val, Path(workdir) / name, cfg, device="cpu", data_kind="demo")
-    trainer.fit()
-    best = checkpoints.load_checkpoint(Path(workdir) / name / checkpoints.BEST)
-    print(f"  {name}: {trainer.step} steps, best at epoch {best['epoch']}, wall {time.time() - t0:.0f} s",
-          flush=True)
-    return {"run": name, "steps": trainer.step, **{k: best["val"][k] for k in ("score", "pixel_y_mae", "psnr")},
-            "note": ""}
+    trainer = engine.Trainer(model, kwargs, train, val, run, cfg, device="cpu", data_kind="demo")
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        trainer.fit()
+    best = checkpoints.load_checkpoint(run / checkpoints.BEST)
+    print(f"  {row}, seed {seed}: {trainer.step} steps, best at step {best['step']}, "
+          f"wall {time.time() - t0:.0f} s", flush=True)
+    out = [{"row": row, "seed": seed, "steps": trainer.step, **{k: best["val"].get(k) for k in FIGURES}}]
+    if row in SHIFTED:
+        net = checkpoints.model_from_checkpoint(best)
+        net.mean_y_shift = True
+        out.append({"row": row + " + mean-Y shift", "seed": seed, "steps": trainer.step,
+                    **{k: v for k, v in trainer.validate(net).items() if k in FIGURES}})
+    return out
+
+
+def summary(rows: list) -> pd.DataFrame:
+    """Mean and half-range over seeds of each figure, one line per row, in the order seen."""
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["row"]))
+    g = df.groupby("row", sort=False)
+    table = pd.DataFrame({"seeds": g.size(), "steps": g["steps"].mean().round(0).astype(int)})
+    for k in FIGURES:
+        mean, half = g[k].mean(), (g[k].max() - g[k].min()) / 2
+        table[k] = [f"{m:.3f} +- {h:.3f}" if n > 1 else f"{m:.3f}" for m, h, n in zip(mean, half, g.size())]
+    return table.loc[order]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=4.0, help="training budget of each main model")
-    ap.add_argument("--ablation-minutes", type=float, default=1.5, help="budget of each ablation run (0: skip)")
-    ap.add_argument("--pages", type=int, default=32, help="demo training pages (2 crops of 256 px each)")
-    ap.add_argument("--patch", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--minutes", type=float, default=6.0, help="training time of each trained row and seed")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per trained row")
+    ap.add_argument("--jobs", type=int, default=2, help="rows trained at once (CPU threads are shared out)")
+    ap.add_argument("--pages", type=int, default=40, help="demo training pages (seen scanners)")
+    ap.add_argument("--unseen-pages", type=int, default=8, help="demo pages from the two unseen scanners")
+    ap.add_argument("--size", type=int, default=256, help="side of the demo images")
+    ap.add_argument("--only", default="", help="comma-separated trained rows to run (default: all)")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    shared = dict(batch_size=args.batch, patch=args.patch, crops_per_image=4, crops_per_epoch=args.batch * 20,
-                  workers=0, checkpoint_minutes=60, seed=0)
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "demo"
-        demo.make_demo_dataset(data, train_pages=args.pages, test_pages=1, show_progress=False)
-        pairs = helpers.pair_files(data / "train/clean", data / "train/scan")
-        split = helpers.split_names([p.name for p in pairs], val_fraction=0.15, seed=0)
-        train = [p for p in pairs if split[p.name] == "train"]
-        val = [p for p in pairs if split[p.name] == "val"]
-        val_images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
-        nothing = inference.evaluate(models.Identity(), val_images)
-        att_name, att_kwargs, _ = recipes.recipe("attention", use_env=False)
-        n_att = models.count_parameters(models.build_model(att_name, **att_kwargs))
-        print(f"DEMO DATA: {len(train)} training / {len(val)} validation pairs of 256x256 (split by page); "
-              f"CPU threads {torch.get_num_threads()}; batch {args.batch} x {args.patch}px crops\n", flush=True)
-        rows = [{"run": "do nothing (the scans)", "steps": 0, **nothing, "note": ""}]
-        print(f"main comparison, {args.minutes} min of training each:", flush=True)
-        rows.append(run("DnCNN (03 recipe)", "dncnn", train, val, args.minutes, tmp, shared))
-        rows.append(run("attention U-Net (04 recipe)", "attention", train, val, args.minutes, tmp, shared))
-        table = pd.DataFrame(rows).set_index("run")
-        print(f"\nparameters: DnCNN 559,363; attention U-Net {n_att:,}")
-        print(f"validation (lower score and pixel Y MAE are better), {args.minutes} min CPU budget each:")
-        print(table.round(4).to_string(), flush=True)
-
-        if args.ablation_minutes > 0:
-            m = args.ablation_minutes
-            variants = [  # (name, model changes, recipe changes): one strategy off (or on) at a time
-                ("all strategies (04 recipe)", {}, {}),
-                ("- geometric augmentation", {}, {"augment": False}),
-                ("- degradation augmentation", {}, {"degrade_prob": 0.0}),
-                ("- mean-Y loss term", {}, {"mean_y_weight": 0.0}),
-                ("- EMA of weights", {}, {"ema_decay": 0.0}),
-                ("- AdamW/warm-up/cosine/clip (Adam, constant)", {},
-                 {"optimizer": "adam", "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 0,
-                  "grad_clip": 0.0}),
-                ("- L1 (MSE instead)", {}, {"loss": "mse"}),
-                ("- global colour path", {"colour_path": False}, {}),
-                ("+ perceptual VGG term (0.1)", {}, {"perceptual_weight": 0.1}),
-            ]
-            print(f"\nablation, {m} min of training each:", flush=True)
-            abl = [run(name, "attention", train, val, m, tmp, shared, model_changes=mc, **rc)
-                   for name, mc, rc in variants]
-            print(f"\nablation at {m} min each (do nothing: score {nothing['score']:.4f}, "
-                  f"pixel Y MAE {nothing['pixel_y_mae']:.3f}):")
-            print(pd.DataFrame(abl).set_index("run").round(4).to_string())
+        data_dir, work = Path(tmp) / "demo", Path(tmp) / "workspace"
+        demo.make_demo_dataset(data_dir, train_pages=args.pages, unseen_pages=args.unseen_pages, test_pages=1,
+                               crop=args.size, show_progress=False)
+        data.write_manifest(data.make_manifest(data_dir), work)
+        train, val = data.load_split(data_dir, work)
+        groups = [data.scanner_group(p.name) for p in val]
+        images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
+        print(f"DEMO DATA (synthetic): {len(train)} training pairs (scanners {', '.join(demo.SEEN_SCANNERS)}); "
+              f"validation {groups.count('seen')} pairs from them and {groups.count('unseen')} from unseen scanners "
+              f"({', '.join(demo.UNSEEN_VAL_SCANNERS.values())}); {args.size} px; {args.minutes:g} min of CPU "
+              f"training per row and seed, {args.jobs} at a time with {threads} thread(s) each\n", flush=True)
+        rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0,
+                 **inference.evaluate(models.Identity(), images, groups=groups)}]
+        cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
+        rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0,
+                     **inference.evaluate(cmap, images, groups=groups)})
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        jobs = [(row, name, changes, seed, args.minutes, threads, data_dir, work)
+                for row, name, changes in TRAINED if not only or row in only for seed in range(args.seeds)]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for out in pool.map(train_one, jobs):
+                rows.extend(out)
+        table = summary(rows)
+        params = {}
+        for row, name, _ in TRAINED:
+            model, kwargs, _ = recipes.recipe(name, use_env=False)
+            params[row] = models.count_parameters(models.build_model(model, **kwargs))
+        print("\nparameters: " + "; ".join(f"{k} {v:,}" for k, v in params.items()))
+        print(f"\nvalidation, lower is better (score: the competition's; pixel_y_mae: Y error per pixel, "
+              f"0-255); seen = held-out pages of the training scanners, unseen = other scanners:")
+        print(table.to_string(), flush=True)
+        means = pd.DataFrame(rows).groupby("row", sort=False)[list(FIGURES)].mean()
+        trained = [r for r in means.index if r not in ("do nothing (the scans)", "classical colour map (12 numbers)")]
+        if trained:
+            best = means.loc[trained, "unseen_score"].idxmin()
+            ref = means.loc["classical colour map (12 numbers)"]
+            line = f"\nbest trained row on unseen scanners: {best}: score {means.loc[best, 'unseen_score']:.3f} = " \
+                   f"{means.loc[best, 'unseen_score'] / ref['unseen_score']:.2f}x the classical colour map's"
+            if "DnCNN (03 recipe)" in means.index:
+                line += f", {means.loc[best, 'unseen_score'] / means.loc['DnCNN (03 recipe)', 'unseen_score']:.2f}x DnCNN's"
+            print(line + f"; pixel Y MAE {means.loc[best, 'unseen_pixel_y_mae']:.3f} "
+                  f"(colour map {ref['unseen_pixel_y_mae']:.3f})")
 
 
 if __name__ == "__main__":

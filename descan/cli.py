@@ -39,9 +39,11 @@ def _demo(args) -> None:
             shutil.rmtree(data / sub, ignore_errors=True)
     t0 = time.time()
     print(f"Generating SYNTHETIC DEMO DATA in {data} ({settings_line(s)}) ...", flush=True)
-    r = make_demo_dataset(data, s["train_pages"], s["test_pages"], s["crops_per_page"], s["crop"], s["seed"])
+    r = make_demo_dataset(data, s["train_pages"], s["test_pages"], s["crops_per_page"], s["crop"], s["seed"],
+                          unseen_pages=s["unseen_pages"])
     check_dataset(data, show_progress=False, force=True)
-    print(f"DEMO DATA (synthetic): {r['train_pairs']} training pairs and {r['test_scans']} test scans of "
+    print(f"DEMO DATA (synthetic): {r['train_pairs']} pairs ({r['unseen_pairs']} of them from unseen scanners, "
+          f"for validation only) and {r['test_scans']} test scans of "
           f"{s['crop']}x{s['crop']} in {r['root']}, checked ({time.time() - t0:.1f} s). "
           "It is NOT the competition data.")
 
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("demo", help="generate the synthetic demo dataset (settings: DESCAN_DEMO_*)",
                        description="Generate the synthetic demo set unless the same one is there. Defaults: "
                        f"{DEMO_DEFAULTS['train_pages']} training pages (DESCAN_DEMO_PAGES), "
-                       f"{DEMO_DEFAULTS['test_pages']} test pages (DESCAN_DEMO_TEST_PAGES), "
+                       f"{DEMO_DEFAULTS['unseen_pages']} unseen-scanner validation pages (DESCAN_DEMO_UNSEEN_PAGES), "
+                       f"{DEMO_DEFAULTS['test_pages']} test pages per scanner group (DESCAN_DEMO_TEST_PAGES), "
                        f"{DEMO_DEFAULTS['crops_per_page']} crops of {DEMO_DEFAULTS['crop']} px per page "
                        "(DESCAN_DEMO_SIZE).")
     p.add_argument("data_dir")
@@ -147,6 +150,9 @@ def main(argv=None) -> int:
             from descan.submit import score_folders
             r = score_folders(args.pred_dir, args.clean_dir)
             print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
+            for group in ("seen", "unseen"):
+                if group in r:
+                    print(f"  {group} scanners: competition score over {r[group][0]} images: {r[group][1]:.4f}")
         elif args.cmd == "demo":
             _demo(args)
         elif args.cmd == "kind":

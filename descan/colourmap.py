@@ -12,6 +12,7 @@ import torch
 
 from helpers import progress_bar, read_rgb, to_uint8
 from descan import checkpoints
+from descan.data import scanner_group
 from descan.inference import evaluate
 from descan.models import ColourMap
 
@@ -45,7 +46,8 @@ def apply(matrix, offset, rgb: np.ndarray) -> np.ndarray:
 
 def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run="colour_map", device="cpu",
                    show_progress=True):
-    """Fit the map on ``train_pairs``, score it on whole ``val_pairs`` images (as training validates),
+    """Fit the map on ``train_pairs``, score it on whole ``val_pairs`` images (as training validates:
+    seen scanners, and unseen_* figures for the pairs of unseen scanners),
     and, with a ``workspace``, save it as WORKSPACE/runs/<run>/best.pt. Returns (model, val figures)."""
     scan_px, clean_px = sample_pixels(train_pairs, show_progress=show_progress)
     matrix, offset = fit_affine(scan_px, clean_px)
@@ -53,7 +55,8 @@ def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run
     with torch.no_grad():
         model.matrix.copy_(torch.as_tensor(matrix, dtype=torch.float32))
         model.offset.copy_(torch.as_tensor(offset, dtype=torch.float32))
-    val = evaluate(model, [(read_rgb(p.clean), read_rgb(p.scan)) for p in val_pairs], device)
+    val = evaluate(model, [(read_rgb(p.clean), read_rgb(p.scan)) for p in val_pairs], device,
+                   groups=[scanner_group(p.name) for p in val_pairs])
     if workspace is not None:
         checkpoints.save_checkpoint({"kind": "best", "model_name": "colour_map", "model_kwargs": {},
                                      "model": model.state_dict(), "val": val, "epoch": 0, "step": 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,13 +18,23 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import (ROOT, SPLITS, DataError, Pair, atomic_path, by_stem, data_label, dataset_kind, examples,
+from helpers import (IMAGE_EXTS, ROOT, SPLITS, DataError, Pair, atomic_path, by_stem, data_label, dataset_kind, examples,
                      image_metrics, list_images, page_id, pair_files, progress_bar, read_rgb, smoke_mode,
                      split_names, workspace_dir, env_path, is_colab)
 from descan.zips import ZIP_NAMES
 
 MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
 MANIFEST_FILE = "manifest.csv"
+# Files named like the competition's other-scanner test files (scanner01_100): the demo's pairs from
+# scanners that training never sees. The real training data has none; real test scans have some.
+OTHER_SCANNER_NAME = re.compile(r"scanner\d+_\d+")
+
+
+def scanner_group(name: str) -> str:
+    """'unseen' for a file named like scanner03_142 (another scanner: validation only, never
+    training), 'seen' for the rest (title.page.crop: the training scanners)."""
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
+    return "unseen" if OTHER_SCANNER_NAME.fullmatch(stem) else "seen"
 
 
 def zip_cache_dir(data, workspace) -> Path:
@@ -194,22 +205,26 @@ def warn_if_demo(data) -> str:
 
 def make_manifest(data, val_fraction=0.1, seed=0):
     """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
-    clean and scan paths relative to ``data`` (POSIX style), and split ('train' | 'val', by page,
-    from split_names). Sorted by name. DataError when a side would be empty: a split needs at least
-    two source pages, one on each side."""
+    clean and scan paths relative to ``data`` (POSIX style), split ('train' | 'val', by page, from
+    split_names) and scanners ('seen' | 'unseen', scanner_group). Pairs from unseen scanners (the
+    demo's scanner03_000 ...) are always validation. Sorted by name. DataError when a side would be
+    empty: a split needs at least two source pages from the training scanners, one on each side."""
     import pandas as pd
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
-    split = split_names([p.name for p in pairs], val_fraction=val_fraction, seed=seed)
-    if set(split.values()) != {"train", "val"}:
-        pages = sorted({page_id(p.name) for p in pairs})
+    seen = [p for p in pairs if scanner_group(p.name) == "seen"]
+    split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed) if seen else {}
+    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})  # never trained on
+    if set(split[p.name] for p in seen) != {"train", "val"}:
+        pages = sorted({page_id(p.name) for p in seen})
         raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source page "
                         f"({examples(pages)}), so the split (validation fraction {val_fraction}, DESCAN_VAL_FRACTION) "
                         "cannot put a page on each side: training and validation need at least two pages.")
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
-                          "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name]}
-                         for p in pairs], columns=list(MANIFEST_COLUMNS))
+                          "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],
+                          "scanners": scanner_group(p.name)}
+                         for p in pairs], columns=[*MANIFEST_COLUMNS, "scanners"])
 
 
 def write_manifest(manifest, workspace) -> Path:
@@ -250,9 +265,16 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
 
 
 def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
-    """(train_pairs, val_pairs) from the manifest that notebook 01 saved in the workspace."""
-    manifest = read_manifest(Path(workspace) / MANIFEST_FILE)
-    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
+    """(train_pairs, val_pairs) from the manifest that notebook 01 saved in the workspace. Training
+    never gets a pair from an unseen scanner (scanner_group): such a manifest is refused."""
+    path = Path(workspace) / MANIFEST_FILE
+    manifest = read_manifest(path)
+    train = manifest_pairs(manifest, data, "train")
+    unseen = [p.name for p in train if scanner_group(p.name) == "unseen"]
+    if unseen:
+        raise DataError(f"{path} puts {len(unseen)} pairs from unseen scanners ({examples(unseen)}) in training; "
+                        "they are for validation only. It was made by an older version: run notebook 01 again.")
+    return train, manifest_pairs(manifest, data, "val")
 
 
 # --------------------------------------------------------------------------

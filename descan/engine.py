@@ -12,11 +12,12 @@ import torch
 
 from helpers import DataError, atomic_path, progress_bar, read_rgb, seed_everything
 from descan import checkpoints as ckpt
+from descan.data import scanner_group
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
-from descan.demo import degradation_augment
+from descan.demo import input_augment
 from descan.inference import amp_dtype, autocast, evaluate
-from descan.losses import make_loss
-from descan.models import build_model
+from descan.losses import colour_stats_loss, make_loss
+from descan.models import Identity, build_model
 from descan.plots import plot_history
 from descan.recipes import DATA_KEYS, FREE_KEYS, TrainConfig
 
@@ -161,9 +162,15 @@ class Trainer:
                                 progress_bar(self.val_pairs, "loading validation", unit="pair")]
         return self._val_images
 
-    def validate(self) -> dict:
-        model = self.ema if self.ema is not None else self.model
-        return evaluate(model, self.val_images(), self.device, self.cfg.val_images_per_pass)
+    def val_groups(self) -> list[str]:
+        """'seen' or 'unseen' scanner for each validation pair (data.scanner_group)."""
+        return [scanner_group(p.name) for p in self.val_pairs]
+
+    def validate(self, model=None) -> dict:
+        """Figures on the seen scanners' validation pairs (best.pt is chosen by them) and, when there
+        are pairs from unseen scanners, unseen_* figures, which are reported but never choose."""
+        model = model if model is not None else (self.ema if self.ema is not None else self.model)
+        return evaluate(model, self.val_images(), self.device, self.cfg.val_images_per_pass, groups=self.val_groups())
 
     @torch.no_grad()
     def _update_ema(self):
@@ -187,6 +194,9 @@ class Trainer:
         with autocast(self.device):
             out = self.model(x)
         loss = self.loss_fn(out, y)
+        estimate = getattr(self.model, "global_estimate", None)  # a colour head's image (models.ColourHead)
+        if estimate is not None and cfg.stats_weight > 0:
+            loss = loss + cfg.stats_weight * colour_stats_loss(estimate, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -211,7 +221,8 @@ class Trainer:
     def loss_name(self) -> str:
         cfg = self.cfg
         return cfg.loss.upper() + (f" + {cfg.mean_y_weight} x mean-Y" if cfg.mean_y_weight else "") + \
-            (f" + {cfg.perceptual_weight} x VGG" if cfg.perceptual_weight else "")
+            (f" + {cfg.perceptual_weight} x VGG" if cfg.perceptual_weight else "") + \
+            (f" + {cfg.stats_weight} x colour stats" if cfg.stats_weight and self.kwargs.get("colour_head", self.name == "colour_head") else "")
 
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget are used up, resuming from last.pt when present.
@@ -233,11 +244,10 @@ class Trainer:
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
         cache = build_cache(self.train_pairs)  # None (decode per item) when it would not fit in memory
-        degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
+        degrade = input_augment(cfg.degrade_prob, cfg.colour_jitter)
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)
-        from descan.models import Identity
-        self.do_nothing = evaluate(Identity(), self.val_images(), self.device, cfg.val_images_per_pass)
+        self.do_nothing = self.validate(Identity())
         total_steps = cfg.epochs * self.steps_per_epoch
         last_save, last_val = time.time(), self.seconds
         try:
@@ -307,7 +317,10 @@ class Trainer:
                "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"], "val_psnr": val["psnr"],
                "crops_per_s": crops_per_s, "loss_name": self.loss_name(),
                "do_nothing_score": self.do_nothing["score"], "do_nothing_psnr": self.do_nothing["psnr"],
-               "settings_changed": self.pending_change}
+               "settings_changed": self.pending_change,
+               "val_unseen_score": val.get("unseen_score", math.nan),
+               "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
+               "do_nothing_unseen_score": self.do_nothing.get("unseen_score", math.nan)}
         self.pending_change = ""
         improved = val["score"] < self.best_score
         self.history.append(row)
@@ -317,8 +330,10 @@ class Trainer:
             self.epoch, self.item = self.epoch + 1, 0
         self.save_last()
         self.write_history()
+        unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE {val['unseen_pixel_y_mae']:.3f}" \
+            if "unseen_score" in val else ""
         print(f"epoch {row['epoch']}: train loss {train_loss:.5f} | val score {val['score']:.4f} "
-              f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB"
+              f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB{unseen}"
               f"{' | saved best.pt' if improved else ''}")
 
     def write_history(self):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from helpers import competition_score, image_metrics, progress_bar, read_rgb
+from descan.data import scanner_group
 
 
 def amp_dtype():
@@ -87,21 +88,38 @@ def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=F
     return out
 
 
-def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_progress=False) -> dict:
-    """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
-
-    ``pairs`` is a list of (clean, scan) RGB uint8 arrays.
-    """
-    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, ensemble, show_progress)
-    per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
+def _figures(per: list) -> dict:
     return {"score": competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per]),
             "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
             "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
 
 
+def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_progress=False,
+             groups=None) -> dict:
+    """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
+
+    ``pairs`` is a list of (clean, scan) RGB uint8 arrays. ``groups`` (one 'seen' or 'unseen' per
+    pair, see data.scanner_group): the main figures are those of the seen scanners' pairs, and
+    those of the unseen scanners' pairs, when there are any, come as unseen_score,
+    unseen_pixel_y_mae and unseen_psnr.
+    """
+    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, ensemble, show_progress)
+    per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
+    groups = list(groups) if groups is not None else ["seen"] * len(per)
+    seen = [p for p, g in zip(per, groups) if g != "unseen"]
+    unseen = [p for p, g in zip(per, groups) if g == "unseen"]
+    out = _figures(seen or per)
+    if unseen:
+        out.update({f"unseen_{k}": v for k, v in _figures(unseen).items()})
+    return out
+
+
 def validation_table(models: dict, pairs, device=None, images_per_pass=8):
-    """{name: model} -> a pandas table (score, pixel_y_mae, psnr per row) on the whole validation
-    images of ``pairs`` (helpers.Pair), through the same evaluate() that training validates with."""
+    """{name: model} -> a pandas table (score, pixel_y_mae, psnr per row, and unseen_* for pairs
+    from unseen scanners) on the whole validation images of ``pairs`` (helpers.Pair), through the
+    same evaluate() that training validates with."""
     import pandas as pd
     images = [(read_rgb(p.clean), read_rgb(p.scan)) for p in pairs]
-    return pd.DataFrame({name: evaluate(m, images, device, images_per_pass) for name, m in models.items()}).T
+    groups = [scanner_group(p.name) for p in pairs]
+    return pd.DataFrame({name: evaluate(m, images, device, images_per_pass, groups=groups)
+                         for name, m in models.items()}).T

@@ -14,6 +14,14 @@ def mean_y_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((out - target) * w).sum(1).mean((1, 2)).abs().mean()
 
 
+def colour_stats_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the per-channel means and spreads of each image (a colour head's loss:
+    the global statistics the metric depends on, not the pixels)."""
+    out, target = out.float().flatten(2), target.float().flatten(2)
+    return (F.l1_loss(out.mean(2), target.mean(2))
+            + 0.5 * F.l1_loss(out.std(2, correction=0), target.std(2, correction=0)))
+
+
 def perceptual_loss(weight: float, device="cpu"):
     """``weight`` x L1 distance between VGG16 feature maps (up to relu2_2) of output and target.
 

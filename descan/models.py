@@ -103,8 +103,14 @@ class AttentionUNet(nn.Module):
     size works: forward() pads to ``pad_multiple`` and crops the result back.
     """
 
-    def __init__(self, width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True):
+    def __init__(self, width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
+                 colour_head=False, mean_y_shift=False):
         super().__init__()
+        # colour_head: a ColourHead corrects the whole image's colour first (its estimate is also
+        # trained on its own); mean_y_shift: the output's mean Y is then set to the head's.
+        self.head = ColourHead() if colour_head else None
+        self.mean_y_shift = mean_y_shift and colour_head
+        self.global_estimate = None
         enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)
         self.pad_multiple = 2 ** len(enc_blocks)
         self.intro = nn.Conv2d(3, width, 3, padding=1)
@@ -128,6 +134,8 @@ class AttentionUNet(nn.Module):
             nn.init.zeros_(self.colour[-1].bias)
 
     def forward(self, x):
+        if self.head is not None:
+            x = self.global_estimate = self.head(x)
         x, (h, w) = pad_to_multiple(x, self.pad_multiple)
         feat, skips = self.intro(x), []
         for enc, down in zip(self.encoders, self.downs):
@@ -145,7 +153,68 @@ class AttentionUNet(nn.Module):
             p = self.colour(stats.float())
             matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
             base = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
-        return (base + self.outro(feat))[..., :h, :w]
+        out = (base + self.outro(feat))[..., :h, :w]
+        if self.mean_y_shift:
+            out = shift_mean_y(out, image_mean_y(self.global_estimate.float()).to(out.dtype))
+        return out
+
+
+Y_WEIGHTS = (0.299, 0.587, 0.114)  # the metric's luma weights; they sum to 1
+
+
+def image_mean_y(x: torch.Tensor) -> torch.Tensor:
+    """Mean luma of each image of (N, 3, H, W) in [0, 1]: shape (N,)."""
+    return (x * x.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1)).sum(1).mean((1, 2))
+
+
+def shift_mean_y(x: torch.Tensor, target: torch.Tensor, steps: int = 24) -> torch.Tensor:
+    """Add one value d to every pixel and channel of each image, clamped to [0, 1], so that its mean
+    Y becomes ``target`` (N,). Y's weights sum to 1, so without clamping d = target - mean Y; with
+    clamping mean Y still grows with d, and d is found by bisection (``steps`` halvings of [-1, 1])."""
+    target = target.to(x.dtype).clamp(0, 1)
+    lo, hi = torch.full_like(target, -1.0), torch.full_like(target, 1.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        low = image_mean_y((x + mid.view(-1, 1, 1, 1)).clamp(0, 1)) < target
+        lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
+    return (x + ((lo + hi) / 2).view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+class ColourHead(nn.Module):
+    """Metric-first global colour correction, applied before the local restorer.
+
+    It looks at the whole scan shrunk to ``size`` x ``size`` (a few strided convolutions, global
+    pooling, and the scan's per-channel mean, spread and 5/50/95% quantiles) and predicts one 3x3
+    colour matrix and offset for the whole image (the identity at initialisation). Training adds a
+    direct loss on the corrected image's per-channel mean and spread (losses.colour_stats_loss), so
+    the head learns what the metric sees, each image's global tone, first. ``global_estimate`` keeps
+    the last corrected image for that loss. Alone it is a model too (``colour_head``: 66,316 parameters).
+    """
+
+    def __init__(self, width=32, size=64):
+        super().__init__()
+        self.size = size
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.GELU())
+        self.predict = nn.Sequential(nn.Linear(4 * width + 15, 64), nn.GELU(), nn.Linear(64, 12))
+        nn.init.zeros_(self.predict[-1].weight)
+        nn.init.zeros_(self.predict[-1].bias)
+        self.global_estimate = None
+
+    def forward(self, x):
+        small = F.adaptive_avg_pool2d(x.float(), self.size)
+        feat = self.features(small)
+        flat = small.flatten(2)
+        stats = torch.cat([feat.mean((2, 3)), feat.amax((2, 3)), flat.mean(2), flat.std(2, correction=0),
+                           torch.quantile(flat, flat.new_tensor([0.05, 0.5, 0.95]), dim=2).permute(1, 2, 0).flatten(1)],
+                          1)
+        p = self.predict(stats)
+        matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
+        out = torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
+        self.global_estimate = out
+        return out
 
 
 class ColourMap(nn.Module):
@@ -161,7 +230,7 @@ class ColourMap(nn.Module):
         return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + self.offset.to(x.dtype).view(1, 3, 1, 1)
 
 
-MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet, "colour_map": ColourMap}
+MODELS = {"dncnn": DnCNN, "attention_unet": AttentionUNet, "colour_map": ColourMap, "colour_head": ColourHead}
 USER_MODELS = "my_models.py"  # in the workspace: a student's own models, found by every notebook
 
 

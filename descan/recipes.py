@@ -32,6 +32,8 @@ class TrainConfig:
     ema_decay: float = 0.0               # 0 = off; else validate and save the averaged weights
     augment: bool = True                 # flips and 90-degree rotations
     degrade_prob: float = 0.0            # degradation augmentation probability
+    colour_jitter: float = 0.0           # probability of a random global colour response on an input crop
+    stats_weight: float = 0.0            # colour head: weight of the loss on its image's colour statistics
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
     checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
     val_every_minutes: float = 0.0       # also validate this often inside an epoch (short budgets); 0 = no
@@ -71,7 +73,7 @@ RECIPES = {
         "model": "attention_unet",
         "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True),
         "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,
-                       loss="l1", mean_y_weight=0.5, augment=True, degrade_prob=0.25, optimizer="adamw",
+                       loss="l1", mean_y_weight=0.5, stats_weight=1.0, augment=True, degrade_prob=0.25, optimizer="adamw",
                        lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=200, grad_clip=1.0,
                        ema_decay=0.999, budget_minutes=90.0),
         "cpu": dict(patch=64, budget_minutes=10.0, val_every_minutes=2.0),
@@ -79,6 +81,18 @@ RECIPES = {
                       budget_minutes=0.0),
         "smoke_model": dict(width=16, mid_blocks=1),
     },
+}
+# 04 with its colour head switched on (DESCAN_COLOUR_HEAD=1 does the same to "attention").
+RECIPES["attention_head"] = {**RECIPES["attention"],
+                             "model_kwargs": {**RECIPES["attention"]["model_kwargs"], "colour_head": True}}
+# The colour head alone: a global colour correction learnt from the pairs, nothing local.
+RECIPES["colour_head"] = {
+    "model": "colour_head",
+    "model_kwargs": dict(width=32, size=64),
+    "config": {**RECIPES["attention"]["config"], "ema_decay": 0.0, "degrade_prob": 0.0},
+    "cpu": RECIPES["attention"]["cpu"],
+    "smoke": {**RECIPES["attention"]["smoke"], "ema_decay": 0.0},
+    "smoke_model": dict(width=8, size=16),
 }
 
 # Environment variables that override a recipe: name -> (TrainConfig field, kind, minimum, maximum)
@@ -92,6 +106,8 @@ ENV_KNOBS = {
     "DESCAN_MEAN_Y_WEIGHT": ("mean_y_weight", float, 0.0, None),
     "DESCAN_PERCEPTUAL_WEIGHT": ("perceptual_weight", float, 0.0, None),
     "DESCAN_DEGRADE_PROB": ("degrade_prob", float, 0.0, 1.0),
+    "DESCAN_COLOUR_JITTER": ("colour_jitter", float, 0.0, 1.0),
+    "DESCAN_STATS_WEIGHT": ("stats_weight", float, 0.0, None),
     "DESCAN_EMA_DECAY": ("ema_decay", float, 0.0, 0.99999),
     "DESCAN_TRAIN_MINUTES": ("budget_minutes", float, 0.0, None),
     "DESCAN_CHECKPOINT_MINUTES": ("checkpoint_minutes", float, 0.0, None),
@@ -109,7 +125,8 @@ ENV_KNOBS = {
 def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, **overrides):
     """(model name, model kwargs, TrainConfig) of a RECIPES entry: the GPU recipe, then the CPU
     sizes when ``device`` is not a GPU, then smoke mode's, then the DESCAN_* variables of
-    ENV_KNOBS (and DESCAN_WIDTH for the model's width) when ``use_env``, then ``overrides``."""
+    ENV_KNOBS (and DESCAN_WIDTH for the model's width, DESCAN_COLOUR_HEAD for the attention model's
+    colour head) when ``use_env``, then ``overrides``."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     r = RECIPES[name]
@@ -132,6 +149,10 @@ def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, *
                 default = config.get(field, TrainConfig.__dataclass_fields__[field].default)
                 config[field] = env_number(var, kind(default), lo, hi)
         model_kwargs["width"] = env_number("DESCAN_WIDTH", model_kwargs["width"], 4, 512)
+        if r["model"] == "attention_unet":  # the key is stored only when on: older runs keep their settings
+            head = env_flag("DESCAN_COLOUR_HEAD", model_kwargs.get("colour_head", False))
+            if head != model_kwargs.get("colour_head", False):
+                model_kwargs["colour_head"] = head
     config.update({k: v for k, v in overrides.items() if k in {f.name for f in fields(TrainConfig)}})
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:

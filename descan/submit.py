@@ -18,6 +18,7 @@ import numpy as np
 
 from helpers import (DataError, by_stem, competition_score, examples, list_images, pixel_y_mae,
                      progress_bar, psnr, read_rgb, write_png, atomic_path)
+from descan.data import scanner_group
 
 CSV_HEADER = ("Image File", "Y Channel Value")
 
@@ -134,7 +135,8 @@ def score_folders(pred_dir, clean_dir) -> dict:
     """Competition score of a folder of restored images against the clean ones, matched by name.
 
     Every restored image needs a clean partner; extra clean images (e.g. the training part of
-    the data) are ignored. Files are read with cv2.imread as the course's scorer does.
+    the data) are ignored. Files are read with cv2.imread as the course's scorer does. When some
+    names are other scanners' (data.scanner_group), "seen" and "unseen" hold (images, score) too.
     """
     pred = by_stem(list_images(pred_dir), pred_dir)
     clean = by_stem(list_images(clean_dir), clean_dir)
@@ -144,9 +146,15 @@ def score_folders(pred_dir, clean_dir) -> dict:
     if missing:
         raise DataError(f"{len(missing)} restored images have no clean image in {clean_dir}: "
                         f"{examples(missing)}")
-    a = [csv_mean_y(pred[n]) for n in sorted(pred)]
-    b = [csv_mean_y(clean[n]) for n in sorted(pred)]
-    return {"n_images": len(a), "score": competition_score(a, b)}
+    names = sorted(pred)
+    a = {n: csv_mean_y(pred[n]) for n in names}
+    b = {n: csv_mean_y(clean[n]) for n in names}
+    out = {"n_images": len(names), "score": competition_score([a[n] for n in names], [b[n] for n in names])}
+    groups = {g: [n for n in names if scanner_group(n) == g] for g in ("seen", "unseen")}
+    if groups["unseen"]:  # the demo's other scanners: each group's figure too
+        for g, ns in groups.items():
+            out[g] = (len(ns), competition_score([a[n] for n in ns], [b[n] for n in ns]) if ns else math.nan)
+    return out
 
 
 def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, ensemble=False,
@@ -248,18 +256,27 @@ def score_restored(restored_dir, pairs) -> dict:
     Each PNG's value is its CSV row (submission_rows); the clean image's is computed the same way
     (csv_mean_y), in sorted name order like ``python -m descan score``, so both give the same
     number. The folder must hold exactly one PNG per pair (ValueError otherwise). Also returns
-    the pixel Y MAE and PSNR of the PNGs (diagnostics the leaderboard ignores).
+    the pixel Y MAE and PSNR of the PNGs (diagnostics the leaderboard ignores). The figures are
+    those of the seen scanners' pairs, as training validates; pairs from unseen scanners
+    (data.scanner_group) get their own unseen_images, unseen_score, unseen_pixel_y_mae, unseen_psnr.
     """
     rows = submission_rows(restored_dir)
     by_name = {p.name: p for p in pairs}
     validate_submission(rows, list(by_name))
-    names = sorted(by_name)
     pred = dict(rows)
-    per = [(read_rgb(Path(restored_dir) / f"{n}.png"), read_rgb(by_name[n].clean)) for n in names]
-    return {"images": len(names),
-            "score": competition_score([pred[n] for n in names], [csv_mean_y(by_name[n].clean) for n in names]),
-            "pixel_y_mae": float(np.mean([pixel_y_mae(r, c) for r, c in per])),
-            "psnr": float(np.mean([min(psnr(r, c), 100.0) for r, c in per]))}
+
+    def figures(names):
+        per = [(read_rgb(Path(restored_dir) / f"{n}.png"), read_rgb(by_name[n].clean)) for n in names]
+        return {"score": competition_score([pred[n] for n in names], [csv_mean_y(by_name[n].clean) for n in names]),
+                "pixel_y_mae": float(np.mean([pixel_y_mae(r, c) for r, c in per])),
+                "psnr": float(np.mean([min(psnr(r, c), 100.0) for r, c in per]))}
+    names = sorted(by_name)
+    seen = [n for n in names if scanner_group(n) == "seen"]
+    unseen = [n for n in names if scanner_group(n) == "unseen"]
+    out = {"images": len(names), **figures(seen or names)}
+    if unseen:
+        out.update({"unseen_images": len(unseen), **{f"unseen_{k}": v for k, v in figures(unseen).items()}})
+    return out
 
 
 def entry_folder(out_root, entry: str, ensemble: bool) -> Path:

@@ -134,7 +134,7 @@ def test_unpack_refuses_zip_without_images_and_name_clashes(tmp_path):
 
 def _demo(root, seed=0):
     return demo.make_demo_dataset(root, train_pages=3, test_pages=1, crops_per_page=2, crop=64,
-                                     seed=seed, show_progress=False)
+                                  seed=seed, show_progress=False, unseen_pages=2)
 
 
 def _file_bytes(root):
@@ -144,17 +144,18 @@ def _file_bytes(root):
 
 def test_demo_dataset_layout_and_determinism(tmp_path):
     r = _demo(tmp_path / "a")
-    assert r["train_pairs"] == 6 and r["test_scans"] == 2
+    assert r["train_pairs"] == 10 and r["unseen_pairs"] == 4 and r["test_scans"] == 4
     a = _file_bytes(tmp_path / "a")
     assert "DEMO_DATA.txt" in a
-    assert sum(k.startswith("train/clean/") and k.endswith(".png") for k in a) == 6
-    assert sum(k.startswith("train/scan/") and k.endswith(".png") for k in a) == 6
-    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 2
-    assert "train/clean/DemoMaking.00000.01.png" in a
+    assert sum(k.startswith("train/clean/") and k.endswith(".png") for k in a) == 10
+    assert sum(k.startswith("train/scan/") and k.endswith(".png") for k in a) == 10
+    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 4
+    assert "train/clean/DemoMaking.00000.01.png" in a and "train/clean/scanner03_000.png" in a
+    assert "test/scan/scanner01_000.tif" in a
     assert helpers.dataset_kind(tmp_path / "a") == "demo"
     assert helpers.data_label(tmp_path / "a").startswith("DEMO DATA")
     summary = data.check_dataset(tmp_path / "a", show_progress=False)
-    assert summary["train_sizes"] == {"64x64": 6} and summary["test_sizes"] == {"64x64": 2}
+    assert summary["train_sizes"] == {"64x64": 10} and summary["test_sizes"] == {"64x64": 4}
 
     _demo(tmp_path / "b")
     assert _file_bytes(tmp_path / "b") == a  # byte-identical for the same seed
@@ -163,13 +164,13 @@ def test_demo_dataset_layout_and_determinism(tmp_path):
     c = _file_bytes(tmp_path / "c")
     assert set(c) == set(a)
     changed = [k for k in a if k.endswith((".png", ".tif")) and a[k] != c[k]]
-    assert len(changed) == 14  # every image differs for another seed
+    assert len(changed) == 24  # every image differs for another seed
 
 
 def test_demo_scans_are_aligned_and_degraded(tmp_path):
     _demo(tmp_path)
     r = submit.score_folders(tmp_path / "train/scan", tmp_path / "train/clean")
-    assert r["n_images"] == 6
+    assert r["n_images"] == 10 and r["seen"][0] == 6 and r["unseen"][0] == 4
     assert r["score"] > 3  # "do nothing" is clearly not a perfect score
     for pair in helpers.pair_files(tmp_path / "train/clean", tmp_path / "train/scan"):
         c, s = helpers.read_rgb(pair.clean), helpers.read_rgb(pair.scan)

@@ -74,7 +74,7 @@ class Trainer:
         self.model = build_model(model_name, **model_kwargs).to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
-            self.ema = build_model(model_name, **model_kwargs).to(self.device)
+            self.ema = build_model(model_name, **model_kwargs).to(self.device, memory_format=torch.channels_last)
             self.ema.load_state_dict(self.model.state_dict())
             self.ema.requires_grad_(False)
         self.model = self.model.to(memory_format=torch.channels_last)  # faster on CPU and GPU alike
@@ -186,10 +186,12 @@ class Trainer:
         """Average the weights; the decay warms up as (1 + step) / (10 + step), so early on the
         average is not dominated by the random initial weights."""
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.lerp_(p, 1 - decay)
-            else:
+        pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values()))
+        floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
+        if floats:  # a few kernels, not one per tensor
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - decay)
+        for e, p in pairs:
+            if not e.dtype.is_floating_point:
                 e.copy_(p)
 
     def train_step(self, clean, scan, total_steps: int) -> torch.Tensor:

@@ -155,3 +155,21 @@ def test_compiled_and_eager_blocks_give_the_same_outputs_and_gradients(capsys):
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dncnn", "identity"])
+def test_the_ema_update_is_the_per_tensor_lerp(name):
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    build = {"dncnn": lambda: models.build_model("dncnn", width=4, depth=3), "identity": models.Identity}[name]
+    model, ema = randomise(build()), build()
+    if name == "dncnn":
+        model.body[3].num_batches_tracked += 3  # an integer buffer is copied, not averaged
+    want = {k: e.lerp(p, 0.5) if e.dtype.is_floating_point else p.clone()
+            for (k, e), p in zip(ema.state_dict().items(), model.state_dict().values())}
+    trainer = SimpleNamespace(cfg=SimpleNamespace(ema_decay=0.5), step=100, ema=ema, model=model)
+    engine.Trainer._update_ema(trainer)  # decay min(0.5, 101 / 110) = 0.5
+    got = ema.state_dict()
+    assert set(got) == set(want)
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)

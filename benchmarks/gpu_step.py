@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers
@@ -29,6 +30,16 @@ from descan import crops, demo, engine, inference, losses, models, recipes
 from descan.demo import degradation_augment
 
 NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+BEFORE = "as before #13 (torch's default optimiser, x + beta * y residuals)"
+
+
+def block_before_13(block, x):
+    """AttnBlock.forward before issue 13 (x + beta * y: two element-wise passes where addcmul makes one)."""
+    a, b = block.dw(block.expand(block.norm1(x))).chunk(2, dim=1)
+    y = a * b
+    x = x + block.beta * block.project(y * block.sca(y))
+    a, b = block.ffn_in(block.norm2(x)).chunk(2, dim=1)
+    return x + block.gamma * block.ffn_out(a * b)
 
 
 def sync(device):
@@ -49,29 +60,29 @@ def settings(name, device, args):
 
 
 def variants(device, compile_too):
-    """(label, AMP dtype, channels-last, compile, engine optimiser) of every measured setting."""
+    """(label, AMP dtype, channels-last, compile, issue 13's optimiser and block) of every setting."""
     fp32 = [("fp32, contiguous", None, False, False, True), ("fp32, channels-last", None, True, False, True)]
     if device.type != "cuda":
-        rows = fp32 + [("fp32, channels-last, torch's default optimiser (before #13)", None, True, False, False)]
+        rows = fp32 + [(f"fp32, channels-last, {BEFORE}", None, True, False, False)]
         return rows + ([("fp32, channels-last, torch.compile", None, True, True, True)] if compile_too else [])
     mine = inference.amp_dtype()
     first, other = (mine, {torch.bfloat16: torch.float16}.get(mine, torch.bfloat16)) if mine else \
         (torch.bfloat16, torch.float16)
     n1, n2 = NAMES[first], NAMES[other]
     return fp32 + [(f"{n1} autocast, contiguous", first, False, False, True),
-                   (f"{n1}, channels-last, torch's default optimiser (before #13)", first, True, False, False),
+                   (f"{n1}, channels-last, {BEFORE}", first, True, False, False),
                    (f"{n1}, channels-last", first, True, False, True),
                    (f"{n2}, channels-last" + (" + GradScaler" if other is torch.float16 else ""), other, True,
                     False, True),
                    (f"{n1}, channels-last, torch.compile", first, True, True, True)]
 
 
-def make_step(name, kwargs, cfg, device, amp, channels_last, compiled, fused):
+def make_step(name, kwargs, cfg, device, amp, channels_last, compiled, issue13):
     """A training step of the model on fixed synthetic tensors, and the model."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build_model(name, **kwargs).to(device).to(memory_format=fmt)
-    if fused:
+    if issue13:
         opt = engine.make_optimizer(model.parameters(), cfg, device)
     else:
         opt = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
@@ -83,13 +94,18 @@ def make_step(name, kwargs, cfg, device, amp, channels_last, compiled, fused):
     y = (x * 0.9 + 0.05).contiguous()
 
     def step():
-        with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
-            out = run(x)
-        loss = loss_fn(out, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        now = models.AttnBlock.forward
+        models.AttnBlock.forward = now if issue13 else block_before_13
+        try:
+            with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
+                out = run(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        finally:
+            models.AttnBlock.forward = now
     return step, run
 
 
@@ -156,6 +172,37 @@ def restore_rates(name, kwargs, device, size, images_per_pass, n):
     return out
 
 
+def layer_norm_times(device, amp, batch, patch, c, steps):
+    """ms per forward + backward of three formulations of the layer norm over channels (the same
+    function) on a channels-last (batch, c, patch, patch) fp32 tensor, as the U-Net's first level
+    runs it: the model's, F.layer_norm without affine + one addcmul, NAFNet's hand-written one."""
+    torch.manual_seed(0)
+    norm = models.LayerNorm2d(c).to(device)
+    w, b = norm.weight, norm.bias
+
+    def split(x):
+        t = F.layer_norm(x.permute(0, 2, 3, 1), (c,))
+        return torch.addcmul(b, t, w).permute(0, 3, 1, 2)
+
+    def by_hand(x):
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        return w.view(1, -1, 1, 1) * (x - mu) / (var + 1e-5).sqrt() + b.view(1, -1, 1, 1)
+
+    x = torch.randn(batch, c, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = {}
+    for label, fn in (("F.layer_norm (the model's)", norm), ("F.layer_norm + addcmul", split),
+                      ("hand-written mean/var", by_hand)):
+        def step(fn=fn):
+            with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
+                y = fn(x)
+            y.float().square().mean().backward()
+        r, _ = rate(step, device, 1, steps)
+        out[label] = 1000 / r
+    return out
+
+
 def profile(step, device, rows):
     """The top operations of one profiled step (GPU time on a GPU, else CPU time)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -201,30 +248,35 @@ def main():
             print(f"\n{recipe_name} ({name}, {models.count_parameters(models.build_model(name, **kwargs)):,} "
                   f"parameters), {size}:", flush=True)
             rows, engine_step = [], None
-            for label, amp, cl, comp, fused in variants(device, args.compile):
-                step, _ = make_step(name, kwargs, cfg, device, amp, cl, comp, fused)
+            for label, amp, cl, comp, issue13 in variants(device, args.compile):
+                step, _ = make_step(name, kwargs, cfg, device, amp, cl, comp, issue13)
                 r, first = rate(step, device, cfg.batch_size, steps)
-                default = amp == engine_amp and cl and fused and comp == engine_compiles
+                default = amp == engine_amp and cl and issue13 and comp == engine_compiles
                 engine_step = step if default else engine_step
                 note = f"first call {first:.0f} s" if comp else ""
                 print(f"  {label}: {r:.1f} crops/s {note}", flush=True)
                 rows.append([label + (" *" if default else ""), r, note, True])
             alone, both = trainer_rates(name, kwargs, cfg, pairs, device, steps, tmp)
             load = loader_rate(pairs, cfg, device, max(4, steps))
-            bound = both < 0.8 * alone or load < 1.2 * alone
+            bound = load < 1.2 * alone  # the loader could not keep the step busy
             rows += [["engine step (Trainer.train_step, synthetic batch)", alone, "", True],
                      [f"loader alone ({cfg.workers} workers)", load, "", False],
                      ["end to end (loader + engine step)", both, f"{100 * both / alone:.0f}% of the engine step", True]]
             reference = next(r for label, r, *_ in rows if label.startswith("fp32, channels-last"))
             lines += [(recipe_name, size, label, r, note, r / reference if ratio else None)
                       for label, r, note, ratio in rows]
-            notes.append(f"{recipe_name}: data-bound? {'YES' if bound else 'no'} (loader {load:.0f} crops/s, "
-                         f"engine step {alone:.0f}, end to end {both:.0f} = {100 * both / alone:.0f}%)")
+            notes.append(f"{recipe_name}: data-bound? {'YES' if bound else 'no'} (loader alone {load:.0f} crops/s, "
+                         f"engine step {alone:.0f}; end to end {both:.0f}, {100 * both / alone:.0f}% of the step)")
             per_pass = 8 if gpu else 2
             r = restore_rates(name, kwargs, device, image, per_pass, 2 * per_pass)
             notes.append(f"{recipe_name}: restore() {image}x{image} px, {per_pass} per pass: {r[False]:.2f} "
                          f"images/s single pass, {r[True]:.2f} images/s x8 self-ensemble")
             profiles.append((recipe_name, profile(engine_step or step, device, args.profile_rows)))
+            if name == "attention_unet":
+                width = kwargs["width"]
+                ln = layer_norm_times(device, engine_amp, cfg.batch_size, cfg.patch, width, steps)
+                notes.append(f"layer norm over channels, forward + backward on {cfg.batch_size} x {width} x "
+                             f"{cfg.patch} x {cfg.patch}, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in ln.items()))
     print("\n| model | batch x patch | setting | crops/s | vs fp32 channels-last | note |")
     print("| --- | --- | --- | ---: | ---: | --- |")
     for m, s, lab, r, note, ratio in lines:

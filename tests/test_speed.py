@@ -173,3 +173,44 @@ def test_the_ema_update_is_the_per_tensor_lerp(name):
     assert set(got) == set(want)
     for k, v in got.items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (README: Speed on a GPU)")
+
+
+@CUDA
+@pytest.mark.parametrize("amp", ["auto", "bf16", "fp16", "off"])
+def test_on_a_gpu_the_fused_optimiser_trains_under_every_amp_setting(monkeypatch, amp):
+    monkeypatch.setenv("DESCAN_AMP", amp)
+    cfg = recipes.recipe("attention", "cuda", use_env=False)[2]
+    model = models.build_model("attention_unet", width=8, enc_blocks=(1, 1), mid_blocks=1, dec_blocks=(1, 1))
+    model = model.cuda().to(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(model.parameters(), cfg, "cuda")
+    assert opt.param_groups[0]["fused"] is True
+    scaler = torch.amp.GradScaler("cuda", enabled=inference.amp_dtype() is torch.float16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        with inference.autocast("cuda"):
+            out = model(x)
+        loss = (out.float() - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@CUDA
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_on_a_gpu_the_block_computes_what_it_did_before_under_amp(monkeypatch, amp):
+    monkeypatch.setenv("DESCAN_AMP", amp)
+    block = randomise(models.AttnBlock(16)).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), inference.autocast("cuda"):
+        new, old = block(x), old_attn_block_forward(block, x)
+    assert new.dtype == old.dtype
+    torch.testing.assert_close(new.float(), old.float(), rtol=1e-2, atol=1e-2)

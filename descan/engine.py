@@ -157,7 +157,8 @@ class Trainer:
             load_optimizer_state(self.optimizer, state["optimizer"])
         except ValueError:  # another optimiser: it starts afresh (the change is recorded below)
             pass
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without loss scaling (bf16, fp32): DESCAN_AMP may change
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
         self.seconds = state["seconds"]
         self.history = list(state["history"])

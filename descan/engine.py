@@ -15,11 +15,27 @@ from descan import checkpoints as ckpt
 from descan.data import scanner_group
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
 from descan.demo import input_augment
-from descan.inference import amp_dtype, autocast, evaluate
+from descan.inference import amp_dtype, autocast, compile_model, evaluate
 from descan.losses import colour_stats_loss, make_loss
 from descan.models import Identity, build_model
 from descan.plots import plot_history
 from descan.recipes import DATA_KEYS, FREE_KEYS, TrainConfig
+
+
+def make_optimizer(params, cfg: TrainConfig, device) -> torch.optim.Optimizer:
+    """Adam or AdamW of the recipe, as one fused kernel on CUDA (AdamW's per-tensor loop cost 18%
+    of the attention model's GPU step), else the multi-tensor ("foreach") implementation."""
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
+    """Load a saved optimiser state, keeping this machine's fused/foreach choice (a last.pt from a
+    CPU, or from before the fused optimiser, would otherwise switch it off)."""
+    state = {**state, "param_groups": [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
+                                       for saved, now in zip(state["param_groups"], optimizer.param_groups)]}
+    optimizer.load_state_dict(state)
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int, seconds: float) -> float:
@@ -59,12 +75,12 @@ class Trainer:
         self.model = build_model(model_name, **model_kwargs).to(self.device)
         self.ema = None
         if cfg.ema_decay > 0:
-            self.ema = build_model(model_name, **model_kwargs).to(self.device)
+            self.ema = build_model(model_name, **model_kwargs).to(self.device, memory_format=torch.channels_last)
             self.ema.load_state_dict(self.model.state_dict())
             self.ema.requires_grad_(False)
         self.model = self.model.to(memory_format=torch.channels_last)  # faster on CPU and GPU alike
-        opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg, self.device)
+        self.train_model = compile_model(self.model)  # DESCAN_COMPILE=1; self.model keeps the weights' names
         fp16 = self.device.type == "cuda" and amp_dtype() == torch.float16  # fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.loss_fn = make_loss(cfg.loss, cfg.mean_y_weight, cfg.perceptual_weight, self.device)
@@ -139,10 +155,11 @@ class Trainer:
         if self.ema is not None:  # an EMA switched on now starts from the trained weights, not random ones
             self.ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
         except ValueError:  # another optimiser: it starts afresh (the change is recorded below)
             pass
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without loss scaling (bf16, fp32): DESCAN_AMP may change
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
         self.seconds = state["seconds"]
         self.history = list(state["history"])
@@ -177,10 +194,12 @@ class Trainer:
         """Average the weights; the decay warms up as (1 + step) / (10 + step), so early on the
         average is not dominated by the random initial weights."""
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.lerp_(p, 1 - decay)
-            else:
+        pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values()))
+        floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
+        if floats:  # a few kernels, not one per tensor
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - decay)
+        for e, p in pairs:
+            if not e.dtype.is_floating_point:
                 e.copy_(p)
 
     def train_step(self, clean, scan, total_steps: int) -> torch.Tensor:
@@ -192,7 +211,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, self.step, total_steps, self.seconds)
         with autocast(self.device):
-            out = self.model(x)
+            out = self.train_model(x)
         loss = self.loss_fn(out, y)
         estimate = getattr(self.model, "global_estimate", None)  # a colour head's image (models.ColourHead)
         if estimate is not None and cfg.stats_weight > 0:

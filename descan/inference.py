@@ -6,26 +6,93 @@ ever the crops of one training step, see recipes.TrainConfig).
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from helpers import competition_score, image_metrics, progress_bar, read_rgb
+from helpers import competition_score, env_flag, image_metrics, progress_bar, read_rgb
 from descan.data import scanner_group
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+def amp_setting() -> str:
+    """DESCAN_AMP: ``auto`` (default), ``bf16``, ``fp16`` or ``off`` (fp32 on the GPU too).
+    Anything else is refused naming the variable and the allowed values."""
+    value = os.environ.get("DESCAN_AMP", "").strip().lower() or "auto"
+    if value not in AMP_CHOICES:
+        raise ValueError(f"DESCAN_AMP={os.environ['DESCAN_AMP']!r} is not one of {', '.join(AMP_CHOICES)}")
+    return value
 
 
 def amp_dtype():
-    """bf16 on GPUs with native bf16 (compute capability 8.0+: A100, L4, H100); fp16 before that
-    (Colab's T4), where torch.cuda.is_bf16_supported() says True only because it can emulate it."""
-    return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    """The mixed-precision dtype on CUDA, or None for fp32 (DESCAN_AMP=off). ``auto``: bf16 on GPUs
+    with native bf16 (compute capability 8.0+: A100, L4, H100), fp16 before that (Colab's T4),
+    where torch.cuda.is_bf16_supported() says True only because it can emulate it. fp16 trains with
+    a GradScaler (engine.py). Which is faster per model awaits benchmarks/gpu_step.py on a GPU."""
+    value = amp_setting()
+    if value == "off":
+        return None
+    if value == "auto":
+        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[value]
 
 
 def autocast(device):
-    """Mixed precision on CUDA (bf16 or fp16, see amp_dtype); a no-op context on CPU."""
-    if torch.device(device).type != "cuda":
+    """Mixed precision on CUDA (bf16 or fp16, see amp_dtype); a no-op context on CPU and with
+    DESCAN_AMP=off."""
+    if amp_setting() == "off" or torch.device(device).type != "cuda":  # refuses a bad DESCAN_AMP anywhere
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=amp_dtype())
+
+
+class CompiledOrEager(nn.Module):
+    """``model`` through torch.compile, or as it is where compiling fails (no C++ compiler, Windows,
+    an old GPU): the first call compiles (tens of seconds; its time is printed), and an error there
+    prints one line and falls back to the eager model for good. Wraps, never replaces: ``model``
+    keeps its state_dict keys, so checkpoints do not change."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+        try:
+            self.compiled = torch.compile(model)
+        except Exception as e:  # noqa: BLE001 - e.g. a Python this torch cannot compile for
+            self._give_up(e)
+
+    def _give_up(self, e: Exception):
+        self.compiled = None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        print(f"torch.compile failed ({type(e).__name__}: {first}); going on without it, as fast as "
+              "without DESCAN_COMPILE=1 (set it to 0 to hide this message)")
+
+    def forward(self, x):
+        if self.compiled is None:
+            return self.model(x)
+        if self.calls:
+            return self.compiled(x)
+        t0 = time.perf_counter()
+        try:
+            out = self.compiled(x)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: train without it
+            self._give_up(e)
+            return self.model(x)
+        self.calls += 1
+        print(f"torch.compile: first call {time.perf_counter() - t0:.0f} s (compiling, once per process); "
+              "later steps run the compiled model")
+        return out
+
+
+def compile_model(model: nn.Module, enabled=None) -> nn.Module:
+    """The model to train with: wrapped in CompiledOrEager when DESCAN_COMPILE=1 (``enabled``
+    overrides it), else ``model`` itself. Off by default until a GPU run of benchmarks/gpu_step.py
+    shows the compiled step pays for its first-call cost."""
+    if enabled is None:
+        enabled = env_flag("DESCAN_COMPILE", False)
+    return CompiledOrEager(model) if enabled else model
 
 
 def images_to_tensor(images, device) -> torch.Tensor:

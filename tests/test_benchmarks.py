@@ -23,3 +23,12 @@ def test_compare_models_prints_its_table():
 def test_loading_benchmark_prints_its_ratios():
     out = run("benchmarks/loading.py", "--pairs", "4", "--size", "160", "--batches", "2")
     assert "vs slides" in out and "ours + decoded cache" in out
+
+
+def test_gpu_step_benchmark_prints_its_table_and_profile():
+    out = run("benchmarks/gpu_step.py", "--batch", "4", "--patch", "32", "--width", "8", "--steps", "1",
+              "--image", "48", "--pairs", "4", "--profile-rows", "5")
+    for text in ("| dncnn | 4 x 32 px | fp32, channels-last * |", "| attention | 4 x 32 px | end to end",
+                 "loader alone (0 workers)", "data-bound? ", "images/s x8 self-ensemble",
+                 "top operations of one profiled attention step", "Self CPU time total"):
+        assert text in out, text

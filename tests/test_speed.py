@@ -1,0 +1,216 @@
+"""Issue 13's speed-ups change how fast the models run, never what they compute: the layer norm,
+the attention block, the optimiser, torch.compile and the DESCAN_AMP / DESCAN_COMPILE switches."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from descan import engine, inference, models, recipes
+
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def hand_written_layer_norm(x, weight, bias, eps=1e-5):
+    """NAFNet's formulation: mean and variance over the channels of each pixel, by hand."""
+    mu = x.mean(1, keepdim=True)
+    var = (x - mu).pow(2).mean(1, keepdim=True)
+    return weight.view(1, -1, 1, 1) * (x - mu) / (var + eps).sqrt() + bias.view(1, -1, 1, 1)
+
+
+def old_attn_block_forward(block, x):
+    """AttnBlock.forward before issue 13 (x + beta * y, two passes each), the reference."""
+    a, b = block.dw(block.expand(block.norm1(x))).chunk(2, dim=1)
+    y = a * b
+    x = x + block.beta * block.project(y * block.sca(y))
+    a, b = block.ffn_in(block.norm2(x)).chunk(2, dim=1)
+    return x + block.gamma * block.ffn_out(a * b)
+
+
+def randomise(model, seed=0, scale=0.3):
+    """Random values in every parameter (beta and gamma start at zero, which would hide the block)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_layer_norm_over_channels_equals_f_layer_norm(fmt):
+    torch.manual_seed(0)
+    norm = randomise(models.LayerNorm2d(12))
+    x = (torch.randn(2, 12, 9, 7) * 3 + 1).contiguous(memory_format=fmt)
+    got = norm(x)
+    want = F.layer_norm(x.permute(0, 2, 3, 1), (12,), norm.weight, norm.bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, hand_written_layer_norm(x, norm.weight, norm.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_attention_block_computes_what_it_did_before(fmt):
+    torch.manual_seed(0)
+    block = randomise(models.AttnBlock(8))
+    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=fmt)
+    block = block.to(memory_format=fmt)
+    torch.testing.assert_close(block(x), old_attn_block_forward(block, x))
+    # the same for the gradients of every parameter
+    grads = []
+    for forward in (block, lambda t: old_attn_block_forward(block, t)):
+        block.zero_grad()
+        forward(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for new, old in zip(*grads):
+        torch.testing.assert_close(new, old)
+
+
+def test_the_attention_model_keeps_its_parameters_and_outputs(monkeypatch):
+    """Same parameter names, shapes and count (old best.pt files load), same outputs for the same weights."""
+    name, kwargs, _ = recipes.recipe("attention", use_env=False)
+    model = randomise(models.build_model(name, **kwargs), scale=0.1).eval()  # 0.3: outputs of 1e5
+    assert models.count_parameters(model) == 1_750_319  # the README's count, from before issue 13
+    x = torch.rand(1, 3, 40, 48)
+    with torch.no_grad():
+        new = model(x)
+        monkeypatch.setattr(models.AttnBlock, "forward", old_attn_block_forward)
+        old = model(x)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["fp32", "bfloat16", "yes", "1"])
+def test_the_amp_switch_refuses_unknown_values(monkeypatch, bad):
+    monkeypatch.setenv("DESCAN_AMP", bad)
+    with pytest.raises(ValueError, match=r"DESCAN_AMP=.* is not one of auto, bf16, fp16, off"):
+        inference.amp_dtype()
+    with pytest.raises(ValueError, match="DESCAN_AMP"):  # on a CPU too, not only where AMP applies
+        inference.autocast("cpu")
+
+
+def test_the_amp_switch_picks_the_dtype(monkeypatch):
+    for value, dtype in [("bf16", torch.bfloat16), ("FP16", torch.float16), ("off", None)]:
+        monkeypatch.setenv("DESCAN_AMP", value)
+        assert inference.amp_dtype() is dtype
+    monkeypatch.setenv("DESCAN_AMP", "off")
+    assert isinstance(inference.autocast("cuda"), type(inference.autocast("cpu")))  # no autocast at all
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_the_optimiser_is_the_multi_tensor_one_on_a_cpu_and_steps(kind):
+    cfg = recipes.recipe("attention", use_env=False, optimizer=kind)[2]
+    model = models.build_model("attention_unet", width=4, enc_blocks=(1,), mid_blocks=1, dec_blocks=(1,))
+    opt = engine.make_optimizer(model.parameters(), cfg, "cpu")
+    assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0].get("fused")
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.rand(2, 3, 16, 16)).mean().backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # a last.pt written without the multi-tensor setting does not switch it off when resumed
+    saved = opt.state_dict()
+    saved["param_groups"][0]["foreach"] = None
+    engine.load_optimizer_state(opt, saved)
+    assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["lr"] == cfg.lr
+
+
+class Broken(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+
+def test_compilation_failure_falls_back_to_eager_with_one_message(capsys):
+    model = models.LayerNorm2d(4)
+    wrapped = inference.CompiledOrEager(model)
+    wrapped.compiled = Broken()
+    x = torch.randn(1, 4, 3, 3)
+    torch.testing.assert_close(wrapped(x), model(x))
+    torch.testing.assert_close(wrapped(x), model(x))
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed") == 1 and "no C++ compiler found" in out and "second" not in out
+    assert list(wrapped.model.state_dict()) == list(model.state_dict())  # the weights keep their names
+
+
+def test_the_compile_switch(monkeypatch):
+    model = models.LayerNorm2d(4)
+    assert inference.compile_model(model) is model  # off by default
+    monkeypatch.setenv("DESCAN_COMPILE", "1")
+    assert isinstance(inference.compile_model(model), inference.CompiledOrEager)
+    monkeypatch.setenv("DESCAN_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="DESCAN_COMPILE"):
+        inference.compile_model(model)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler, and none is installed")
+def test_compiled_and_eager_blocks_give_the_same_outputs_and_gradients(capsys):
+    torch.manual_seed(0)
+    block = randomise(models.AttnBlock(4)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    compiled = inference.CompiledOrEager(block)
+    results = []
+    for run in (block, compiled):
+        block.zero_grad()
+        out = run(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in block.parameters()]))
+    assert "torch.compile: first call" in capsys.readouterr().out, "compilation failed here"
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dncnn", "identity"])
+def test_the_ema_update_is_the_per_tensor_lerp(name):
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    build = {"dncnn": lambda: models.build_model("dncnn", width=4, depth=3), "identity": models.Identity}[name]
+    model, ema = randomise(build()), build()
+    if name == "dncnn":
+        model.body[3].num_batches_tracked += 3  # an integer buffer is copied, not averaged
+    want = {k: e.lerp(p, 0.5) if e.dtype.is_floating_point else p.clone()
+            for (k, e), p in zip(ema.state_dict().items(), model.state_dict().values())}
+    trainer = SimpleNamespace(cfg=SimpleNamespace(ema_decay=0.5), step=100, ema=ema, model=model)
+    engine.Trainer._update_ema(trainer)  # decay min(0.5, 101 / 110) = 0.5
+    got = ema.state_dict()
+    assert set(got) == set(want)
+    for k, v in got.items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (README: Speed on a GPU)")
+
+
+@CUDA
+@pytest.mark.parametrize("amp", ["auto", "bf16", "fp16", "off"])
+def test_on_a_gpu_the_fused_optimiser_trains_under_every_amp_setting(monkeypatch, amp):
+    monkeypatch.setenv("DESCAN_AMP", amp)
+    cfg = recipes.recipe("attention", "cuda", use_env=False)[2]
+    model = models.build_model("attention_unet", width=8, enc_blocks=(1, 1), mid_blocks=1, dec_blocks=(1, 1))
+    model = model.cuda().to(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(model.parameters(), cfg, "cuda")
+    assert opt.param_groups[0]["fused"] is True
+    scaler = torch.amp.GradScaler("cuda", enabled=inference.amp_dtype() is torch.float16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        with inference.autocast("cuda"):
+            out = model(x)
+        loss = (out.float() - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@CUDA
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_on_a_gpu_the_block_computes_what_it_did_before_under_amp(monkeypatch, amp):
+    monkeypatch.setenv("DESCAN_AMP", amp)
+    block = randomise(models.AttnBlock(16)).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), inference.autocast("cuda"):
+        new, old = block(x), old_attn_block_forward(block, x)
+    assert new.dtype == old.dtype
+    torch.testing.assert_close(new.float(), old.float(), rtol=1e-2, atol=1e-2)

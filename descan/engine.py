@@ -14,6 +14,7 @@ from helpers import DataError, atomic_path, progress_bar, read_rgb, seed_everyth
 from descan import checkpoints as ckpt
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
 from descan.demo import degradation_augment
+from descan import distributed as dist
 from descan.inference import amp_dtype, autocast, evaluate
 from descan.losses import make_loss
 from descan.models import build_model
@@ -64,6 +65,7 @@ class Trainer:
         self.model = self.model.to(memory_format=torch.channels_last)  # faster on CPU and GPU alike
         opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.train_model = dist.wrap(self.model, self.device)  # DistributedDataParallel under torchrun
         fp16 = self.device.type == "cuda" and amp_dtype() == torch.float16  # fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.loss_fn = make_loss(cfg.loss, cfg.mean_y_weight, cfg.perceptual_weight, self.device)
@@ -88,6 +90,8 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "config": asdict(self.cfg), "data_kind": self.data_kind}
 
     def save_last(self):
+        if not dist.is_main():  # under torchrun, process 0 writes
+            return
         state = {**self._common("last", self.model), "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
@@ -185,7 +189,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, self.step, total_steps, self.seconds)
         with autocast(self.device):
-            out = self.model(x)
+            out = self.train_model(x)
         loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -220,7 +224,7 @@ class Trainer:
         Returns {'best_score', 'epochs', 'steps', 'minutes', 'best_path', 'history'}.
         """
         cfg = self.cfg
-        self.try_resume()
+        dist.main_first(self.try_resume)  # under torchrun every process restores the same state
         if self._done():
             best = self._best_row()
             print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished "
@@ -232,22 +236,25 @@ class Trainer:
                   "DESCAN_RUN_NAME, or move the folder aside.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
-        cache = build_cache(self.train_pairs)  # None (decode per item) when it would not fit in memory
+        cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())  # None (decode per item) when it would not fit in memory
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)
         from descan.models import Identity
-        self.do_nothing = evaluate(Identity(), self.val_images(), self.device, cfg.val_images_per_pass)
+        self.do_nothing = dist.share(evaluate(Identity(), self.val_images(), self.device, cfg.val_images_per_pass)
+                                     if dist.is_main() else None)
         total_steps = cfg.epochs * self.steps_per_epoch
         last_save, last_val = time.time(), self.seconds
         try:
             while not self._done():
                 dataset.set_epoch(self.epoch, self.item)
-                loader = make_loader(dataset, self.pairs_per_batch, workers, self.device)
+                loader = make_loader(dist.shard(dataset, self.pairs_per_batch),  # this process's share
+                                     self.pairs_per_batch // dist.world_size(), workers, self.device)
                 self.model.train()
                 loss_sum, n_loss = torch.zeros((), device=self.device), 0
                 left_in_epoch = self.steps_per_epoch - self.item // self.pairs_per_batch
-                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left_in_epoch)
+                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left_in_epoch,
+                                   enabled=dist.is_main())
                 t_epoch = t_last = time.time()
                 crops = 0
                 for clean, scan in bar:
@@ -257,7 +264,7 @@ class Trainer:
                     self.step += 1
                     self.item += self.pairs_per_batch
                     now = time.time()
-                    self.seconds += now - t_last
+                    self.seconds = dist.from_main(self.seconds + now - t_last)  # one clock for all processes
                     t_last = now
                     if n_loss == 5 and cfg.budget_minutes > 0:  # size the bar to what the budget allows
                         per_step = (now - t_epoch) / n_loss
@@ -301,6 +308,12 @@ class Trainer:
         return self._result()
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
+        train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
+        if not dist.is_main():  # under torchrun, process 0 validates and writes; the others take its history
+            if finished:
+                self.epoch, self.item = self.epoch + 1, 0
+            self.history = dist.share(self.history)
+            return
         val = self.validate()
         row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -320,6 +333,7 @@ class Trainer:
         print(f"epoch {row['epoch']}: train loss {train_loss:.5f} | val score {val['score']:.4f} "
               f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB"
               f"{' | saved best.pt' if improved else ''}")
+        dist.share(self.history)
 
     def write_history(self):
         import pandas as pd

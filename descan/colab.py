@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_path, smoke_mode
+from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_path, is_colab, smoke_mode
 from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
@@ -82,10 +82,12 @@ def _kaggle_setup() -> None:
 # ---- both ---------------------------------------------------------------------------------------
 
 def setup() -> None:
-    """In Colab or Kaggle: pip-install what the notebooks need and cannot import (checked by import,
+    """Nothing outside Colab and Kaggle. In Colab or Kaggle: pip-install what the notebooks need and cannot import (checked by import,
     not by a list of what the host lacks). Then in Kaggle: the data and workspace defaults
     (hosted_defaults); in Colab: mount Google Drive for the workspace unless DESCAN_DRIVE=0. A refused
     or failed mount prints what it means instead of a traceback."""
+    if not (is_colab() or is_kaggle()):
+        return
     t0 = time.time()
     missing = [pip for mod, pip in NOTEBOOK_PACKAGES.items() if importlib.util.find_spec(mod) is None]
     if missing:

@@ -224,11 +224,15 @@ def torchrun_command(recipe: str, processes: int, data=None, workspace=None, run
     return cmd
 
 
-def _check_same_recipe(recipe: str, cfg, device) -> None:
-    """The processes build their settings from RECIPES and DESCAN_*; refuse a notebook's own changes."""
+def _check_same_recipe(recipe: str, cfg, model, device) -> None:
+    """The processes build their model and settings from RECIPES and DESCAN_*; refuse a notebook's own changes."""
     from descan.recipes import recipe as build
-    theirs = build(recipe, device, smoke_mode())[2]
-    changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(theirs, f.name)]
+    name, kwargs, theirs = build(recipe, device, smoke_mode())
+    if model is not None and (model[0], dict(model[1])) != (name, kwargs):
+        raise ValueError(f"the notebook trains {model[0]} {dict(model[1])}, but the torchrun processes train the "
+                         f"recipe's {name} {kwargs}. Train your model in this process: DESCAN_GPUS=1.")
+    changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(theirs, f.name)] \
+        if cfg is not None else []
     if changed:
         raise ValueError(f"CFG was changed in the notebook ({', '.join(changed)}), but the torchrun processes "
                          "read their settings from RECIPES and the DESCAN_* variables only. Set the DESCAN_* "
@@ -243,15 +247,17 @@ def _stream(proc) -> None:
         sys.stdout.flush()
 
 
-def launch(recipe: str, processes: int, data=None, workspace=None, run_name=None, cfg=None, device="cuda") -> None:
+def launch(recipe: str, processes: int, data=None, workspace=None, run_name=None, cfg=None, model=None,
+           device="cuda") -> None:
     """Train a recipe with ``processes`` processes under torchrun, its output streaming here.
 
-    Stopping the notebook (or Ctrl-C) sends SIGINT to all of them and waits: process 0 saves
+    ``cfg`` and ``model`` ((name, kwargs)), when given, must be the recipe's (with the DESCAN_*
+    variables): the processes build their own from those. Stopping the notebook (or Ctrl-C) sends SIGINT to all of them and waits: process 0 saves
     last.pt once, as in one process, and running the cell again resumes. A failure raises DataError
     with the exit code; the message is in the output above it.
     """
-    if cfg is not None:
-        _check_same_recipe(recipe, cfg, device)
+    if cfg is not None or model is not None:
+        _check_same_recipe(recipe, cfg, model, device)
     cmd = torchrun_command(recipe, processes, data, workspace, run_name)
     print("$ torchrun " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,

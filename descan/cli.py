@@ -56,9 +56,8 @@ def _check(args) -> None:
 
 def _prepare_training(args, device):
     """The data step, the split and the recipe of a training run: (model, kwargs, cfg, train, val, run dir, data)."""
-    from descan import checkpoints, colab, data, distributed, models, recipes
+    from descan import checkpoints, data, distributed, models, recipes
     from helpers import dataset_kind, env_number, smoke_mode
-    colab.hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
     folder = Path(args.data).resolve() if args.data else data_dir()
     workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
     data.ensure_data(folder, workspace)
@@ -161,7 +160,12 @@ def main(argv=None) -> int:
     p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the model's)")
     p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
     p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
+    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds a cell may run (0: no limit, for "
+                   "full training runs); default 1800")
     args = parser.parse_args(argv)
+    if args.cmd in ("train", "run-notebooks"):
+        from descan.colab import hosted_defaults
+        hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
     try:
         if args.cmd == "score":
             from descan.submit import score_folders
@@ -192,7 +196,7 @@ def main(argv=None) -> int:
         elif args.cmd == "train":
             _train(args)
         elif args.cmd == "run-notebooks":
-            run_notebooks(args.notebooks)
+            run_notebooks(args.notebooks, args.cell_timeout or None)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_path, is_colab, smoke_mode
+from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_number, env_path, is_colab, smoke_mode, workspace_dir
 from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
@@ -67,6 +67,18 @@ def hosted_defaults() -> dict:
     return chosen
 
 
+def kaggle_split(data, workspace) -> bool:
+    """Kaggle gives every notebook its own /kaggle/working, so a notebook opened on its own finds no
+    manifest from notebook 01: with the data in place, make the split that 01 makes (the same one:
+    it is seeded by page). Returns True when it wrote it."""
+    from descan.data import MANIFEST_FILE, make_manifest, write_manifest
+    if (Path(workspace) / MANIFEST_FILE).is_file() or not has_data(data):
+        return False
+    write_manifest(make_manifest(data, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
+    print(f"Kaggle: no {MANIFEST_FILE} in {workspace}: made the page-grouped split as notebook 01 does")
+    return True
+
+
 def _kaggle_setup() -> None:
     chosen = hosted_defaults()
     data = Path(os.environ.get("DESCAN_DATA") or data_dir())
@@ -76,7 +88,11 @@ def _kaggle_setup() -> None:
               "attach them with 'Add Input' and run this cell again.")
     else:
         print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if "DESCAN_DATA" in chosen else ""))
-    print(f"Kaggle: workspace {os.environ.get('DESCAN_WORKSPACE')} (download what you keep from the Output tab)")
+    workspace = Path(os.environ.get("DESCAN_WORKSPACE") or workspace_dir(data))
+    print(f"Kaggle: workspace {workspace} (saved with the notebook's version: Save Version, then its Output)")
+    if "DESCAN_DATA" in chosen:
+        workspace.mkdir(parents=True, exist_ok=True)
+        kaggle_split(data, workspace)
 
 
 # ---- both ---------------------------------------------------------------------------------------

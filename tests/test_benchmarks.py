@@ -21,3 +21,9 @@ def test_compare_models_prints_its_table():
 def test_loading_benchmark_prints_its_ratios():
     out = run("benchmarks/loading.py", "--pairs", "4", "--size", "160", "--batches", "2")
     assert "vs slides" in out and "ours + decoded cache" in out
+
+
+def test_ddp_scaling_prints_its_table():
+    out = run("benchmarks/ddp_scaling.py", "--processes", "2", "--pages", "3", "--size", "64", "--steps", "1",
+              "--patch", "32", "--batch", "8")
+    assert "| 2 | 1 |" in out and "training crops/s" in out

@@ -111,6 +111,9 @@ def test_the_notebooks_setup_cell_on_a_fake_kaggle(kaggle):
     assert f"DATA {kaggle / 'input' / 'descanning-2023'}" in r.stdout and "(the attached input, read in place)" in r.stdout
     assert f"WORKSPACE {kaggle / 'working' / 'workspace' / 'real'}" in r.stdout and "Drive" not in r.stdout
     assert "Kaggle setup done" in r.stdout and "device: cpu" in r.stdout
+    # a notebook opened on its own (Kaggle does not share /kaggle/working) gets 01's split
+    assert "made the page-grouped split as notebook 01 does" in r.stdout
+    assert (kaggle / "working" / "workspace" / "real" / "manifest.csv").is_file()
 
 
 def test_the_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):

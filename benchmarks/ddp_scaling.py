@@ -67,7 +67,7 @@ def main() -> None:
                "DESCAN_BATCH": str(args.batch), "DESCAN_PATCH": str(args.patch), "DESCAN_TRAIN_MINUTES": "0",
                "DESCAN_VAL_EVERY_MINUTES": "0", "PYTHONUNBUFFERED": "1"}
         rows = [measure(args.recipe, n, tmp / "data", tmp / "ws", env) for n in args.processes]
-        if not gpus and torch.get_num_threads() > 1 and args.processes[0] == 1:  # also one process with one thread, like each of N
+        if not gpus and torch.get_num_threads() > 1 and args.processes[0] == 1:  # also 1 process x 1 thread
             rows.insert(1, measure(args.recipe, 1, tmp / "data", tmp / "ws", env, threads=1))
     base = rows[0]["crops_per_s"]
     print(f"{args.recipe} recipe, global batch {args.batch} crops of {args.patch} px, {args.steps} steps per epoch, "

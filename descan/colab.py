@@ -82,15 +82,16 @@ def kaggle_split(data, workspace) -> bool:
 def _kaggle_setup() -> None:
     chosen = hosted_defaults()
     data = Path(os.environ.get("DESCAN_DATA") or data_dir())
-    if "DESCAN_DATA" in chosen and not str(data).startswith(str(kaggle_root() / "input")):
+    attached = data.is_relative_to(kaggle_root() / "input")
+    if "DESCAN_DATA" in chosen and not attached:
         print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under {kaggle_root() / 'input'}; "
               f"the data goes to {data} (downloaded: Internet must be on). To use the competition's files in place, "
               "attach them with 'Add Input' and run this cell again.")
     else:
-        print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if "DESCAN_DATA" in chosen else ""))
+        print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if attached else ""))
     workspace = Path(os.environ.get("DESCAN_WORKSPACE") or workspace_dir(data))
     print(f"Kaggle: workspace {workspace} (saved with the notebook's version: Save Version, then its Output)")
-    if "DESCAN_DATA" in chosen:
+    if attached:
         workspace.mkdir(parents=True, exist_ok=True)
         kaggle_split(data, workspace)
 
@@ -98,8 +99,8 @@ def _kaggle_setup() -> None:
 # ---- both ---------------------------------------------------------------------------------------
 
 def setup() -> None:
-    """Nothing outside Colab and Kaggle. In Colab or Kaggle: pip-install what the notebooks need and cannot import (checked by import,
-    not by a list of what the host lacks). Then in Kaggle: the data and workspace defaults
+    """Nothing outside Colab and Kaggle. In Colab or Kaggle: pip-install what the notebooks need and
+    cannot import (checked by import, not by a list of what the host lacks). Then in Kaggle: the data and workspace defaults
     (hosted_defaults); in Colab: mount Google Drive for the workspace unless DESCAN_DRIVE=0. A refused
     or failed mount prints what it means instead of a traceback."""
     if not (is_colab() or is_kaggle()):

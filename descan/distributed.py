@@ -252,7 +252,8 @@ def launch(recipe: str, processes: int, data=None, workspace=None, run_name=None
     """Train a recipe with ``processes`` processes under torchrun, its output streaming here.
 
     ``cfg`` and ``model`` ((name, kwargs)), when given, must be the recipe's (with the DESCAN_*
-    variables): the processes build their own from those. Stopping the notebook (or Ctrl-C) sends SIGINT to all of them and waits: process 0 saves
+    variables): the processes build their own from those. Stopping the notebook (or Ctrl-C) sends
+    SIGINT to all of them and waits: process 0 saves
     last.pt once, as in one process, and running the cell again resumes. A failure raises DataError
     with the exit code; the message is in the output above it.
     """

@@ -236,7 +236,8 @@ class Trainer:
                   "DESCAN_RUN_NAME, or move the folder aside.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
-        cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())  # None (decode per item) when it would not fit in memory
+        # None (decode per item) when it would not fit in memory; under torchrun each process holds a copy
+        cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         degrade = degradation_augment(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)

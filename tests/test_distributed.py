@@ -103,30 +103,48 @@ def test_two_processes_match_one(folders, capsys):
 
 
 def test_interrupt_then_kill_then_resume(folders):
-    """Ctrl-C (SIGINT to every process, as a terminal sends it) saves last.pt once; a kill -9 of the
-    whole job loses only the steps since the last save; the same command then resumes and finishes."""
+    """Stopping the notebook (SIGINT to the kernel running distributed.launch, as Jupyter sends it)
+    saves last.pt once; a kill -9 of the whole job loses only the steps since the last save; the
+    same command then resumes and finishes."""
     data_dir, ws = folders
     cmd = distributed.torchrun_command("attention", 2, data_dir, ws, "cut")
+    notebook = [sys.executable, "-c", f"from descan import distributed; distributed.launch('attention', 2, "
+                f"{str(data_dir)!r}, {str(ws)!r}, 'cut')"]
     env = run_env(DESCAN_EPOCHS="6", DESCAN_CHECKPOINT_MINUTES="0")
     history = ws / "runs" / "cut" / "history.csv"
-    for sig in (signal.SIGINT, signal.SIGKILL):
+    for command, stop in ((notebook, lambda p: os.kill(p.pid, signal.SIGINT)),
+                          (cmd, lambda p: os.killpg(p.pid, signal.SIGKILL))):
         rows = len(pd.read_csv(history)) if history.exists() else 0
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
         deadline = time.time() + 120
         while (not history.exists() or len(pd.read_csv(history)) <= rows) and time.time() < deadline:
             assert proc.poll() is None, proc.communicate()[0][-3000:]
             time.sleep(0.05)
-        os.killpg(proc.pid, sig)
+        stop(proc)
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode != 0, out[-3000:]
-        if sig == signal.SIGINT:
-            assert out.count("Interrupted: saved") == 1, out[-3000:]
+        if command is notebook:
+            assert out.count("Interrupted: saved") == 1 and "KeyboardInterrupt" in out, out[-3000:]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Resuming ") == 1
     assert list(pd.read_csv(history)["epoch"]) == list(range(1, 7))
     assert checkpoints.load_checkpoint(ws / "runs" / "cut" / "last.pt", kind="last")["step"] == 24
+
+
+def test_a_budget_stops_every_process_at_the_same_step(folders):
+    """Process 0's clock decides for all: they stop after the same step, with the same weights."""
+    data_dir, ws = folders
+    cmd = distributed.torchrun_command("attention", 2, data_dir, ws, "budget")
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(DESCAN_EPOCHS="1000", DESCAN_TRAIN_MINUTES="0.02"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("Budget of 0.02 min spent after") == 1
+    run = ws / "runs" / "budget"
+    w0, w1 = (torch.load(run / f"rank{r}.weights", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert 0 < checkpoints.load_checkpoint(run / "last.pt", kind="last")["step"] < 4000
 
 
 def test_a_failing_process_ends_the_run_with_its_message_once(folders, capsys, monkeypatch):

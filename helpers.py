@@ -151,7 +151,7 @@ def setup_notebook(seed: int = 0):
     print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv {cv2.__version__} "
           f"| numpy {np.__version__}\ndevice: " + (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
           else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
-                        "GPU, then run all again.")))
+                        "GPU (Kaggle: Settings > Accelerator), then run all again.")))
     print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
     if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)

@@ -56,10 +56,9 @@ def _check(args) -> None:
           f"test sizes {r['test_sizes']} (checked {r['checked']})")
 
 
-def _train(args) -> None:
-    """Train a recipe exactly as notebooks 03/04 do: same data step, split, run folder and files."""
-    import torch
-    from descan import checkpoints, data, engine, models, recipes
+def _prepare_training(args, device):
+    """The data step, the split and the recipe of a training run: (model, kwargs, cfg, train, val, run dir, data)."""
+    from descan import checkpoints, data, distributed, models, recipes
     from helpers import dataset_kind, env_number, smoke_mode
     folder = Path(args.data).resolve() if args.data else data_dir()
     workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
@@ -68,16 +67,36 @@ def _train(args) -> None:
         print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
         data.write_manifest(data.make_manifest(folder, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
     train, val = data.load_split(folder, workspace)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models.load_user_models(workspace)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("budget_minutes", args.minutes)) if v is not None}
     name, kwargs, cfg = recipes.recipe(args.recipe, device, smoke_mode(), **overrides)
-    run = args.run_name or os.environ.get("DESCAN_RUN_NAME") or name
+    distributed.check_batch(cfg.batch_size, cfg.crops_per_image, distributed.world_size())
+    run = checkpoints.run_dir(workspace, args.run_name or os.environ.get("DESCAN_RUN_NAME") or name)
+    procs = distributed.world_size()
     print(f"training {name} {kwargs} on {len(train)} pairs ({dataset_kind(folder)} data), validating on {len(val)}, "
-          f"device {device}, run {checkpoints.run_dir(workspace, run)}\n{cfg}")
-    result = engine.Trainer(name, kwargs, train, val, checkpoints.run_dir(workspace, run), cfg, device,
-                            dataset_kind(folder)).fit()
+          f"device {device}" + (f" x {procs} processes (torchrun, {cfg.batch_size // procs} crops each per step)"
+                                 if procs > 1 else "") + f", run {run}\n{cfg}")
+    return name, kwargs, cfg, train, val, run, folder
+
+
+def _train(args) -> None:
+    """Train a recipe exactly as notebooks 03/04 do: same data step, split, run folder and files.
+    Under ``torchrun --nproc_per_node=N`` the same, data-parallel (descan/distributed.py)."""
+    import torch
+    from descan import distributed, engine
+    from helpers import dataset_kind
+    device = distributed.init(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        name, kwargs, cfg, train, val, run, folder = distributed.main_first(lambda: _prepare_training(args, device))
+        result = engine.Trainer(name, kwargs, train, val, run, cfg, device, dataset_kind(folder)).fit()
+    except Exception as e:
+        if distributed.peer_failed(e):  # the process that failed has printed why
+            print(f"process {distributed.rank()}: stopped because another process of this run failed "
+                  "(its error is above)", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
     print(f"best validation score {result['best_score']:.4f} after {result['steps']} steps: {result['best_path']}")
+    distributed.teardown()
 
 
 def run_notebooks(paths=None, timeout=1800) -> list[Path]:
@@ -144,7 +163,12 @@ def main(argv=None) -> int:
     p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the model's)")
     p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
     p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
+    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds a cell may run (0: no limit, for "
+                   "full training runs); default 1800")
     args = parser.parse_args(argv)
+    if args.cmd in ("train", "run-notebooks"):
+        from descan.colab import hosted_defaults
+        hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
     try:
         if args.cmd == "score":
             from descan.submit import score_folders
@@ -178,9 +202,11 @@ def main(argv=None) -> int:
         elif args.cmd == "train":
             _train(args)
         elif args.cmd == "run-notebooks":
-            run_notebooks(args.notebooks)
+            run_notebooks(args.notebooks, args.cell_timeout or None)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what was interrupted has said so (training: last.pt saved)
+        return 130
     return 0
 

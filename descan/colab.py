@@ -1,13 +1,17 @@
-"""Colab's side of every notebook's first cell: install what is missing, mount Google Drive."""
+"""The hosted notebooks' side of every notebook's first cell: Colab (install what is missing, mount
+Google Drive) and Kaggle (install what is missing, the attached data in place, the workspace in
+/kaggle/working). No torch."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from helpers import env_flag
+from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_number, env_path, is_colab, smoke_mode, workspace_dir
+from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
 NOTEBOOK_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "cv2": "opencv-python", "numpy": "numpy",
@@ -18,16 +22,97 @@ NO_DRIVE = ("!! The workspace (manifest, checkpoints, submission.csv) is now on 
             "!! the notebook again and allow Drive. To skip the question: DESCAN_DRIVE=0.")
 
 
+# ---- Kaggle ---------------------------------------------------------------------------------------
+
+def kaggle_root() -> Path:
+    """Kaggle's top folder: /kaggle, or $DESCAN_KAGGLE_ROOT (the tests use a fake one)."""
+    return env_path("DESCAN_KAGGLE_ROOT") or Path("/kaggle")
+
+
+def is_kaggle() -> bool:
+    """True in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE, and has KAGGLE_ROOT/working."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()
+
+
+def find_data(inputs, depth: int = 3) -> Path | None:
+    """The first folder (by name) under ``inputs``, at most ``depth`` levels down, that holds the
+    competition's layout (train/clean, train/scan, test/scan with images); None when none does.
+    On Kaggle, ``inputs`` is /kaggle/input, where "Add Input" attaches the competition's files."""
+    level = [Path(inputs)] if Path(inputs).is_dir() else []
+    for _ in range(depth + 1):
+        for folder in level:
+            if all((folder / sub).is_dir() for sub in SPLITS.values()) and has_data(folder):
+                return folder
+        level = sorted(d for f in level for d in f.iterdir() if d.is_dir() and not d.name.startswith(".")
+                       and d.name not in ("clean", "scan"))
+    return None
+
+
+def hosted_defaults() -> dict:
+    """On Kaggle, the defaults of DESCAN_DATA and DESCAN_WORKSPACE (set in the environment, so that
+    helpers.data_dir and workspace_dir and the torchrun processes all see them), unless already set:
+    the data is the attached input folder with the competition's layout, used in place (read-only
+    is fine: nothing is written there), else KAGGLE/working/data (downloaded there); the workspace
+    is KAGGLE/working/workspace/<demo|real>. Smoke mode keeps its demo data. Elsewhere: nothing.
+    Returns {variable: value} of what it set."""
+    if not is_kaggle():
+        return {}
+    root, chosen = kaggle_root(), {}
+    if not os.environ.get("DESCAN_DATA", "").strip() and not smoke_mode():
+        chosen["DESCAN_DATA"] = str(find_data(root / "input") or root / "working" / "data")
+    if not os.environ.get("DESCAN_WORKSPACE", "").strip():
+        kind = dataset_kind(chosen.get("DESCAN_DATA") or data_dir())
+        chosen["DESCAN_WORKSPACE"] = str(root / "working" / "workspace" / kind)
+    os.environ.update(chosen)
+    return chosen
+
+
+def kaggle_split(data, workspace) -> bool:
+    """Kaggle gives every notebook its own /kaggle/working, so a notebook opened on its own finds no
+    manifest from notebook 01: with the data in place, make the split that 01 makes (the same one:
+    it is seeded by page). Returns True when it wrote it."""
+    from descan.data import MANIFEST_FILE, make_manifest, write_manifest
+    if (Path(workspace) / MANIFEST_FILE).is_file() or not has_data(data):
+        return False
+    write_manifest(make_manifest(data, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
+    print(f"Kaggle: no {MANIFEST_FILE} in {workspace}: made the page-grouped split as notebook 01 does")
+    return True
+
+
+def _kaggle_setup() -> None:
+    chosen = hosted_defaults()
+    data = Path(os.environ.get("DESCAN_DATA") or data_dir())
+    attached = data.is_relative_to(kaggle_root() / "input")
+    if "DESCAN_DATA" in chosen and not attached:
+        print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under {kaggle_root() / 'input'}; "
+              f"the data goes to {data} (downloaded: Internet must be on). To use the competition's files in place, "
+              "attach them with 'Add Input' and run this cell again.")
+    else:
+        print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if attached else ""))
+    workspace = Path(os.environ.get("DESCAN_WORKSPACE") or workspace_dir(data))
+    print(f"Kaggle: workspace {workspace} (saved with the notebook's version: Save Version, then its Output)")
+    if attached:
+        workspace.mkdir(parents=True, exist_ok=True)
+        kaggle_split(data, workspace)
+
+
+# ---- both ---------------------------------------------------------------------------------------
+
 def setup() -> None:
-    """In Colab: pip-install what the notebooks need and cannot import (checked by import, not by a
-    list of what Colab lacks), then mount Google Drive for the workspace unless DESCAN_DRIVE=0. A
-    refused or failed mount prints what it means instead of a traceback."""
+    """Nothing outside Colab and Kaggle. In Colab or Kaggle: pip-install what the notebooks need and
+    cannot import (checked by import, not by a list of what the host lacks). Then in Kaggle: the data and workspace defaults
+    (hosted_defaults); in Colab: mount Google Drive for the workspace unless DESCAN_DRIVE=0. A refused
+    or failed mount prints what it means instead of a traceback."""
+    if not (is_colab() or is_kaggle()):
+        return
     t0 = time.time()
     missing = [pip for mod, pip in NOTEBOOK_PACKAGES.items() if importlib.util.find_spec(mod) is None]
     if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
         print(f"installed {', '.join(missing)}")
-    if not env_flag("DESCAN_DRIVE", True):
+    if is_kaggle():
+        _kaggle_setup()
+    elif not env_flag("DESCAN_DRIVE", True):
         print(f"DESCAN_DRIVE=0: Google Drive not mounted.\n{NO_DRIVE}")
     elif not Path("/content/drive/MyDrive").is_dir():
         try:
@@ -35,4 +120,4 @@ def setup() -> None:
             drive.mount("/content/drive")
         except Exception as e:  # refused in the dialog, timed out, or no Drive for this account
             print(f"Google Drive could not be mounted ({type(e).__name__}: {str(e)[:200]}).\n{NO_DRIVE}")
-    print(f"Colab setup done in {time.time() - t0:.0f} s")
+    print(f"{'Kaggle' if is_kaggle() else 'Colab'} setup done in {time.time() - t0:.0f} s")

@@ -15,6 +15,7 @@ from descan import checkpoints as ckpt
 from descan.data import scanner_group
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
 from descan.demo import input_augment
+from descan import distributed as dist
 from descan.inference import amp_dtype, autocast, compile_model, evaluate
 from descan.losses import colour_stats_loss, make_loss
 from descan.models import Identity, build_model
@@ -80,7 +81,8 @@ class Trainer:
             self.ema.requires_grad_(False)
         self.model = self.model.to(memory_format=torch.channels_last)  # faster on CPU and GPU alike
         self.optimizer = make_optimizer(self.model.parameters(), cfg, self.device)
-        self.train_model = compile_model(self.model)  # DESCAN_COMPILE=1; self.model keeps the weights' names
+        # DistributedDataParallel under torchrun, then DESCAN_COMPILE=1; self.model keeps the weights' names
+        self.train_model = compile_model(dist.wrap(self.model, self.device))
         fp16 = self.device.type == "cuda" and amp_dtype() == torch.float16  # fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.loss_fn = make_loss(cfg.loss, cfg.mean_y_weight, cfg.perceptual_weight, self.device)
@@ -105,6 +107,8 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "config": asdict(self.cfg), "data_kind": self.data_kind}
 
     def save_last(self):
+        if not dist.is_main():  # under torchrun, process 0 writes
+            return
         state = {**self._common("last", self.model), "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
@@ -250,7 +254,7 @@ class Trainer:
         Returns {'best_score', 'epochs', 'steps', 'minutes', 'best_path', 'history'}.
         """
         cfg = self.cfg
-        self.try_resume()
+        dist.main_first(self.try_resume)  # under torchrun every process restores the same state
         if self._done():
             best = self._best_row()
             print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished "
@@ -262,21 +266,24 @@ class Trainer:
                   "DESCAN_RUN_NAME, or move the folder aside.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
-        cache = build_cache(self.train_pairs)  # None (decode per item) when it would not fit in memory
+        # None (decode per item) when it would not fit in memory; under torchrun each process holds a copy
+        cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         degrade = input_augment(cfg.degrade_prob, cfg.colour_jitter)
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)
-        self.do_nothing = self.validate(Identity())
+        self.do_nothing = dist.share(self.validate(Identity()) if dist.is_main() else None)
         total_steps = cfg.epochs * self.steps_per_epoch
         last_save, last_val = time.time(), self.seconds
         try:
             while not self._done():
                 dataset.set_epoch(self.epoch, self.item)
-                loader = make_loader(dataset, self.pairs_per_batch, workers, self.device)
+                loader = make_loader(dist.shard(dataset, self.pairs_per_batch),  # this process's share
+                                     self.pairs_per_batch // dist.world_size(), workers, self.device)
                 self.model.train()
                 loss_sum, n_loss = torch.zeros((), device=self.device), 0
                 left_in_epoch = self.steps_per_epoch - self.item // self.pairs_per_batch
-                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left_in_epoch)
+                bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left_in_epoch,
+                                   enabled=dist.is_main())
                 t_epoch = t_last = time.time()
                 crops = 0
                 for clean, scan in bar:
@@ -286,7 +293,7 @@ class Trainer:
                     self.step += 1
                     self.item += self.pairs_per_batch
                     now = time.time()
-                    self.seconds += now - t_last
+                    self.seconds = dist.from_main(self.seconds + now - t_last)  # one clock for all processes
                     t_last = now
                     if n_loss == 5 and cfg.budget_minutes > 0:  # size the bar to what the budget allows
                         per_step = (now - t_epoch) / n_loss
@@ -330,6 +337,12 @@ class Trainer:
         return self._result()
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
+        train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
+        if not dist.is_main():  # under torchrun, process 0 validates and writes; the others take its history
+            if finished:
+                self.epoch, self.item = self.epoch + 1, 0
+            self.history = dist.share(self.history)
+            return
         val = self.validate()
         row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -354,6 +367,7 @@ class Trainer:
         print(f"epoch {row['epoch']}: train loss {train_loss:.5f} | val score {val['score']:.4f} "
               f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB{unseen}"
               f"{' | saved best.pt' if improved else ''}")
+        dist.share(self.history)
 
     def write_history(self):
         import pandas as pd

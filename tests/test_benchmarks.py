@@ -32,3 +32,9 @@ def test_gpu_step_benchmark_prints_its_table_and_profile():
                  "loader alone (0 workers)", "data-bound? ", "images/s x8 self-ensemble",
                  "top operations of one profiled attention step", "Self CPU time total"):
         assert text in out, text
+
+
+def test_ddp_scaling_prints_its_table():
+    out = run("benchmarks/ddp_scaling.py", "--processes", "2", "--pages", "3", "--size", "64", "--steps", "1",
+              "--patch", "32", "--batch", "8")
+    assert "| 2 | 1 |" in out and "training crops/s" in out

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
 ORDER = ["demo", "zips", "data", "plots", "colab", "recipes", "models", "inference", "crops", "losses", "checkpoints",
-         "colourmap",
+         "colourmap", "distributed",
          "engine", "submit", "cli"]
 NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data", "descan.plots", "descan.colab",
             "descan.recipes", "descan.submit", "descan.cli"]

@@ -90,7 +90,9 @@ RECIPES["colour_head"] = {
     "model": "colour_head",
     "model_kwargs": dict(width=32, size=64),
     "config": {**RECIPES["attention"]["config"], "ema_decay": 0.0, "degrade_prob": 0.0},
-    "cpu": RECIPES["attention"]["cpu"],
+    # It judges whole images, so it trains on whole images (or 256 px crops): it shrinks them to
+    # 64 px first and costs little at any size.
+    "cpu": {**RECIPES["attention"]["cpu"], "patch": 256},
     "smoke": {**RECIPES["attention"]["smoke"], "ema_decay": 0.0},
     "smoke_model": dict(width=8, size=16),
 }

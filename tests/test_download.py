@@ -192,6 +192,7 @@ def workspace(tmp_path):
 def run_script(*args, env=None, fake=None, mode="refuse", timeout=120):
     full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
     full.update({"DESCAN_RETRY_WAIT": "0", "DESCAN_DEMO_PAGES": "2", "DESCAN_DEMO_TEST_PAGES": "1",
+                 "DESCAN_DEMO_UNSEEN_PAGES": "2",
                  "DESCAN_DEMO_SIZE": "64", "DESCAN_WORKSPACE": str(_WORKSPACE["path"])})
     if fake is not None:
         full.update({"DESCAN_GDOWN": str(fake.path), "FAKE_LOG": str(fake.log), "FAKE_MAP": str(fake.map),
@@ -230,10 +231,11 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     assert r.returncode == 0, r.out
     files = files_under(data)
     assert "DEMO_DATA.txt" in files
-    assert len([f for f in files if f.startswith("train/clean/") and f.endswith(".png")]) == 4
-    assert len([f for f in files if f.startswith("train/scan/") and f.endswith(".png")]) == 4
-    assert len([f for f in files if f.startswith("test/scan/") and f.endswith(".tif")]) == 2
-    assert "4 training pairs and 2 test scans" in r.stdout and "NOT the competition data" in r.stdout
+    assert len([f for f in files if f.startswith("train/clean/") and f.endswith(".png")]) == 8
+    assert len([f for f in files if f.startswith("train/scan/") and f.endswith(".png")]) == 8
+    assert len([f for f in files if f.startswith("test/scan/") and f.endswith(".tif")]) == 4
+    assert "8 pairs (4 of them from unseen scanners, for validation only) and 4 test scans" in r.stdout
+    assert "NOT the competition data" in r.stdout
     assert files_under(workspace)  # the passed check is recorded in the workspace, not in the data
     before = {f: (data / f).stat().st_mtime_ns for f in files}
 
@@ -245,7 +247,7 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     r = run_script("--demo", data, env={"DESCAN_DEMO_SIZE": "48"})
     assert r.returncode == 0, r.out
     assert "Replacing the older demo data" in r.stdout
-    assert len(files_under(data)) == 11
+    assert len(files_under(data)) == 21
     assert cv2.imread(str(data / "train/clean/DemoMaking.00000.01.png")).shape == (48, 48, 3)
 
 

@@ -389,7 +389,9 @@ def test_best_pt_is_the_best_validation_score_not_the_lowest_training_loss(demo_
         real_step(*a)
         return torch.tensor(next(losses))
 
-    def validate():
+    def validate(model=None):
+        if model is not None:  # the do-nothing figures, before training
+            return {"score": 99.0, "pixel_y_mae": 1.0, "psnr": 30.0}
         snapshots.append({k: v.clone() for k, v in t.model.state_dict().items()})
         return {"score": next(scores), "pixel_y_mae": 1.0, "psnr": 30.0}
     monkeypatch.setattr(t, "train_step", step)

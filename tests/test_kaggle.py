@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def competition(tmp_path_factory):
     """A demo set laid out as the competition's files are (no demo marker: it stands for the real data)."""
     root = tmp_path_factory.mktemp("competition")
-    demo.make_demo_dataset(root, train_pages=4, test_pages=1, crops_per_page=2, crop=48, show_progress=False)
+    demo.make_demo_dataset(root, train_pages=4, test_pages=1, crops_per_page=2, crop=48, show_progress=False,
+                           unseen_pages=0)  # the real data has no unseen-scanner pairs
+    for scan in (root / "test/scan").glob("scanner*"):
+        scan.unlink()  # one seen-scanner page of test scans, as before the scanner profiles
     (root / "DEMO_DATA.txt").unlink()
     return root
 

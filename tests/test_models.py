@@ -163,5 +163,8 @@ def test_the_colour_map_is_fitted_saved_and_submittable(tmp_path):
     assert entry["run"] == "colour_map" and entry["val_score"] == pytest.approx(val_figures["score"])
     rebuilt = checkpoints.model_from_checkpoint(entry["path"])
     images = [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val]
-    assert inference.evaluate(rebuilt, images)["score"] == pytest.approx(val_figures["score"], abs=1e-9)
+    groups = [data.scanner_group(p.name) for p in val]
+    again = inference.evaluate(rebuilt, images, groups=groups)
+    assert again["score"] == pytest.approx(val_figures["score"], abs=1e-9)
+    assert again["unseen_score"] == pytest.approx(val_figures["unseen_score"], abs=1e-9)
     assert not np.allclose(model.matrix.detach().numpy(), np.eye(3))  # it learned something

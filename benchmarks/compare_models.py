@@ -31,16 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: E402
 from descan import checkpoints, colourmap, data, demo, engine, inference, models, recipes  # noqa: E402
 
-# (row, recipe, TrainConfig changes): the trained rows, all from the one recipe table
+# (row, recipe, TrainConfig changes, model changes): the trained rows, all from the one recipe table
 TRAINED = [
-    ("DnCNN (03 recipe)", "dncnn", {}),
-    ("attention U-Net (04 recipe)", "attention", {}),
-    ("U-Net + colour head", "attention_head", {}),
-    ("U-Net + colour head + colour jitter", "attention_head", {"colour_jitter": 0.5}),
-    ("colour head alone", "colour_head", {}),
-    ("colour head + colour jitter", "colour_head", {"colour_jitter": 0.5}),
+    ("DnCNN (03 recipe)", "dncnn", {}, {}),
+    ("attention U-Net, no colour head", "attention", {"colour_jitter": 0.0}, {"colour_head": False}),
+    ("U-Net + colour head", "attention", {"colour_jitter": 0.0}, {}),
+    ("U-Net + colour head + colour jitter (04 recipe)", "attention", {}, {}),
+    ("colour head alone", "colour_head", {}, {}),
+    ("colour head + colour jitter", "colour_head", {"colour_jitter": 0.5}, {}),
 ]
-SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter"}  # also evaluated with the mean-Y shift
+SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter (04 recipe)"}  # also evaluated with the mean-Y shift
 FIGURES = ("score", "pixel_y_mae", "unseen_score", "unseen_pixel_y_mae", "heldout_score", "heldout_pixel_y_mae")
 
 
@@ -69,12 +69,13 @@ def figures(trainer, model, heldout) -> dict:
 
 def train_one(job):
     """One trained row and seed, in its own process: the best checkpoint's validation figures."""
-    row, name, changes, seed, minutes, threads, data_dir, workdir, heldout = job
+    row, name, changes, model_changes, seed, minutes, threads, data_dir, workdir, heldout = job
     torch.set_num_threads(threads)
     train, val = data.load_split(data_dir, workdir)
     model, kwargs, cfg = recipes.recipe(name, "cpu", use_env=False, epochs=10_000, budget_minutes=minutes,
                                        workers=0, checkpoint_minutes=60, seed=seed, **changes)
-    run = Path(workdir) / f"{name}-{len(changes)}-{seed}-{abs(hash(row)) % 10_000}"
+    kwargs = {**kwargs, **model_changes}
+    run = Path(workdir) / f"{''.join(c if c.isalnum() else '_' for c in row)}-{seed}"
     t0 = time.time()
     trainer = engine.Trainer(model, kwargs, train, val, run, cfg, device="cpu", data_kind="demo")
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
@@ -136,17 +137,18 @@ def main():
         cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
-        jobs = [(row, name, changes, seed, args.minutes, threads, data_dir, work, heldout)
-                for row, name, changes in TRAINED if not only or row in only for seed in range(args.seeds)]
+        jobs = [(row, name, changes, model_changes, seed, args.minutes, threads, data_dir, work, heldout)
+                for row, name, changes, model_changes in TRAINED if not only or row in only
+                for seed in range(args.seeds)]
         # fresh processes (spawn): a fork of this process, whose torch has run, can hang in its thread pool
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for out in pool.map(train_one, jobs):
                 rows.extend(out)
         table = summary(rows)
         params = {}
-        for row, name, _ in TRAINED:
+        for row, name, _, model_changes in TRAINED:
             model, kwargs, _ = recipes.recipe(name, use_env=False)
-            params[row] = models.count_parameters(models.build_model(model, **kwargs))
+            params[row] = models.count_parameters(models.build_model(model, **{**kwargs, **model_changes}))
         print("\nparameters: " + "; ".join(f"{k} {v:,}" for k, v in params.items()))
         print("\nlower is better (score: the competition's; pixel_y_mae: Y error per pixel, 0-255); score and "
               "pixel_y_mae: held-out pages of the training scanners; unseen_*: validation pairs of two other "

@@ -71,9 +71,13 @@ RECIPES = {
     },
     "attention": {
         "model": "attention_unet",
-        "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True),
+        # colour head and colour jitter: on by default since they gave the best unseen-scanner figure
+        # at equal time (benchmarks/compare_models.py, README); DESCAN_COLOUR_HEAD=0, DESCAN_COLOUR_JITTER=0
+        "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
+                             colour_head=True),
         "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,
-                       loss="l1", mean_y_weight=0.5, stats_weight=1.0, augment=True, degrade_prob=0.25, optimizer="adamw",
+                       loss="l1", mean_y_weight=0.5, stats_weight=1.0, augment=True, degrade_prob=0.25,
+                       colour_jitter=0.5, optimizer="adamw",
                        lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=200, grad_clip=1.0,
                        ema_decay=0.999, budget_minutes=90.0),
         "cpu": dict(patch=64, budget_minutes=10.0, val_every_minutes=2.0),
@@ -82,14 +86,11 @@ RECIPES = {
         "smoke_model": dict(width=16, mid_blocks=1),
     },
 }
-# 04 with its colour head switched on (DESCAN_COLOUR_HEAD=1 does the same to "attention").
-RECIPES["attention_head"] = {**RECIPES["attention"],
-                             "model_kwargs": {**RECIPES["attention"]["model_kwargs"], "colour_head": True}}
 # The colour head alone: a global colour correction learnt from the pairs, nothing local.
 RECIPES["colour_head"] = {
     "model": "colour_head",
     "model_kwargs": dict(width=32, size=64),
-    "config": {**RECIPES["attention"]["config"], "ema_decay": 0.0, "degrade_prob": 0.0},
+    "config": {**RECIPES["attention"]["config"], "ema_decay": 0.0, "degrade_prob": 0.0, "colour_jitter": 0.0},
     # It judges whole images, so it trains on whole images (or 256 px crops): it shrinks them to
     # 64 px first and costs little at any size.
     "cpu": {**RECIPES["attention"]["cpu"], "patch": 256},
@@ -151,10 +152,8 @@ def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, *
                 default = config.get(field, TrainConfig.__dataclass_fields__[field].default)
                 config[field] = env_number(var, kind(default), lo, hi)
         model_kwargs["width"] = env_number("DESCAN_WIDTH", model_kwargs["width"], 4, 512)
-        if r["model"] == "attention_unet":  # the key is stored only when on: older runs keep their settings
-            head = env_flag("DESCAN_COLOUR_HEAD", model_kwargs.get("colour_head", False))
-            if head != model_kwargs.get("colour_head", False):
-                model_kwargs["colour_head"] = head
+        if "colour_head" in model_kwargs:
+            model_kwargs["colour_head"] = env_flag("DESCAN_COLOUR_HEAD", model_kwargs["colour_head"])
     config.update({k: v for k, v in overrides.items() if k in {f.name for f in fields(TrainConfig)}})
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:

@@ -109,22 +109,23 @@ def test_the_mean_y_shift_lands_on_the_prediction_within_rounding(level):
 
 
 def test_the_attention_models_colour_head_switch(monkeypatch):
-    _, kwargs, cfg = recipes.recipe("attention", "cpu")
-    assert "colour_head" not in kwargs  # off by default, and older runs keep their settings
-    monkeypatch.setenv("DESCAN_COLOUR_HEAD", "1")
-    name, kwargs, _ = recipes.recipe("attention", "cpu")
-    assert kwargs["colour_head"] is True
+    name, kwargs, cfg = recipes.recipe("attention", "cpu")
+    assert kwargs["colour_head"] is True and cfg.colour_jitter > 0 and cfg.stats_weight > 0  # 04's defaults
     with_head = models.count_parameters(models.build_model(name, **kwargs))
     assert with_head - models.count_parameters(models.AttentionUNet()) == \
         models.count_parameters(models.ColourHead()) and with_head < helpers.PARAM_LIMIT
-    assert cfg.stats_weight > 0
+    monkeypatch.setenv("DESCAN_COLOUR_HEAD", "0")
+    monkeypatch.setenv("DESCAN_COLOUR_JITTER", "0")
+    name, kwargs, cfg = recipes.recipe("attention", "cpu")
+    assert kwargs["colour_head"] is False and cfg.colour_jitter == 0
+    assert models.count_parameters(models.build_model(name, **kwargs)) == models.count_parameters(models.AttentionUNet())
 
 
 def test_training_with_the_colour_head_reports_unseen_scanners(demo_root, tmp_path):
     manifest = data.make_manifest(demo_root, val_fraction=0.25)
     data.write_manifest(manifest, tmp_path)
     train, val = data.load_split(demo_root, tmp_path)
-    name, kwargs, cfg = recipes.recipe("attention_head", "cpu", smoke=True, use_env=False, colour_jitter=0.5,
+    name, kwargs, cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False, colour_jitter=0.5,
                                       patch=16, batch_size=4, crops_per_epoch=8)
     t = engine.Trainer(name, kwargs, train, val, tmp_path / "run", cfg, device="cpu", data_kind="demo")
     t.fit()

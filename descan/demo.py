@@ -129,15 +129,6 @@ def scanner_variant(profile: dict, rng: np.random.Generator) -> dict:
     return v
 
 
-def random_scanner(rng: np.random.Generator) -> dict:
-    """A scanner profile drawn from wide ranges (for augmentation: scanners nobody has)."""
-    base = rng.uniform(0.8, 1.3)
-    return dict(gamma=tuple(base * rng.uniform(0.9, 1.1, 3)), saturation=rng.uniform(0.7, 1.3),
-                white=tuple(rng.uniform(0.82, 1.0, 3)), black=tuple(rng.uniform(0.0, 0.1, 3)),
-                blur=rng.uniform(0.5, 1.1), noise=rng.uniform(1.0, 4.0), period=rng.uniform(4.0, 7.0),
-                streaks=rng.uniform(0, 1), jpeg=int(rng.integers(80, 96)))
-
-
 def colour_response(img: np.ndarray, scanner: dict) -> np.ndarray:
     """A scanner's colour response on float RGB in [0, 1]: tone curve per channel, saturation,
     then the black and white points (paper tint)."""

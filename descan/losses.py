@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-Y_WEIGHTS = (0.299, 0.587, 0.114)  # the luma weights of the metric (OpenCV's BGR2YUV)
+from descan.models import image_mean_y
 
 
 def mean_y_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of |mean Y(out) - mean Y(target)| per crop, on the 0..1 scale."""
-    w = torch.tensor(Y_WEIGHTS, device=out.device, dtype=out.dtype).view(1, 3, 1, 1)
-    return ((out - target) * w).sum(1).mean((1, 2)).abs().mean()
+    return (image_mean_y(out) - image_mean_y(target)).abs().mean()
 
 
 def colour_stats_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -164,7 +164,7 @@ class AttentionUNet(nn.Module):
         return out
 
 
-Y_WEIGHTS = (0.299, 0.587, 0.114)  # the metric's luma weights; they sum to 1
+Y_WEIGHTS = (0.299, 0.587, 0.114)  # the metric's luma weights (OpenCV's BGR2YUV); they sum to 1
 
 
 def image_mean_y(x: torch.Tensor) -> torch.Tensor:

@@ -38,9 +38,15 @@ TRAINED = [
     ("U-Net + colour head", "attention", {"colour_jitter": 0.0}, {}),
     ("U-Net + colour head + colour jitter (04 recipe)", "attention", {}, {}),
     ("colour head alone", "colour_head", {}, {}),
-    ("colour head + colour jitter", "colour_head", {"colour_jitter": 0.5}, {}),
+    # random-scanner rescans of the clean crops (demo.rescan), half of the training crops
+    ("U-Net + colour head + colour jitter + rescans", "attention", {"rescan_prob": 0.5}, {}),
+    # each input's own levels first (models.auto_levels)
+    ("DnCNN + auto-levels", "dncnn", {}, {"levels": True}),
+    ("U-Net + colour head + colour jitter + auto-levels", "attention", {}, {"levels": True}),
 ]
-SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter (04 recipe)"}  # also evaluated with the mean-Y shift
+# also evaluated with the mean-Y shift
+SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter (04 recipe)",
+           "U-Net + colour head + colour jitter + rescans"}
 FIGURES = ("score", "pixel_y_mae", "unseen_score", "unseen_pixel_y_mae", "heldout_score", "heldout_pixel_y_mae")
 
 
@@ -136,6 +142,8 @@ def main():
         rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0, **untrained(models.Identity())}]
         cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
+        cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False, levels=True)
+        rows.append({"row": "auto-levels + classical colour map", "seed": 0, "steps": 0, **untrained(cmap)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         jobs = [(row, name, changes, model_changes, seed, args.minutes, threads, data_dir, work, heldout)
                 for row, name, changes, model_changes in TRAINED if not only or row in only
@@ -155,7 +163,8 @@ def main():
               "scanners; heldout_*: pairs of two more scanners, never used for a decision:")
         print(table.to_string(), flush=True)
         means = pd.DataFrame(rows).groupby("row", sort=False)[list(FIGURES)].mean()
-        trained = [r for r in means.index if r not in ("do nothing (the scans)", "classical colour map (12 numbers)")]
+        trained = [r for r in means.index if r not in ("do nothing (the scans)", "classical colour map (12 numbers)",
+                                                       "auto-levels + classical colour map")]
         if trained:
             best = means.loc[trained, "unseen_score"].idxmin()
             ref = means.loc["classical colour map (12 numbers)"]

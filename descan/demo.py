@@ -342,15 +342,27 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, strength: float = 1
     return to_uint8(black.astype(np.float32) + (white - black).astype(np.float32) * img)
 
 
-def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0):
-    """The input-only augmentation of training crops, or None when both probabilities are 0: a
-    callable ``(clean, scan, rng) -> new scan`` that degrades further (degradation_augment) and/or
-    applies a random colour_jitter, each with its probability."""
-    if degrade_prob <= 0 and jitter_prob <= 0:
+def rescan(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fresh simulated scan of a clean crop by a *random* scanner: every family, and the colour
+    response, screen, blur, noise, streaks and JPEG quality drawn anew for each call from the
+    simulator's own ranges (simulate_scan without a profile; those ranges were written before the
+    scanner profiles existed, so they were not chosen to cover the unseen ones)."""
+    return simulate_scan(clean, rng)
+
+
+def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0, rescan_prob: float = 0.0):
+    """The input-only augmentation of training crops, or None when every probability is 0: a
+    callable ``(clean, scan, rng) -> new scan`` that first, with ``rescan_prob``, replaces the scan
+    by a rescan of the clean crop (a random scanner's, see rescan), then degrades further
+    (degradation_augment) and applies a random colour_jitter, each with its probability. The
+    target, the clean crop, is never changed."""
+    if degrade_prob <= 0 and jitter_prob <= 0 and rescan_prob <= 0:
         return None
     degrade = degradation_augment(degrade_prob) if degrade_prob > 0 else None
 
     def augment(clean, scan, rng):
+        if rescan_prob > 0 and rng.random() < rescan_prob:
+            scan = rescan(clean, rng)
         if degrade is not None:
             scan = degrade(clean, scan, rng)
         if jitter_prob > 0 and rng.random() < jitter_prob:

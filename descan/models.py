@@ -29,6 +29,25 @@ def pad_to_multiple(x: torch.Tensor, multiple: int):
     return x, (h, w)
 
 
+LEVELS = (0.01, 0.99)  # auto_levels' quantiles: where the page's ink and paper are, per channel
+
+
+def auto_levels(x: torch.Tensor, low: float = LEVELS[0], high: float = LEVELS[1], min_range: float = 0.2,
+                max_side: int = 256) -> torch.Tensor:
+    """Each image's own levels, per channel: the ``low`` and ``high`` quantiles of its values (ink
+    and paper) go to 0 and 1. No parameters, nothing learnt: it undoes an unknown scanner's white
+    and black points before a model sees the image. Quantiles are taken on every pixel of images
+    up to ``max_side`` px, on a regular subsample of larger ones; the stretch is at most
+    1/``min_range`` so that a nearly uniform image is not blown up into noise."""
+    step = max(1, -(-max(x.shape[-2:]) // max_side))
+    v = x.detach()[..., ::step, ::step].float().flatten(2)
+    k = v.shape[-1]
+    lo = v.kthvalue(max(1, round(low * k)), dim=-1).values
+    hi = v.kthvalue(max(1, round(high * k)), dim=-1).values
+    scale = 1.0 / (hi - lo).clamp_min(min_range)
+    return ((x - lo[..., None, None].to(x.dtype)) * scale[..., None, None].to(x.dtype))
+
+
 class DnCNN(nn.Module):
     """The slides' DnCNN (Zhang et al., 2017): conv+ReLU, (depth - 2) x conv+BN+ReLU, conv.
 
@@ -37,9 +56,9 @@ class DnCNN(nn.Module):
     inference cannot forget to de-normalise (the slides' defect). 559,363 parameters for RGB.
     """
 
-    def __init__(self, channels=3, width=64, depth=17, mean=0.5, std=0.5):
+    def __init__(self, channels=3, width=64, depth=17, mean=0.5, std=0.5, levels=False):
         super().__init__()
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.levels = mean, std, levels  # levels: auto_levels on the input first
         layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
@@ -47,6 +66,8 @@ class DnCNN(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x):
+        if self.levels:
+            x = auto_levels(x)
         z = (x - self.mean) / self.std
         return (z - self.body(z)) * self.std + self.mean
 
@@ -109,10 +130,12 @@ class AttentionUNet(nn.Module):
     """
 
     def __init__(self, width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
-                 colour_head=False, mean_y_shift=False):
+                 colour_head=False, mean_y_shift=False, levels=False):
         super().__init__()
-        # colour_head: a ColourHead corrects the whole image's colour first (its estimate is also
-        # trained on its own); mean_y_shift: the output's mean Y is then set to the head's.
+        # levels: auto_levels on the input first; colour_head: a ColourHead corrects the whole
+        # image's colour (its estimate is also trained on its own); mean_y_shift: the output's mean
+        # Y is then set to the head's.
+        self.levels = levels
         self.head = ColourHead() if colour_head else None
         self.mean_y_shift = mean_y_shift and colour_head
         self.global_estimate = None
@@ -139,6 +162,8 @@ class AttentionUNet(nn.Module):
             nn.init.zeros_(self.colour[-1].bias)
 
     def forward(self, x):
+        if self.levels:
+            x = auto_levels(x)
         if self.head is not None:
             x = self.global_estimate = self.head(x)
         x, (h, w) = pad_to_multiple(x, self.pad_multiple)
@@ -224,14 +249,18 @@ class ColourHead(nn.Module):
 
 class ColourMap(nn.Module):
     """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted by
-    least squares in descan/colourmap.py; the identity until fitted."""
+    least squares in descan/colourmap.py; the identity until fitted. ``levels``: on each image's
+    auto_levels instead of its raw colours."""
 
-    def __init__(self):
+    def __init__(self, levels=False):
         super().__init__()
+        self.levels = levels
         self.matrix = nn.Parameter(torch.eye(3))
         self.offset = nn.Parameter(torch.zeros(3))
 
     def forward(self, x):
+        if self.levels:
+            x = auto_levels(x)
         return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + self.offset.to(x.dtype).view(1, 3, 1, 1)
 
 

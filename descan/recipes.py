@@ -33,6 +33,7 @@ class TrainConfig:
     augment: bool = True                 # flips and 90-degree rotations
     degrade_prob: float = 0.0            # degradation augmentation probability
     colour_jitter: float = 0.0           # probability of a random global colour response on an input crop
+    rescan_prob: float = 0.0             # probability of training on a random scanner's simulated scan of the clean crop
     stats_weight: float = 0.0            # colour head: weight of the loss on its image's colour statistics
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
     checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
@@ -62,7 +63,7 @@ class TrainConfig:
 RECIPES = {
     "dncnn": {
         "model": "dncnn",
-        "model_kwargs": dict(channels=3, width=64, depth=17, mean=0.5, std=0.5),
+        "model_kwargs": dict(channels=3, width=64, depth=17, mean=0.5, std=0.5, levels=False),
         "config": dict(epochs=10, crops_per_epoch=64 * 160, batch_size=64, patch=128, crops_per_image=8,
                        loss="mse", optimizer="adam", lr=1e-3, schedule="constant", budget_minutes=0.0),
         "cpu": dict(batch_size=16, patch=64, budget_minutes=10.0, val_every_minutes=2.0),
@@ -74,7 +75,7 @@ RECIPES = {
         # colour head and colour jitter: on by default since they gave the best unseen-scanner figure
         # at equal time (benchmarks/compare_models.py, README); DESCAN_COLOUR_HEAD=0, DESCAN_COLOUR_JITTER=0
         "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
-                             colour_head=True),
+                             colour_head=True, levels=False),
         "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,
                        loss="l1", mean_y_weight=0.5, stats_weight=1.0, augment=True, degrade_prob=0.25,
                        colour_jitter=0.5, optimizer="adamw",
@@ -110,6 +111,7 @@ ENV_KNOBS = {
     "DESCAN_PERCEPTUAL_WEIGHT": ("perceptual_weight", float, 0.0, None),
     "DESCAN_DEGRADE_PROB": ("degrade_prob", float, 0.0, 1.0),
     "DESCAN_COLOUR_JITTER": ("colour_jitter", float, 0.0, 1.0),
+    "DESCAN_RESCAN_PROB": ("rescan_prob", float, 0.0, 1.0),
     "DESCAN_STATS_WEIGHT": ("stats_weight", float, 0.0, None),
     "DESCAN_EMA_DECAY": ("ema_decay", float, 0.0, 0.99999),
     "DESCAN_TRAIN_MINUTES": ("budget_minutes", float, 0.0, None),
@@ -129,7 +131,7 @@ def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, *
     """(model name, model kwargs, TrainConfig) of a RECIPES entry: the GPU recipe, then the CPU
     sizes when ``device`` is not a GPU, then smoke mode's, then the DESCAN_* variables of
     ENV_KNOBS (and DESCAN_WIDTH for the model's width, DESCAN_COLOUR_HEAD for the attention model's
-    colour head) when ``use_env``, then ``overrides``."""
+    colour head, DESCAN_LEVELS for auto-levels) when ``use_env``, then ``overrides``."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     r = RECIPES[name]
@@ -154,6 +156,8 @@ def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, *
         model_kwargs["width"] = env_number("DESCAN_WIDTH", model_kwargs["width"], 4, 512)
         if "colour_head" in model_kwargs:
             model_kwargs["colour_head"] = env_flag("DESCAN_COLOUR_HEAD", model_kwargs["colour_head"])
+        if "levels" in model_kwargs:
+            model_kwargs["levels"] = env_flag("DESCAN_LEVELS", model_kwargs["levels"])
     config.update({k: v for k, v in overrides.items() if k in {f.name for f in fields(TrainConfig)}})
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:

@@ -147,3 +147,33 @@ def test_colour_jitter_changes_the_global_colour_only_of_inputs():
     clean = img.copy()
     assert not np.array_equal(augment(clean, img, np.random.default_rng(5)), img) and np.array_equal(clean, img)
     assert demo.input_augment(0.0, 0.0) is None
+
+
+def test_rescans_are_random_scanners_of_the_clean_crop():
+    page = demo.make_page(np.random.default_rng(5), 64, 64)
+    rescans = [demo.rescan(page, np.random.default_rng([6, i])) for i in range(8)]
+    assert all(r.shape == page.shape and r.dtype == np.uint8 for r in rescans)
+    corr = [np.corrcoef(r[..., 1].ravel().astype(float), page[..., 1].ravel())[0, 1] for r in rescans]
+    assert min(corr) > 0.5, corr  # the same page ...
+    means = np.array([r.reshape(-1, 3).astype(float).mean(0) for r in rescans])
+    spread = np.linalg.norm(means - means.mean(0), axis=1).max()
+    one_scanner = scan_means(demo.SCANNERS[demo.SEEN_SCANNERS[0]], page, n=8)
+    within = np.linalg.norm(one_scanner - one_scanner.mean(0), axis=1).max()
+    assert spread > 2 * within, (spread, within)  # ... by scanners that differ more than one scanner's scans do
+
+
+def test_the_rescan_augmentation_replaces_the_input_only(monkeypatch):
+    clean = demo.make_page(np.random.default_rng(7), 32, 32)
+    scan_a, scan_b = demo.simulate_scan(clean, np.random.default_rng(8)), np.zeros_like(clean)
+    kept = clean.copy()
+    augment = demo.input_augment(rescan_prob=1.0)
+    out_a, out_b = augment(clean, scan_a, np.random.default_rng(9)), augment(clean, scan_b, np.random.default_rng(9))
+    assert np.array_equal(out_a, out_b) and not np.array_equal(out_a, scan_a)  # made from the clean crop
+    assert np.array_equal(clean, kept)
+    never = demo.input_augment(rescan_prob=1e-9)
+    assert never(clean, scan_b, np.random.default_rng(9)) is scan_b
+    monkeypatch.setenv("DESCAN_RESCAN_PROB", "0.5")
+    assert recipes.recipe("attention", "cpu")[2].rescan_prob == 0.5
+    monkeypatch.setenv("DESCAN_RESCAN_PROB", "2")
+    with pytest.raises(ValueError, match="DESCAN_RESCAN_PROB"):
+        recipes.recipe("attention", "cpu")

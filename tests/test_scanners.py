@@ -177,3 +177,54 @@ def test_the_rescan_augmentation_replaces_the_input_only(monkeypatch):
     monkeypatch.setenv("DESCAN_RESCAN_PROB", "2")
     with pytest.raises(ValueError, match="DESCAN_RESCAN_PROB"):
         recipes.recipe("attention", "cpu")
+
+
+def as_tensor(rgb):
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+
+
+@pytest.mark.parametrize("side", [64, 600])  # every pixel, and a subsample of a large image
+def test_auto_levels_undo_a_scanners_white_and_black_points(side):
+    page = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    black = torch.tensor([0.08, 0.05, 0.02]).view(1, 3, 1, 1)
+    white = torch.tensor([0.85, 0.93, 0.78]).view(1, 3, 1, 1)
+    scanned = black + (white - black) * page  # another scanner's paper and ink, per channel
+    torch.testing.assert_close(models.auto_levels(scanned), models.auto_levels(page), atol=1e-5, rtol=0)
+    levelled = models.auto_levels(scanned)
+    inside = ((levelled >= 0) & (levelled <= 1)).float().mean().item()
+    assert 0.97 < inside < 0.99  # 1% of each channel below the ink level and 1% above the paper level
+    flat = torch.full((1, 3, 16, 16), 0.5) + 0.01 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert models.auto_levels(flat).std() <= flat.std() / 0.2 * 1.0001  # a blank page is stretched 5x at most
+
+
+def test_the_auto_levels_colour_map_follows_a_new_scanners_white_point(tmp_path):
+    from descan import colourmap
+    rng = np.random.default_rng(2)
+    pairs = []
+    for i, white in enumerate([0.95, 0.9, 0.97, 0.92, 0.8]):  # the last one: a scanner never fitted on
+        clean = demo.make_page(np.random.default_rng(i), 64, 64)
+        clean[:8], clean[-8:] = 255, 0  # every page shows paper and ink (an eighth of it each)
+        scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + rng.normal(0, 0.002, clean.shape))
+        helpers.write_png(tmp_path / f"clean/p{i}.png", clean), helpers.write_png(tmp_path / f"scan/p{i}.png", scan)
+        pairs.append(helpers.Pair(f"p{i}", tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"))
+    plain, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
+    levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False, levels=True)
+    assert models.count_parameters(levelled) == 12 and levelled.levels
+    assert l_val["score"] < 1.0 and p_val["score"] > 10, (l_val, p_val)
+
+
+@pytest.mark.parametrize("name", ["dncnn", "attention"])
+def test_the_auto_levels_switch_makes_a_model_blind_to_white_and_black_points(name, monkeypatch):
+    monkeypatch.setenv("DESCAN_LEVELS", "1")
+    model_name, kwargs, _ = recipes.recipe(name, "cpu", smoke=True)
+    assert kwargs["levels"] is True
+    torch.manual_seed(0)
+    model = models.build_model(model_name, **kwargs).eval()
+    page = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    scanned = 0.07 + 0.8 * page
+    with torch.no_grad():
+        torch.testing.assert_close(model(scanned), model(page), atol=1e-4, rtol=0)
+        monkeypatch.setenv("DESCAN_LEVELS", "0")
+        model_name, kwargs, _ = recipes.recipe(name, "cpu", smoke=True)
+        plain = models.build_model(model_name, **kwargs).eval()
+        assert (plain(scanned) - plain(page)).abs().max() > 0.05

@@ -344,6 +344,13 @@ def leaderboard_notes(board, chosen: str) -> list[str]:
     elif best["entry"] != chosen:
         notes.append(f"note: on these images {best['entry']}{' (x8)' if best['ensemble'] else ''} scores better "
                      f"({best['score']:.4f}); set DESCAN_CHECKPOINT={best['entry']} to submit with it")
+    if "unseen_score" in board and board["unseen_score"].notna().any():  # the demo's pairs of unseen scanners
+        unseen = board[board["entry"] != "do nothing"].sort_values("unseen_score").iloc[0]
+        own = float(mine["unseen_score"].iloc[0])
+        if unseen["entry"] != chosen and unseen["unseen_score"] < own:
+            notes.append(f"note: on the scanners never trained on, {unseen['entry']} scores better "
+                         f"({unseen['unseen_score']:.4f} against {own:.4f}); the test set's other-scanner images may "
+                         f"favour it: DESCAN_CHECKPOINT={unseen['entry']} submits with it")
     return notes
 
 

@@ -468,3 +468,15 @@ def test_best_models_loads_the_runs_that_exist_on_the_asked_device(tmp_path):
     got = checkpoints.best_models(tmp_path, {"DnCNN": "dncnn", "colour map": "colour_map"}, "cpu")
     assert list(got) == ["DnCNN"] and not got["DnCNN"].training
     assert next(got["DnCNN"].parameters()).device.type == "cpu"
+
+
+def test_leaderboard_notes_name_a_better_entry_on_unseen_scanners():
+    import pandas as pd
+    board = pd.DataFrame({"entry": ["attention_unet", "colour_map", "colour_map_levels", "do nothing"],
+                          "ensemble": [False] * 4, "score": [5.10, 5.11, 5.82, 12.07],
+                          "unseen_score": [16.29, 16.43, 10.28, 9.0]})
+    notes = submit.leaderboard_notes(board, "attention_unet")
+    assert len(notes) == 2 and "colour_map_levels scores better (10.2800 against 16.2900)" in notes[1]
+    assert "DESCAN_CHECKPOINT=colour_map_levels" in notes[1]  # never "do nothing", although lower still
+    assert len(submit.leaderboard_notes(board, "colour_map_levels")) == 2  # seen: attention_unet is better
+    assert len(submit.leaderboard_notes(board.drop(columns="unseen_score"), "attention_unet")) == 1  # real data

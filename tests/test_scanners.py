@@ -207,7 +207,7 @@ def test_the_auto_levels_colour_map_follows_a_new_scanners_white_point(tmp_path)
         scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + rng.normal(0, 0.002, clean.shape))
         helpers.write_png(tmp_path / f"clean/p{i}.png", clean), helpers.write_png(tmp_path / f"scan/p{i}.png", scan)
         pairs.append(helpers.Pair(f"p{i}", tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"))
-    plain, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
+    _, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
     levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False, levels=True)
     assert models.count_parameters(levelled) == 12 and levelled.levels
     assert l_val["score"] < 1.0 and p_val["score"] > 10, (l_val, p_val)

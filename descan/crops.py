@@ -101,10 +101,13 @@ def build_cache(pairs, max_fraction=0.4, show_progress=True):
             for i, p in progress_bar(list(enumerate(pairs)), "decoding into memory", enabled=show_progress)}
 
 
-def default_workers(device) -> int:
+def default_workers(device, processes: int = 1) -> int:
     """Loader processes: none on a CPU (the model needs every core, and the decoded cache makes
-    loading cheap); beside a GPU one per CPU core, at most 4."""
-    return 0 if torch.device(device).type == "cpu" else min(4, os.cpu_count() or 1)
+    loading cheap); beside a GPU one per CPU core, at most 4, the cores shared out among the
+    ``processes`` training processes of one machine (torchrun), at least 1 each."""
+    if torch.device(device).type == "cpu":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, processes)))
 
 
 def make_loader(dataset, pairs_per_batch, workers, device):

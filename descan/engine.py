@@ -265,7 +265,7 @@ class Trainer:
                   f"DESCAN_TRAIN_MINUTES (now {cfg.budget_minutes:g}). To start over: set another "
                   "DESCAN_RUN_NAME, or move the folder aside.")
             return self._result()
-        workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device)
+        workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device, dist.local_processes())
         # None (decode per item) when it would not fit in memory; under torchrun each process holds a copy
         cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         degrade = input_augment(cfg.degrade_prob, cfg.colour_jitter, cfg.rescan_prob)

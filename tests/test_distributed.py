@@ -197,3 +197,14 @@ def test_the_launcher_refuses_settings_changed_in_the_notebook(folders):
     with pytest.raises(ValueError, match=r"trains mynet \{\}.*DESCAN_GPUS=1"):
         distributed.launch("attention", 2, *folders, model=("mynet", {}), device="cpu")
     assert sys.executable in distributed.torchrun_command("dncnn", 2)
+
+
+def test_loader_workers_are_shared_out_among_the_processes_of_a_machine(monkeypatch):
+    from descan import crops
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # Kaggle's 4 cores beside its 2 GPUs
+    assert crops.default_workers("cuda") == 4 and crops.default_workers("cuda", processes=2) == 2
+    assert crops.default_workers("cuda", processes=8) == 1 and crops.default_workers("cpu", processes=2) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.local_processes() == 1  # outside a process group: one process
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)  # two machines of two processes
+    assert distributed.local_processes() == 2

@@ -72,8 +72,10 @@ RECIPES = {
     },
     "attention": {
         "model": "attention_unet",
-        # colour head and colour jitter: on by default since they gave the best unseen-scanner figure
-        # at equal time (benchmarks/compare_models.py, README); DESCAN_COLOUR_HEAD=0, DESCAN_COLOUR_JITTER=0
+        # colour head and colour jitter on (DESCAN_COLOUR_HEAD=0, DESCAN_COLOUR_JITTER=0): best on the
+        # training scanners' pages, and better than without on unseen and held-out scanners at equal
+        # time; auto-levels and rescans (off) did better on the unseen validation scanners but not on
+        # the held-out ones (benchmarks/compare_models.py, README)
         "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
                              colour_head=True, levels=False),
         "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,

@@ -163,8 +163,8 @@ def main():
               "scanners; heldout_*: pairs of two more scanners, never used for a decision:")
         print(table.to_string(), flush=True)
         means = pd.DataFrame(rows).groupby("row", sort=False)[list(FIGURES)].mean()
-        trained = [r for r in means.index if r not in ("do nothing (the scans)", "classical colour map (12 numbers)",
-                                                       "auto-levels + classical colour map")]
+        untrained_rows = {r["row"] for r in rows if r["steps"] == 0}
+        trained = [r for r in means.index if r not in untrained_rows]
         if trained:
             best = means.loc[trained, "unseen_score"].idxmin()
             ref = means.loc["classical colour map (12 numbers)"]

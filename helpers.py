@@ -1,29 +1,19 @@
-"""The notebooks' small face: paths and switches, setup, images and pairs, crops, split, the metric.
+"""The kit's tiny shared module: paths, loading images and pairing them by name, random crops,
+the page-grouped split, and the competition's Y-channel metric. Everything else is in ``descan/``.
 
-Everything else lives in the package ``descan/``, one module per concern. No torch at import time.
 An *image* is a numpy uint8 (H, W, 3) RGB array, never modified by the functions given it; a *pair*
-is ``Pair(name, clean, scan)`` (clean always before scan); relative paths in ``DESCAN_*`` variables
-are taken from the repository root, wherever the code runs.
+is ``Pair(name, clean, scan)`` (clean always before scan). No torch here.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
-import importlib.util
 import os
-import random
-import re
-import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-
-fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
 
 ROOT = Path(__file__).resolve().parent
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -42,49 +32,10 @@ def examples(items, n=5) -> str:
     return ", ".join(str(i) for i in items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
-def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
-    """A tqdm progress bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
-    if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter with ipywidgets
-        from tqdm.auto import tqdm
-    else:  # text bars, without tqdm.auto's warning about the missing widgets
-        from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
-
-
-# ---- Switches and paths, from the environment -----------------------------------------------------
+# ---- Paths and the smoke switch, from the environment ---------------------------------------------
 
 def is_colab() -> bool:
     return "google.colab" in sys.modules
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty = default.
-    Anything else is refused with the variable's name (``DESCAN_SMOKE=maybe`` is not "off")."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        return default if not value else value in ("1", "true", "yes", "on")
-    raise ValueError(f"{name}={os.environ[name]!r} is not a switch; use 1 or 0")
-
-
-def env_number(name: str, default, minimum=None, maximum=None):
-    """A number from the environment, an int when ``default`` is one; unset or empty = default. A bad
-    or out-of-range value (also '1_0', which Python reads as 10, nan and inf) is refused naming the
-    variable, its value and the allowed range (``minimum`` and ``maximum`` included)."""
-    raw, kind = os.environ.get(name, "").strip(), int if isinstance(default, int) else float
-    if not raw:
-        return default
-    bounds = " and ".join(b for b in (minimum is not None and f"at least {minimum}",
-                                      maximum is not None and f"at most {maximum}") if b) or "a number"
-    try:
-        value = kind(raw.replace("_", "?"))
-        if value * 0 != 0:  # nan or an infinity
-            raise ValueError(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a finite number'}; "
-                         f"it must be {bounds}") from None
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name}={raw} is out of range: it must be {bounds}")
-    return value
 
 
 def env_path(name: str) -> Path | None:
@@ -93,8 +44,13 @@ def env_path(name: str) -> Path | None:
     return None if not raw else Path(raw).expanduser() if Path(raw).expanduser().is_absolute() else ROOT / raw
 
 
-def smoke_mode() -> bool:  # DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU)
-    return env_flag("DESCAN_SMOKE", False)
+def smoke_mode() -> bool:
+    """DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU). Anything but
+    1/0, true/false, yes/no, on/off or empty is refused (``maybe`` is not "off")."""
+    value = os.environ.get("DESCAN_SMOKE", "").strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ValueError(f"DESCAN_SMOKE={os.environ['DESCAN_SMOKE']!r} is not a switch; use 1 or 0")
+    return value in ("1", "true", "yes", "on")
 
 
 def data_dir() -> Path:
@@ -132,92 +88,7 @@ def workspace_dir(data=None) -> Path:
     return path
 
 
-# ---- Notebook setup -------------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's random, numpy and (when it is loaded or installed) torch, CPU and CUDA."""
-    random.seed(seed), np.random.seed(seed)
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-        torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def setup_notebook(seed: int = 0):
-    """The first cell of every notebook (after descan.colab.setup() in Colab): seed everything and
-    report versions, the device and the mode. Returns the torch device."""
-    import torch
-    seed_everything(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv {cv2.__version__} "
-          f"| numpy {np.__version__}\ndevice: " + (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
-          else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
-                        "GPU (Kaggle: Settings > Accelerator), then run all again.")))
-    print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)
-        shell.set_custom_exc((DataError,), lambda sh, et, ev, tb, tb_offset=None: sh.showtraceback(
-            (et, ev, tb), tb_offset=tb_offset, exception_only=True))
-    return device
-
-
-# ---- Files: atomic writes, image reading, pairing by name -----------------------------------------
-
-_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was first listed}
-_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
-                 errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}
-
-
-def _write_error(e, path):
-    """The OSError saying "disk full" or "read-only" with the path for a failed write, or None."""
-    code = getattr(e, "errno", None)
-    if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
-        with contextlib.suppress(OSError):
-            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
-    todo = "Free some space (old runs, zips)" if code in (errno.ENOSPC, errno.EDQUOT) else "Use a writable folder"
-    return code in _WRITE_ERRORS and OSError(code, f"{_WRITE_ERRORS[code]}: could not write {path}. {todo}; "
-                                                   f"any previous {path.name} is unchanged.")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The file
-    gets the permissions of a plain ``open(path, "w")``. A write that fails for want of space or
-    permission says "disk full" or "read-only" and the path. The ``.<name>.<8 hex>.partial`` files
-    that a killed writer of ``path`` left are removed first; a live writer's stays (it holds a lock).
-    """
-    path, fd = Path(path), None
-    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        names = _STALE.get(folder)
-        if names is None:  # a big folder (unpacked images) is listed once a process, others each time
-            listing = os.listdir(folder)
-            names = [n for n in listing if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
-            _STALE.update({folder: names} if len(listing) > 1000 else {})
-        for name in [n for n in names if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
-            names.remove(name)
-            with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
-                os.remove(path.parent / name)
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        if not _write_error(e, path):
-            raise
-        raise _write_error(e, path) from e
-    finally:
-        if fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            os.close(fd)
-
+# ---- Images: reading, pairing by name -----------------------------------------
 
 def read_rgb(path) -> np.ndarray:
     """Read any image file as RGB uint8 (H, W, 3): grey, alpha and 16-bit files are converted
@@ -239,16 +110,6 @@ def read_rgb(path) -> np.ndarray:
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def write_png(path, rgb: np.ndarray) -> None:
-    """Save an RGB uint8 image as PNG, atomically."""
-    check_image(rgb, "image to save")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"OpenCV could not encode {path}")
-    with atomic_path(path) as tmp:
-        buf.tofile(str(tmp))
 
 
 def list_images(folder) -> list[Path]:
@@ -377,22 +238,3 @@ def competition_score(restored, clean) -> float:
     if len(a) != len(b) or not a:
         raise ValueError(f"need the same, non-zero number of images, got {len(a)} and {len(b)}")
     return float(np.mean(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
-
-
-def pixel_y_mae(restored: np.ndarray, clean: np.ndarray) -> float:
-    """Pixel-wise mean |Y(restored) - Y(clean)| on the 0..255 scale (a diagnostic, not the score)."""
-    return float(np.abs(y_channel(restored).astype(np.int16) - y_channel(clean)).mean())
-
-
-def psnr(restored: np.ndarray, clean: np.ndarray) -> float:
-    """PSNR in dB over the RGB uint8 pixels (peak 255); inf for identical images."""
-    check_image(restored), check_image(clean)
-    mse = np.mean((restored.astype(np.float64) - clean.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
-
-
-def image_metrics(restored: np.ndarray, clean: np.ndarray) -> dict:
-    """Per-image figures: both mean Ys, their absolute difference, pixel Y MAE and PSNR."""
-    my_r, my_c = mean_y(restored), mean_y(clean)
-    return {"mean_y": my_r, "mean_y_clean": my_c, "abs_mean_y_err": abs(my_r - my_c),
-            "pixel_y_mae": pixel_y_mae(restored, clean), "psnr": psnr(restored, clean)}

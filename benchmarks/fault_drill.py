@@ -325,7 +325,7 @@ def val_fraction():
     """DESCAN_VAL_FRACTION read by notebook 01's own line (taken from the notebook)."""
     text = (ROOT / "notebooks/01_download.ipynb").read_text()
     m = re.search(r'helpers\.env_number\(\\"DESCAN_VAL_FRACTION\\"[^)]*\)', text)
-    call = m.group(0).replace('\\"', '"') if m else 'helpers.env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)'
+    call = m.group(0).replace('\\"', '"') if m else 'settings.env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)'
     return eval(call, {"helpers": helpers})  # noqa: S307 - the notebook's own line
 
 for _var, _value, _read in [*[(v, x, lambda: recipes.recipe("dncnn", "cuda")) for v, x in (
@@ -405,7 +405,7 @@ case("restore: interrupted half-way (the stop button)", fn=lambda d: (d.restored
     submit.restore_folder(failing(3), d.scans(), d.tmp / "restored", images_per_pass=1, chunk=1, show_progress=False)),
     "the previous restored folder intact, nothing partial left"))[-1])
 case("kill during a write (os._exit), then the next write", fn=lambda d: kill_write(
-    d, d.old_csv(), "import helpers\nwith helpers.atomic_path(sys.argv[1]) as t:\n    t.write_text('half')\n"
+    d, d.old_csv(), "from descan import files\nwith files.atomic_path(sys.argv[1]) as t:\n    t.write_text('half')\n"
     "    os._exit(9)", lambda p: submit.write_submission([("a", 1.0), ("b", 2.0)], p, ["a", "b"])))
 case("kill during a checkpoint save (os._exit), then the next save", slow=True, fn=lambda d: kill_write(
     d, d.save_run("dncnn"), "import torch\nfrom descan import checkpoints\nstate = checkpoints.load_checkpoint("

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers
+from descan import settings as env_settings
 from descan import crops, demo, engine, inference, losses, models, recipes
 from descan.demo import degradation_augment
 
@@ -234,8 +235,8 @@ def main():
     where = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"{where}; torch {torch.__version__}; DESCAN_AMP={inference.amp_setting()} (engine dtype on a GPU: "
           f"{NAMES[inference.amp_dtype()] if gpu else 'fp32'}); DESCAN_COMPILE="
-          f"{int(helpers.env_flag('DESCAN_COMPILE', False))}; {steps} timed steps per setting", flush=True)
-    engine_compiles = helpers.env_flag("DESCAN_COMPILE", False)
+          f"{int(env_settings.env_flag('DESCAN_COMPILE', False))}; {steps} timed steps per setting", flush=True)
+    engine_compiles = env_settings.env_flag("DESCAN_COMPILE", False)
     engine_amp = inference.amp_dtype() if gpu else None
     lines, notes, profiles = [], [], []
     with tempfile.TemporaryDirectory() as tmp:

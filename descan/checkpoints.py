@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from helpers import DataError, atomic_path
+from helpers import DataError
+from descan.files import atomic_path
 from descan.models import MODELS, build_model
 
 FORMAT = "descanning-checkpoint-v1"

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import DEMO_MARKER, ROOT, SPLITS, DataError, atomic_path, data_dir, data_label, workspace_dir
+from helpers import DEMO_MARKER, ROOT, SPLITS, DataError, data_dir, data_label, workspace_dir
+from descan.files import atomic_path
 
 
 def _demo(args) -> None:
@@ -59,7 +60,8 @@ def _check(args) -> None:
 def _prepare_training(args, device):
     """The data step, the split and the recipe of a training run: (model, kwargs, cfg, train, val, run dir, data)."""
     from descan import checkpoints, data, distributed, models, recipes
-    from helpers import dataset_kind, env_number, smoke_mode
+    from helpers import dataset_kind, smoke_mode
+    from descan.settings import env_number
     folder = Path(args.data).resolve() if args.data else data_dir()
     workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
     data.ensure_data(folder, workspace)
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
                    "full training runs); default 1800")
     args = parser.parse_args(argv)
     if args.cmd in ("train", "run-notebooks"):
-        from descan.colab import hosted_defaults
+        from descan.notebook import hosted_defaults
         hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
     try:
         if args.cmd == "score":

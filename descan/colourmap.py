@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from helpers import progress_bar, read_rgb, to_uint8
+from helpers import read_rgb, to_uint8
+from descan.files import progress_bar
 from descan import checkpoints
 from descan.data import scanner_group
 from descan.inference import evaluate

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import torch
 
-from helpers import DataError, progress_bar, random_crop_pair, read_rgb
+from helpers import DataError, random_crop_pair, read_rgb
+from descan.files import progress_bar
 
 
 def dihedral(img: np.ndarray, k: int) -> np.ndarray:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import (IMAGE_EXTS, ROOT, SPLITS, DataError, Pair, atomic_path, by_stem, data_label, dataset_kind, examples,
-                     image_metrics, list_images, page_id, pair_files, progress_bar, read_rgb, smoke_mode,
-                     split_names, workspace_dir, env_path, is_colab)
+from helpers import IMAGE_EXTS, ROOT, SPLITS, DataError, Pair, by_stem, data_label, dataset_kind, examples, list_images, page_id, pair_files, read_rgb, smoke_mode, split_names, workspace_dir, env_path, is_colab
+from descan.files import atomic_path, progress_bar
+from descan.metrics import image_metrics
 from descan.zips import ZIP_NAMES
 
 MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")

@@ -13,7 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers import DEMO_MARKER, SPLITS, check_image, env_number, progress_bar, to_uint8, write_png
+from helpers import DEMO_MARKER, SPLITS, check_image, to_uint8
+from descan.settings import env_number
+from descan.files import progress_bar, write_png
 
 # The demo set's defaults, read once here by `python -m descan demo`, data_download.sh and the notebooks.
 DEMO_DEFAULTS = {"train_pages": 40, "unseen_pages": 8, "test_pages": 4, "crops_per_page": 2, "crop": 256, "seed": 0}

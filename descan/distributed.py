@@ -32,7 +32,8 @@ import warnings
 import torch
 import torch.distributed as tdist
 
-from helpers import ROOT, DataError, env_number, smoke_mode
+from helpers import ROOT, DataError, smoke_mode
+from descan.settings import env_number
 
 TIMEOUT_MINUTES = 60  # how long a process waits for the others (process 0 validates while they wait)
 _DEVICE = None        # this process's device, for the small tensors of the collectives

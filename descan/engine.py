@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from helpers import DataError, atomic_path, progress_bar, read_rgb, seed_everything
+from helpers import DataError, read_rgb
+from descan.files import atomic_path, progress_bar
+from descan.notebook import seed_everything
 from descan import checkpoints as ckpt
 from descan.data import scanner_group
 from descan.crops import CropDataset, build_cache, default_workers, make_loader

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from helpers import competition_score, env_flag, image_metrics, progress_bar, read_rgb
+from helpers import competition_score, read_rgb
+from descan.settings import env_flag
+from descan.metrics import image_metrics
+from descan.files import progress_bar
 from descan.data import scanner_group
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from helpers import atomic_path, check_image, mean_y, y_channel
+from helpers import check_image, mean_y, y_channel
+from descan.files import atomic_path
 
 
 def _done(fig):

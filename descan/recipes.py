@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-from helpers import env_flag, env_number
+from descan.settings import env_flag, env_number
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers import (DataError, by_stem, competition_score, examples, list_images, pixel_y_mae,
-                     progress_bar, psnr, read_rgb, write_png, atomic_path)
+from helpers import DataError, by_stem, competition_score, examples, list_images, read_rgb
+from descan.metrics import pixel_y_mae, psnr
+from descan.files import progress_bar, write_png, atomic_path
 from descan.data import scanner_group
 
 CSV_HEADER = ("Image File", "Y Channel Value")
@@ -77,7 +78,7 @@ def validate_submission(rows, expected_ids) -> None:
 
 def write_submission(rows, path, expected_ids) -> Path:
     """Validate, then write the CSV atomically (UTF-8): header 'Image File,Y Channel Value', the rows
-    sorted by id. A full disk or a read-only folder raises OSError saying so (helpers.atomic_path)."""
+    sorted by id. A full disk or a read-only folder raises OSError saying so (files.atomic_path)."""
     validate_submission(rows, expected_ids)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:

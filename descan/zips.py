@@ -13,7 +13,8 @@ import stat
 import zipfile
 from pathlib import Path
 
-from helpers import IMAGE_EXTS, DataError, atomic_path, examples, progress_bar
+from helpers import IMAGE_EXTS, DataError, examples
+from descan.files import atomic_path, progress_bar
 
 ZIP_NAMES = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
 # A test zip holds about 500 images, a training zip about 10,000: a zip with fewer than this many

@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from descan import data, demo, submit, zips  # noqa: E402
-from helpers import DataError  # noqa: E402
+from helpers import DataError
 from builders import coord_image, files_under, imwrite_rgb, make_zip, pair_dirs, png_bytes, uniform  # noqa: E402
+from descan import metrics
 
 
 # ---------------------------------------------------------------- the dataset check
@@ -174,8 +175,8 @@ def test_demo_scans_are_aligned_and_degraded(tmp_path):
     assert r["score"] > 3  # "do nothing" is clearly not a perfect score
     for pair in helpers.pair_files(tmp_path / "train/clean", tmp_path / "train/scan"):
         c, s = helpers.read_rgb(pair.clean), helpers.read_rgb(pair.scan)
-        aligned = helpers.pixel_y_mae(s, c)
-        shifted = helpers.pixel_y_mae(s[8:, 8:].copy(), c[:-8, :-8].copy())
+        aligned = metrics.pixel_y_mae(s, c)
+        shifted = metrics.pixel_y_mae(s[8:, 8:].copy(), c[:-8, :-8].copy())
         assert 0 < aligned < shifted  # the scan is of the same window of the same page
 
 

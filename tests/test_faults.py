@@ -24,6 +24,7 @@ from builders import files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
 from descan import checkpoints, engine, inference, models, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError  # noqa: E402
+from descan import files, settings  # noqa: E402
 
 # The recipe table moved from engine to its own module; the tests take it from where it is.
 recipes = importlib.import_module("descan.recipes") if importlib.util.find_spec("descan.recipes") else engine
@@ -47,7 +48,7 @@ def test_a_failed_write_says_why_and_where_and_keeps_the_old_file(tmp_path, code
     target = tmp_path / "submission.csv"
     target.write_text("old")
     with pytest.raises(OSError) as e:
-        with helpers.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise OSError(code, os.strerror(code))
     assert e.value.errno == code and word in str(e.value) and str(target) in str(e.value)
@@ -63,17 +64,17 @@ def test_writes_without_an_errno_on_a_full_disk_say_disk_full(tmp_path, monkeypa
     target.write_bytes(b"old")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     with pytest.raises(OSError, match=rf"disk full: could not write {re.escape(str(target))}"):
-        with helpers.atomic_path(target):
+        with files.atomic_path(target):
             raise error
     assert target.read_bytes() == b"old" and files_under(tmp_path) == ["x.png"]
 
 
 def test_other_errors_pass_through_unchanged(tmp_path):
     with pytest.raises(RuntimeError, match="^boom$"):
-        with helpers.atomic_path(tmp_path / "a.txt"):
+        with files.atomic_path(tmp_path / "a.txt"):
             raise RuntimeError("boom")
     with pytest.raises(OSError, match="Bad file descriptor"):
-        with helpers.atomic_path(tmp_path / "b.txt"):
+        with files.atomic_path(tmp_path / "b.txt"):
             raise OSError(errno.EBADF, "Bad file descriptor")
 
 
@@ -122,8 +123,9 @@ def test_a_killed_write_leaves_a_partial_that_the_next_write_removes(tmp_path):
     target = tmp_path / "last.pt"
     target.write_bytes(b"old checkpoint")
     r = python("""
-        import os, helpers
-        with helpers.atomic_path(sys.argv[1]) as tmp:
+        import os
+        from descan import files
+        with files.atomic_path(sys.argv[1]) as tmp:
             tmp.write_bytes(b"half a checkpoint")
             os._exit(9)  # killed mid-write: no finally runs
         """, target)
@@ -131,8 +133,8 @@ def test_a_killed_write_leaves_a_partial_that_the_next_write_removes(tmp_path):
     left = [p.name for p in tmp_path.iterdir() if PARTIAL.fullmatch(p.name)]
     assert len(left) == 1 and target.read_bytes() == b"old checkpoint"
     r = python("""
-        import helpers
-        with helpers.atomic_path(sys.argv[1]) as tmp:
+        from descan import files
+        with files.atomic_path(sys.argv[1]) as tmp:
             tmp.write_bytes(b"new checkpoint")
         """, target)
     assert r.returncode == 0, r.stderr
@@ -143,8 +145,8 @@ def test_a_live_writers_partial_is_not_taken_for_stale(tmp_path):
     """Another process still writing the same file holds a lock on its partial file: it stays."""
     target = tmp_path / "history.csv"
     proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-                             "import helpers\n"
-                             "with helpers.atomic_path(sys.argv[1]) as tmp:\n"
+                             "from descan import files\n"
+                             "with files.atomic_path(sys.argv[1]) as tmp:\n"
                              "    tmp.write_text('theirs')\n"
                              "    print('writing', flush=True)\n"
                              "    sys.stdin.read()\n", str(target)],
@@ -152,7 +154,7 @@ def test_a_live_writers_partial_is_not_taken_for_stale(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "writing"
         theirs = [p for p in tmp_path.iterdir() if PARTIAL.fullmatch(p.name)]
-        with helpers.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("ours")
         assert all(p.exists() for p in theirs) and len(theirs) == 1
     finally:
@@ -208,7 +210,7 @@ def test_a_full_disk_during_restore_says_so_and_keeps_the_previous_folder(tmp_pa
     written = []
 
     def write_png(path, rgb):  # the second PNG meets a full disk: numpy's short write, no errno
-        with helpers.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             written.append(path)
             tmp.write_bytes(b"part of a PNG")
             if len(written) == 2:
@@ -334,7 +336,7 @@ def test_choose_checkpoint_stops_when_no_checkpoint_has_the_kind_of_data(tmp_pat
 def test_env_number_names_the_variable_the_value_and_the_range(monkeypatch, raw, default, lo, hi, message):
     monkeypatch.setenv("DESCAN_X", raw)
     with pytest.raises(ValueError, match=f"^{message}"):
-        helpers.env_number("DESCAN_X", default, lo, hi)
+        settings.env_number("DESCAN_X", default, lo, hi)
 
 
 NUMERIC_KNOBS = [(var, spec) for var, spec in recipes.ENV_KNOBS.items() if spec[1] in (int, float)]

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from builders import png_bytes  # noqa: E402
 from descan import submit  # noqa: E402
+from descan import files, settings  # noqa: E402
 
 
 def clean_env(**extra):
@@ -67,7 +68,7 @@ def test_one_truthiness_rule_for_every_switch(monkeypatch, value, expected):
     monkeypatch.setenv("DESCAN_SMOKE", value)
     assert helpers.smoke_mode() is expected
     monkeypatch.setenv("DESCAN_ENSEMBLE", value)
-    assert helpers.env_flag("DESCAN_ENSEMBLE", False) is expected
+    assert settings.env_flag("DESCAN_ENSEMBLE", False) is expected
 
 
 def test_bad_settings_are_refused_by_name(monkeypatch):
@@ -76,10 +77,10 @@ def test_bad_settings_are_refused_by_name(monkeypatch):
         helpers.smoke_mode()
     monkeypatch.setenv("DESCAN_BATCH", "abc")
     with pytest.raises(ValueError, match="DESCAN_BATCH='abc' is not an integer"):
-        helpers.env_number("DESCAN_BATCH", 16, 1)
+        settings.env_number("DESCAN_BATCH", 16, 1)
     monkeypatch.setenv("DESCAN_BATCH", "0")
     with pytest.raises(ValueError, match="DESCAN_BATCH=0 is out of range"):
-        helpers.env_number("DESCAN_BATCH", 16, 1)
+        settings.env_number("DESCAN_BATCH", 16, 1)
 
 
 def test_files_get_the_permissions_of_a_plain_open(tmp_path):
@@ -88,7 +89,7 @@ def test_files_get_the_permissions_of_a_plain_open(tmp_path):
         f.write("x")
     csv = submit.write_submission([("a", 1.0)], tmp_path / "submission.csv", ["a"])
     png = tmp_path / "x.png"
-    helpers.write_png(png, np.zeros((2, 2, 3), np.uint8))
+    files.write_png(png, np.zeros((2, 2, 3), np.uint8))
     mode = stat.S_IMODE(plain.stat().st_mode)
     assert stat.S_IMODE(csv.stat().st_mode) == mode and stat.S_IMODE(png.stat().st_mode) == mode
 
@@ -177,8 +178,8 @@ def test_in_a_notebook_the_kits_errors_show_their_message_not_a_traceback(tmp_pa
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nimport helpers\n"
-                                          "helpers.setup_notebook()\nfrom descan import data"),
+    nb.cells = [nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom descan import notebook\n"
+                                          "notebook.setup_notebook()\nfrom descan import data"),
                 nbformat.v4.new_code_cell(f"data.read_manifest({str(tmp_path / 'manifest.csv')!r})")]
     with pytest.raises(CellExecutionError) as e:  # still an error: Run all stops there
         NotebookClient(nb, kernel_name="python3", extra_arguments=["--log-level=ERROR"]).execute()

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from descan import submit  # noqa: E402
-from helpers import DataError  # noqa: E402
+from helpers import DataError
 from builders import coord_image, files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
+from descan import files, metrics, notebook
 
 
 # ---------------------------------------------------------------- the metric
@@ -88,9 +89,9 @@ def test_metric_functions_do_not_mutate_inputs():
     helpers.mean_y(a)
     helpers.y_channel(a)
     helpers.competition_score([a], [b])
-    helpers.pixel_y_mae(a, b)
-    helpers.psnr(a, b)
-    helpers.image_metrics(a, b)
+    metrics.pixel_y_mae(a, b)
+    metrics.psnr(a, b)
+    metrics.image_metrics(a, b)
     helpers.random_crop_pair(a, b, 8, np.random.default_rng(0))
     assert np.array_equal(a, a0) and np.array_equal(b, b0)
 
@@ -105,7 +106,7 @@ def test_metric_functions_do_not_mutate_inputs():
 def test_metric_rejects_non_rgb_uint8(bad):
     good = uniform((1, 2, 3), 4, 4)
     for call in (lambda: helpers.mean_y(bad), lambda: helpers.y_channel(bad),
-                 lambda: helpers.psnr(bad, good), lambda: helpers.pixel_y_mae(bad, good),
+                 lambda: metrics.psnr(bad, good), lambda: metrics.pixel_y_mae(bad, good),
                  lambda: helpers.competition_score([bad], [good])):
         with pytest.raises(TypeError):
             call()
@@ -123,31 +124,31 @@ def test_to_uint8_clips_scales_and_rounds():
 
 def test_pixel_y_mae_known_values():
     clean = uniform((10, 200, 30), 4, 4)  # Y 124
-    assert helpers.pixel_y_mae(clean, clean) == 0.0
-    assert helpers.pixel_y_mae(uniform((0, 0, 0), 4, 4), clean) == 124.0
+    assert metrics.pixel_y_mae(clean, clean) == 0.0
+    assert metrics.pixel_y_mae(uniform((0, 0, 0), 4, 4), clean) == 124.0
     half = clean.copy()
     half[:2] = 0  # half the pixels off by 124, half exact
-    assert helpers.pixel_y_mae(half, clean) == 62.0
+    assert metrics.pixel_y_mae(half, clean) == 62.0
     # no uint8 wrap-around: 0 - 124 must count as 124, not 132
-    assert helpers.pixel_y_mae(clean, uniform((0, 0, 0), 4, 4)) == 124.0
+    assert metrics.pixel_y_mae(clean, uniform((0, 0, 0), 4, 4)) == 124.0
 
 
 def test_psnr_known_values():
     rng = np.random.default_rng(3)
     clean = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # max 254, so +1 never wraps
-    assert helpers.psnr(clean, clean) == math.inf
-    assert helpers.psnr(clean + 1, clean) == pytest.approx(10 * math.log10(255 ** 2), abs=1e-9)
-    assert helpers.psnr(clean + 1, clean) == pytest.approx(48.1308036, abs=1e-6)
+    assert metrics.psnr(clean, clean) == math.inf
+    assert metrics.psnr(clean + 1, clean) == pytest.approx(10 * math.log10(255 ** 2), abs=1e-9)
+    assert metrics.psnr(clean + 1, clean) == pytest.approx(48.1308036, abs=1e-6)
     # an offset of 10 on one channel only: MSE = 100/3
     clean2 = clean.copy()
     clean2[..., 1] = np.minimum(clean2[..., 1], 245)
     off2 = clean2.copy()
     off2[..., 1] += 10
-    assert helpers.psnr(off2, clean2) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 3)), abs=1e-9)
+    assert metrics.psnr(off2, clean2) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 3)), abs=1e-9)
 
 
 def test_image_metrics_fields():
-    m = helpers.image_metrics(uniform((0, 0, 0)), uniform((10, 200, 30)))
+    m = metrics.image_metrics(uniform((0, 0, 0)), uniform((10, 200, 30)))
     assert m["mean_y"] == 0.0 and m["mean_y_clean"] == 124.0 and m["abs_mean_y_err"] == 124.0
     assert m["pixel_y_mae"] == 124.0
 
@@ -185,11 +186,11 @@ def test_read_rgb_converts_grey_rgba_16bit_and_tif(tmp_path):
 
 def test_write_png_round_trip(tmp_path):
     rgb = coord_image(13, 17)
-    helpers.write_png(tmp_path / "a" / "x.png", rgb)
+    files.write_png(tmp_path / "a" / "x.png", rgb)
     assert np.array_equal(helpers.read_rgb(tmp_path / "a" / "x.png"), rgb)
     assert files_under(tmp_path / "a") == ["x.png"]  # no temporary file left
     with pytest.raises(TypeError):
-        helpers.write_png(tmp_path / "y.png", rgb.astype(np.float32))
+        files.write_png(tmp_path / "y.png", rgb.astype(np.float32))
     assert not (tmp_path / "y.png").exists()
 
 
@@ -338,7 +339,7 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with helpers.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("new, half written")
             raise RuntimeError("boom")
     assert target.read_text() == "old" and files_under(tmp_path) == ["f.txt"]
@@ -363,9 +364,9 @@ def test_seed_everything_repeats_all_generators():
     import random
 
     import torch
-    helpers.seed_everything(123)
+    notebook.seed_everything(123)
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    helpers.seed_everything(123)
+    notebook.seed_everything(123)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 

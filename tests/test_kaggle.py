@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from descan import colab, data, demo
+from descan import notebook, data, demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,18 +58,18 @@ def kaggle(tmp_path, monkeypatch, competition):
 def test_detection(tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path / "kaggle"))
-    assert not colab.is_kaggle() and colab.hosted_defaults() == {}
+    assert not notebook.is_kaggle() and notebook.hosted_defaults() == {}
     (tmp_path / "kaggle" / "working").mkdir(parents=True)
-    assert colab.is_kaggle()
+    assert notebook.is_kaggle()
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # what Kaggle sets in its notebooks
-    assert colab.is_kaggle()
+    assert notebook.is_kaggle()
 
 
 def test_the_attached_data_is_used_in_place_read_only(kaggle, monkeypatch):
     found = kaggle / "input" / "descanning-2023"
-    assert colab.find_data(kaggle / "input") == found
-    chosen = colab.hosted_defaults()
+    assert notebook.find_data(kaggle / "input") == found
+    chosen = notebook.hosted_defaults()
     assert chosen == {"DESCAN_DATA": str(found), "DESCAN_WORKSPACE": str(kaggle / "working" / "workspace" / "real")}
     import helpers
     assert helpers.data_dir() == found and helpers.workspace_dir() == kaggle / "working" / "workspace" / "real"
@@ -85,19 +85,19 @@ def test_the_attached_data_is_used_in_place_read_only(kaggle, monkeypatch):
 
 def test_what_the_user_set_wins_and_smoke_mode_keeps_its_demo_data(kaggle, monkeypatch, tmp_path):
     monkeypatch.setenv("DESCAN_DATA", str(tmp_path / "mine"))
-    assert colab.hosted_defaults() == {"DESCAN_WORKSPACE": str(kaggle / "working" / "workspace" / "real")}
+    assert notebook.hosted_defaults() == {"DESCAN_WORKSPACE": str(kaggle / "working" / "workspace" / "real")}
     monkeypatch.delenv("DESCAN_DATA")
     monkeypatch.delenv("DESCAN_WORKSPACE")
     monkeypatch.setenv("DESCAN_SMOKE", "1")
-    assert colab.hosted_defaults() == {"DESCAN_WORKSPACE": str(kaggle / "working" / "workspace" / "demo")}
+    assert notebook.hosted_defaults() == {"DESCAN_WORKSPACE": str(kaggle / "working" / "workspace" / "demo")}
 
 
 def test_without_attached_data_it_goes_to_working(kaggle, monkeypatch, capsys):
     writable(kaggle / "input")
     import shutil
     shutil.rmtree(kaggle / "input" / "descanning-2023")
-    monkeypatch.setattr(colab, "NOTEBOOK_PACKAGES", {})  # nothing to install
-    colab.setup()
+    monkeypatch.setattr(notebook, "NOTEBOOK_PACKAGES", {})  # nothing to install
+    notebook.setup()
     out = capsys.readouterr().out
     assert os.environ["DESCAN_DATA"] == str(kaggle / "working" / "data")
     assert "no attached input with train/clean" in out and "Add Input" in out and "Kaggle setup done" in out
@@ -123,5 +123,5 @@ def test_the_notebooks_setup_cell_on_a_fake_kaggle(kaggle):
 def test_the_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path))
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    colab.setup()
+    notebook.setup()
     assert capsys.readouterr().out == ""

@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
-ORDER = ["demo", "zips", "data", "plots", "colab", "recipes", "models", "inference", "crops", "losses", "checkpoints",
+ORDER = ["demo", "zips", "data", "plots", "notebook", "recipes", "models", "inference", "crops", "losses", "checkpoints",
          "colourmap", "distributed",
          "engine", "submit", "cli"]
-NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data", "descan.plots", "descan.colab",
+NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data", "descan.plots", "descan.notebook",
             "descan.recipes", "descan.submit", "descan.cli"]
 
 
@@ -32,7 +32,7 @@ def test_the_setup_cell_is_the_same_in_every_notebook():
     first = {p.name: cells(p)[0] for p in NOTEBOOKS}
     assert len(set(first.values())) == 1, "the first code cells differ: " + ", ".join(first)
     setup = next(iter(first.values()))
-    assert "helpers.setup_notebook(seed=0)" in setup and "colab.setup()" in setup
+    assert "notebook.setup_notebook(seed=0)" in setup and "notebook.setup()" in setup
 
 
 def test_every_notebook_explains_the_drive_dialog_first():
@@ -118,7 +118,7 @@ DISTRIBUTIONS = {"cv2": "opencv-python", "torch": "torch", "torchvision": "torch
                  "pandas": "pandas", "matplotlib": "matplotlib", "tqdm": "tqdm", "torchsummary": "torchsummary",
                  "pytest": "pytest", "nbformat": "nbformat", "nbclient": "nbclient"}
 # imported only where they exist, each with its own message
-OPTIONAL = {"google": "Colab's own module (descan/colab.py runs only in Colab)"}
+OPTIONAL = {"google": "Colab's own module (descan/notebook.py runs only in Colab)"}
 # used as commands, not imported
 COMMANDS = {"gdown": "data_download.sh downloads with it", "nbval": "pytest --nbval", "ipykernel": "nbval's kernel"}
 LOCAL = {"helpers", "descan", "builders", "conftest"}

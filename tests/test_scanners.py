@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import helpers
+from descan import files
 from descan import data, demo, engine, inference, losses, models, recipes
 
 
@@ -205,7 +206,7 @@ def test_the_auto_levels_colour_map_follows_a_new_scanners_white_point(tmp_path)
         clean = demo.make_page(np.random.default_rng(i), 64, 64)
         clean[:8], clean[-8:] = 255, 0  # every page shows paper and ink (an eighth of it each)
         scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + rng.normal(0, 0.002, clean.shape))
-        helpers.write_png(tmp_path / f"clean/p{i}.png", clean), helpers.write_png(tmp_path / f"scan/p{i}.png", scan)
+        files.write_png(tmp_path / f"clean/p{i}.png", clean), files.write_png(tmp_path / f"scan/p{i}.png", scan)
         pairs.append(helpers.Pair(f"p{i}", tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"))
     _, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
     levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False, levels=True)

@@ -1,16 +1,20 @@
-"""The hosted notebooks' side of every notebook's first cell: Colab (install what is missing, mount
-Google Drive) and Kaggle (install what is missing, the attached data in place, the workspace in
-/kaggle/working). No torch."""
+"""Every notebook's first cell: Colab (install what is missing, mount Google Drive), Kaggle (the
+attached data in place, the workspace in /kaggle/working), then seeds, versions and the device."""
 from __future__ import annotations
 
 import importlib.util
+import random
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from helpers import SPLITS, data_dir, dataset_kind, env_flag, env_number, env_path, is_colab, smoke_mode, workspace_dir
+import cv2
+import numpy as np
+
+from helpers import SPLITS, DataError, data_dir, dataset_kind, env_path, is_colab, smoke_mode, workspace_dir
+from descan.settings import env_flag, env_number
 from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
@@ -121,3 +125,29 @@ def setup() -> None:
         except Exception as e:  # refused in the dialog, timed out, or no Drive for this account
             print(f"Google Drive could not be mounted ({type(e).__name__}: {str(e)[:200]}).\n{NO_DRIVE}")
     print(f"{'Kaggle' if is_kaggle() else 'Colab'} setup done in {time.time() - t0:.0f} s")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's random, numpy and (when it is loaded or installed) torch, CPU and CUDA."""
+    random.seed(seed), np.random.seed(seed)
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def setup_notebook(seed: int = 0):
+    """The first cell of every notebook (after descan.notebook.setup() in Colab): seed everything and
+    report versions, the device and the mode. Returns the torch device."""
+    import torch
+    seed_everything(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv {cv2.__version__} "
+          f"| numpy {np.__version__}\ndevice: " + (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
+          else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
+                        "GPU (Kaggle: Settings > Accelerator), then run all again.")))
+    print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)
+        shell.set_custom_exc((DataError,), lambda sh, et, ev, tb, tb_offset=None: sh.showtraceback(
+            (et, ev, tb), tb_offset=tb_offset, exception_only=True))
+    return device

@@ -1,0 +1,97 @@
+"""Writing files safely (atomically, with clear disk-full and read-only errors) and progress bars."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from helpers import check_image
+
+fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
+
+
+def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
+    """A tqdm progress bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
+    if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter with ipywidgets
+        from tqdm.auto import tqdm
+    else:  # text bars, without tqdm.auto's warning about the missing widgets
+        from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
+
+
+
+_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was first listed}
+_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
+                 errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}
+
+
+def _write_error(e, path):
+    """The OSError saying "disk full" or "read-only" with the path for a failed write, or None."""
+    code = getattr(e, "errno", None)
+    if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
+        with contextlib.suppress(OSError):
+            code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
+    todo = "Free some space (old runs, zips)" if code in (errno.ENOSPC, errno.EDQUOT) else "Use a writable folder"
+    return code in _WRITE_ERRORS and OSError(code, f"{_WRITE_ERRORS[code]}: could not write {path}. {todo}; "
+                                                   f"any previous {path.name} is unchanged.")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The file
+    gets the permissions of a plain ``open(path, "w")``. A write that fails for want of space or
+    permission says "disk full" or "read-only" and the path. The ``.<name>.<8 hex>.partial`` files
+    that a killed writer of ``path`` left are removed first; a live writer's stays (it holds a lock).
+    """
+    path, fd = Path(path), None
+    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = _STALE.get(folder)
+        if names is None:  # a big folder (unpacked images) is listed once a process, others each time
+            listing = os.listdir(folder)
+            names = [n for n in listing if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
+            _STALE.update({folder: names} if len(listing) > 1000 else {})
+        for name in [n for n in names if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
+            names.remove(name)
+            with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
+                os.remove(path.parent / name)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not _write_error(e, path):
+            raise
+        raise _write_error(e, path) from e
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            os.close(fd)
+
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    """Save an RGB uint8 image as PNG, atomically."""
+    check_image(rgb, "image to save")
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path}")
+    with atomic_path(path) as tmp:
+        buf.tofile(str(tmp))

@@ -1,0 +1,25 @@
+"""Diagnostic figures beside the competition score (helpers.competition_score): pixel Y MAE and PSNR."""
+from __future__ import annotations
+
+import numpy as np
+
+from helpers import check_image, mean_y, y_channel
+
+
+def pixel_y_mae(restored: np.ndarray, clean: np.ndarray) -> float:
+    """Pixel-wise mean |Y(restored) - Y(clean)| on the 0..255 scale (a diagnostic, not the score)."""
+    return float(np.abs(y_channel(restored).astype(np.int16) - y_channel(clean)).mean())
+
+
+def psnr(restored: np.ndarray, clean: np.ndarray) -> float:
+    """PSNR in dB over the RGB uint8 pixels (peak 255); inf for identical images."""
+    check_image(restored), check_image(clean)
+    mse = np.mean((restored.astype(np.float64) - clean.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def image_metrics(restored: np.ndarray, clean: np.ndarray) -> dict:
+    """Per-image figures: both mean Ys, their absolute difference, pixel Y MAE and PSNR."""
+    my_r, my_c = mean_y(restored), mean_y(clean)
+    return {"mean_y": my_r, "mean_y_clean": my_c, "abs_mean_y_err": abs(my_r - my_c),
+            "pixel_y_mae": pixel_y_mae(restored, clean), "psnr": psnr(restored, clean)}

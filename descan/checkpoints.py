@@ -18,19 +18,17 @@ from torch import nn
 
 from helpers import DataError
 from descan.files import atomic_path
-from descan.models import MODELS, build_model
+from descan.models import LEGACY, SHARED, model_from_state
 
 FORMAT = "descanning-checkpoint-v1"
 RUNS, BEST, LAST = "runs", "best.pt", "last.pt"
 # best.pt: what notebook 05 needs to rebuild and judge a model
-BEST_KEYS = ("kind", "model_name", "model_kwargs", "model", "val", "epoch", "step", "config", "data_kind")
+BEST_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "val", "epoch", "step", "config", "data_kind")
 # last.pt: the whole training state, for resuming
-LAST_KEYS = ("kind", "model_name", "model_kwargs", "model", "ema", "optimizer", "scaler", "epoch", "item",
+LAST_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "ema", "optimizer", "scaler", "epoch", "item",
              "step", "seconds", "history", "config", "data_kind", "data_id", "rng")
 SCHEMAS = {"best": BEST_KEYS, "last": LAST_KEYS}
-UNKNOWN_MODEL = ("If it is your own model, define it in WORKSPACE/my_models.py with @descan.models.register(name) "
-                 "and call models.load_user_models(WORKSPACE) first (README: Bring your own model); "
-                 "else update the repository (git pull) or train again.")
+UNKNOWN_MODEL = "Train it again with this version of the kit (notebook 03 or 04)."
 RUN_FIRST = "Run notebook 03 (DnCNN) or 04 (attention) first, or set DESCAN_CHECKPOINT to a checkpoint file."
 
 
@@ -95,12 +93,11 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
 def model_from_checkpoint(path_or_state, device="cpu") -> nn.Module:
     """Rebuild the model from the file alone (name + constructor arguments + weights), in eval mode."""
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
-    if state.get("model_name") not in MODELS:
-        raise CheckpointError(f"checkpoint names model {state.get('model_name')!r}, which this version "
-                              f"of descan does not know (known: {', '.join(sorted(MODELS))}). {UNKNOWN_MODEL}")
-    model = build_model(state["model_name"], **state["model_kwargs"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    try:
+        return model_from_state(state).to(device)
+    except Exception as e:  # the model's code, arguments or weights do not fit together
+        raise CheckpointError(f"the model of this checkpoint ({state.get('model_name')}) cannot be rebuilt: "
+                              f"{type(e).__name__}: {str(e)[:300]}. {UNKNOWN_MODEL}") from e
 
 
 def rng_state() -> dict:
@@ -131,9 +128,8 @@ def _checkpoint_entry(path) -> dict:
     score = (state.get("val") or {}).get("score", math.inf)
     entry.update(model_name=state.get("model_name"), data_kind=state.get("data_kind"), epoch=state.get("epoch"),
                  val_score=float(score) if score is not None and math.isfinite(float(score)) else math.inf)
-    if entry["model_name"] not in MODELS:
-        entry["error"] = (f"{path} names model {entry['model_name']!r}, which this version of descan does "
-                          f"not know (known: {', '.join(sorted(MODELS))}). {UNKNOWN_MODEL}")
+    if state.get("model_code") is None and entry["model_name"] not in (*SHARED, *LEGACY):
+        entry["error"] = f"{path} names model {entry['model_name']!r} but holds no code for it. {UNKNOWN_MODEL}"
     return entry
 
 

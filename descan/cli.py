@@ -57,47 +57,35 @@ def _check(args) -> None:
           f"test sizes {r['test_sizes']} (checked {r['checked']})")
 
 
-def _prepare_training(args, device):
-    """The data step, the split and the recipe of a training run: (model, kwargs, cfg, train, val, run dir, data)."""
-    from descan import checkpoints, data, distributed, models, recipes
-    from helpers import dataset_kind, smoke_mode
-    from descan.settings import env_number
+def _train(args) -> None:
+    """Train notebook 03's (``dncnn``) or 04's (``attention``) recipe with key=value changes, as the
+    notebook does; ``--run-dir``: the recipe saved there (what torchrun's processes run)."""
+    import torch
+    from descan import data, distributed, launch, recipes
+    from helpers import smoke_mode
+    device = distributed.init(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     folder = Path(args.data).resolve() if args.data else data_dir()
     workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
-    data.ensure_data(folder, workspace)
-    if not (workspace / data.MANIFEST_FILE).is_file():  # what notebook 01 does, once
-        print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
-        data.write_manifest(data.make_manifest(folder, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
-    train, val = data.load_split(folder, workspace)
-    models.load_user_models(workspace)
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("budget_minutes", args.minutes)) if v is not None}
-    name, kwargs, cfg = recipes.recipe(args.recipe, device, smoke_mode(), **overrides)
-    distributed.check_batch(cfg.batch_size, cfg.crops_per_image, distributed.world_size())
-    run = checkpoints.run_dir(workspace, args.run_name or os.environ.get("DESCAN_RUN_NAME") or name)
-    procs = distributed.world_size()
-    print(f"training {name} {kwargs} on {len(train)} pairs ({dataset_kind(folder)} data), validating on {len(val)}, "
-          f"device {device}" + (f" x {procs} processes (torchrun, {cfg.batch_size // procs} crops each per step)"
-                                 if procs > 1 else "") + f", run {run}\n{cfg}")
-    return name, kwargs, cfg, train, val, run, folder
-
-
-def _train(args) -> None:
-    """Train a recipe exactly as notebooks 03/04 do: same data step, split, run folder and files.
-    Under ``torchrun --nproc_per_node=N`` the same, data-parallel (descan/distributed.py)."""
-    import torch
-    from descan import distributed, engine
-    from helpers import dataset_kind
-    device = distributed.init(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        name, kwargs, cfg, train, val, run, folder = distributed.main_first(lambda: _prepare_training(args, device))
-        result = engine.Trainer(name, kwargs, train, val, run, cfg, device, dataset_kind(folder)).fit()
+        if args.run_dir:
+            result = launch.train_saved(Path(args.run_dir), folder, workspace, device)
+        else:
+            run = recipes.from_notebook(args.recipe, device, smoke_mode(), args.settings)
+            data.ensure_data(folder, workspace)
+            if not (workspace / data.MANIFEST_FILE).is_file():  # what notebook 01 does, once
+                print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
+                data.write_manifest(data.make_manifest(folder), workspace)
+            name = args.run_name or os.environ.get("DESCAN_RUN_NAME") or args.recipe
+            result = launch.train(run, folder, workspace, name, device, args.processes)
     except Exception as e:
         if distributed.peer_failed(e):  # the process that failed has printed why
             print(f"process {distributed.rank()}: stopped because another process of this run failed "
                   "(its error is above)", file=sys.stderr)
             raise SystemExit(1) from None
         raise
-    print(f"best validation score {result['best_score']:.4f} after {result['steps']} steps: {result['best_path']}")
+    if result:
+        print(f"best validation score {result['best_score']:.4f} after {result['steps']} steps: "
+              f"{result['best_path']}")
     distributed.teardown()
 
 
@@ -157,17 +145,22 @@ def main(argv=None) -> int:
     p.add_argument("zip"), p.add_argument("dest")
     p = sub.add_parser("check", help="check pairing, readability and sizes of a data folder (once)")
     p.add_argument("data_dir"), p.add_argument("--force", action="store_true", help="check again")
-    p = sub.add_parser("train", help="train a recipe as notebook 03 (dncnn) or 04 (attention) does")
-    p.add_argument("--recipe", choices=("dncnn", "attention"), required=True)
+    p = sub.add_parser("train", help="train notebook 03's (dncnn) or 04's (attention) recipe",
+                       description="Train a notebook's recipe; settings as key=value, e.g. lr=3e-4 epochs=20")
+    p.add_argument("--recipe", choices=("dncnn", "attention"))
+    p.add_argument("settings", nargs="*", help="key=value changes to the notebook's settings")
+    p.add_argument("--run-dir", help="train the recipe saved in this run folder (torchrun's processes)")
     p.add_argument("--data", help="data folder (default: DESCAN_DATA's rule)")
     p.add_argument("--workspace", help="workspace (default: DESCAN_WORKSPACE's rule)")
-    p.add_argument("--epochs", type=int), p.add_argument("--minutes", type=float, help="training budget")
-    p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the model's)")
+    p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the recipe)")
+    p.add_argument("--processes", type=int, default=1, help="N > 1: torchrun with N processes")
     p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
     p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
     p.add_argument("--cell-timeout", type=int, default=1800, help="seconds a cell may run (0: no limit, for "
                    "full training runs); default 1800")
     args = parser.parse_args(argv)
+    if args.cmd == "train" and not (args.recipe or args.run_dir):
+        parser.error("train needs --recipe dncnn|attention (or --run-dir)")
     if args.cmd in ("train", "run-notebooks"):
         from descan.notebook import hosted_defaults
         hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
@@ -205,7 +198,7 @@ def main(argv=None) -> int:
             _train(args)
         elif args.cmd == "run-notebooks":
             run_notebooks(args.notebooks, args.cell_timeout or None)
-    except DataError as e:
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was interrupted has said so (training: last.pt saved)

@@ -17,7 +17,7 @@ from descan.files import progress_bar
 from descan import checkpoints
 from descan.data import scanner_group
 from descan.inference import evaluate
-from descan.models import ColourMap, auto_levels
+from descan.models import ColourMap
 
 
 def fit_affine(scan_pixels: np.ndarray, clean_pixels: np.ndarray):
@@ -25,12 +25,6 @@ def fit_affine(scan_pixels: np.ndarray, clean_pixels: np.ndarray):
     a = np.concatenate([scan_pixels, np.ones((len(scan_pixels), 1))], axis=1).astype(np.float64)
     coef, *_ = np.linalg.lstsq(a, clean_pixels.astype(np.float64), rcond=None)
     return coef[:3].T, coef[3]
-
-
-def levelled(rgb: np.ndarray) -> np.ndarray:
-    """models.auto_levels of one RGB uint8 image, as an (H, W, 3) float array."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-    return auto_levels(x)[0].permute(1, 2, 0).numpy().astype(np.float64)
 
 
 def sample_pixels(pairs, per_image=4096, max_images=2000, seed=0, show_progress=True, levels=False):
@@ -43,7 +37,7 @@ def sample_pixels(pairs, per_image=4096, max_images=2000, seed=0, show_progress=
     scans, cleans = [], []
     for p in progress_bar(pairs, "sampling pixels", enabled=show_progress, unit="pair"):
         clean, scan = read_rgb(p.clean).reshape(-1, 3) / 255.0, read_rgb(p.scan)
-        scan = (levelled(scan) if levels else scan / 255.0).reshape(-1, 3)
+        scan = (scan / 255.0).reshape(-1, 3)
         idx = rng.choice(len(clean), min(per_image, len(clean)), replace=False)
         scans.append(scan[idx]), cleans.append(clean[idx])
     return np.concatenate(scans), np.concatenate(cleans)
@@ -61,14 +55,14 @@ def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run
     and, with a ``workspace``, save it as WORKSPACE/runs/<run>/best.pt. Returns (model, val figures)."""
     scan_px, clean_px = sample_pixels(train_pairs, show_progress=show_progress, levels=levels)
     matrix, offset = fit_affine(scan_px, clean_px)
-    model = ColourMap(levels=levels)
+    model = ColourMap()
     with torch.no_grad():
         model.matrix.copy_(torch.as_tensor(matrix, dtype=torch.float32))
         model.offset.copy_(torch.as_tensor(offset, dtype=torch.float32))
     val = evaluate(model, [(read_rgb(p.clean), read_rgb(p.scan)) for p in val_pairs], device,
                    groups=[scanner_group(p.name) for p in val_pairs])
     if workspace is not None:
-        checkpoints.save_checkpoint({"kind": "best", "model_name": "colour_map", "model_kwargs": {"levels": levels},
+        checkpoints.save_checkpoint({"kind": "best", "model_name": "colour_map", "model_kwargs": {}, "model_code": None,
                                      "model": model.state_dict(), "val": val, "epoch": 0, "step": 0,
                                      "config": {"method": "least squares", "pixels": len(scan_px)},
                                      "data_kind": data_kind}, checkpoints.best_path(workspace, run))

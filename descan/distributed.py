@@ -1,5 +1,5 @@
-"""Several processes, one training run: torchrun's environment, DistributedDataParallel, and the
-launcher that notebooks 03 and 04 use when there is more than one GPU.
+"""Several processes, one training run: torchrun's environment and DistributedDataParallel (the
+launcher that notebooks 03 and 04 use with more than one GPU is in descan/launch.py).
 
 ``torchrun --nproc_per_node=N -m descan train ...`` starts N copies of the command; each finds its
 RANK, WORLD_SIZE and LOCAL_RANK in the environment and joins the process group (``init``). Process 0,
@@ -20,20 +20,16 @@ Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op or retur
 """
 from __future__ import annotations
 
-import codecs
-import dataclasses
 import datetime
 import os
 import signal
-import subprocess
 import sys
 import warnings
 
 import torch
 import torch.distributed as tdist
 
-from helpers import ROOT, DataError, smoke_mode
-from descan.settings import env_number
+from helpers import DataError
 
 TIMEOUT_MINUTES = 60  # how long a process waits for the others (process 0 validates while they wait)
 _DEVICE = None        # this process's device, for the small tensors of the collectives
@@ -80,7 +76,7 @@ def init(device) -> torch.device:
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise DataError(f"torchrun started process {local} but only {torch.cuda.device_count()} GPUs are "
-                            "visible: give --nproc_per_node at most the number of GPUs (DESCAN_GPUS in the notebooks)")
+                            "visible: give --nproc_per_node at most the number of GPUs (PROCESSES in the notebooks)")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
@@ -173,10 +169,9 @@ def wrap(model, device):
 def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
     """ValueError unless every process gets whole pairs of every batch."""
     if batch_size % (crops_per_image * processes):
-        raise ValueError(f"batch_size={batch_size} (DESCAN_BATCH) must be a multiple of crops_per_image="
-                         f"{crops_per_image} (DESCAN_CROPS_PER_IMAGE) x processes={processes} (--nproc_per_node, "
-                         "DESCAN_GPUS): each process takes whole pairs of every batch. Change the batch or the "
-                         "number of processes.")
+        raise ValueError(f"batch_size={batch_size} must be a multiple of crops_per_image={crops_per_image}"
+                         f" x processes={processes}: each process takes whole pairs of every batch. Change "
+                         "the batch or the number of processes.")
 
 
 class Shard(torch.utils.data.Dataset):
@@ -202,88 +197,3 @@ def shard(dataset, pairs_per_batch: int):
         return dataset
     check_batch(pairs_per_batch, 1, world_size())
     return Shard(dataset, pairs_per_batch, rank(), world_size())
-
-
-# ---- notebooks: how many processes, and the launcher ---------------------------------------------------
-
-def gpu_count_wanted() -> int:
-    """How many training processes the notebooks start: DESCAN_GPUS when set (0 or 1: train in the
-    notebook's own process; N: torchrun with N processes, one per GPU, or on the CPU without GPUs),
-    else the number of GPUs visible."""
-    gpus = torch.cuda.device_count()
-    wanted = env_number("DESCAN_GPUS", -1, 0, 64)
-    if wanted < 0:
-        return gpus
-    if gpus and wanted > gpus:
-        raise ValueError(f"DESCAN_GPUS={wanted} but only {gpus} GPUs are visible: set it to at most {gpus}, "
-                         "or unset it to use them all")
-    return wanted
-
-
-def torchrun_command(recipe: str, processes: int, data=None, workspace=None, run_name=None) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m descan train --recipe R ...``"""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           "-m", "descan", "train", "--recipe", recipe]
-    for flag, value in (("--data", data), ("--workspace", workspace), ("--run-name", run_name)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    return cmd
-
-
-def _check_same_recipe(recipe: str, cfg, model, device) -> None:
-    """The processes build their model and settings from RECIPES and DESCAN_*; refuse a notebook's own changes."""
-    from descan.recipes import recipe as build
-    name, kwargs, theirs = build(recipe, device, smoke_mode())
-    if model is not None and (model[0], dict(model[1])) != (name, kwargs):
-        raise ValueError(f"the notebook trains {model[0]} {dict(model[1])}, but the torchrun processes train the "
-                         f"recipe's {name} {kwargs}. Train your model in this process: DESCAN_GPUS=1.")
-    changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(theirs, f.name)] \
-        if cfg is not None else []
-    if changed:
-        raise ValueError(f"CFG was changed in the notebook ({', '.join(changed)}), but the torchrun processes "
-                         "read their settings from RECIPES and the DESCAN_* variables only. Set the DESCAN_* "
-                         "variables instead (README), or train in this process: DESCAN_GPUS=1.")
-
-
-def _stream(proc) -> None:
-    """Copy the process's output here as it comes (progress bars' carriage returns included)."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    while chunk := os.read(proc.stdout.fileno(), 4096):
-        sys.stdout.write(decoder.decode(chunk))
-        sys.stdout.flush()
-
-
-def launch(recipe: str, processes: int, data=None, workspace=None, run_name=None, cfg=None, model=None,
-           device="cuda") -> None:
-    """Train a recipe with ``processes`` processes under torchrun, its output streaming here.
-
-    ``cfg`` and ``model`` ((name, kwargs)), when given, must be the recipe's (with the DESCAN_*
-    variables): the processes build their own from those. Stopping the notebook (or Ctrl-C) sends
-    SIGINT to all of them and waits: process 0 saves
-    last.pt once, as in one process, and running the cell again resumes. A failure raises DataError
-    with the exit code; the message is in the output above it.
-    """
-    if cfg is not None or model is not None:
-        _check_same_recipe(recipe, cfg, model, device)
-    cmd = torchrun_command(recipe, processes, data, workspace, run_name)
-    print("$ torchrun " + " ".join(cmd[3:]), flush=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        _stream(proc)
-        code = proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)  # torchrun and its processes: process 0 saves last.pt
-        try:
-            _stream(proc)
-            proc.wait()
-        except KeyboardInterrupt:  # a second interrupt: stop at once
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
-    finally:
-        proc.stdout.close()
-    if code != 0:
-        raise DataError(f"training with {processes} processes stopped (exit code {code}); the reason is in the "
-                        "output above. Run the cell again to resume from last.pt, or set DESCAN_GPUS=1 to train "
-                        "in this process.")

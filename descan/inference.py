@@ -6,7 +6,6 @@ ever the crops of one training step, see recipes.TrainConfig).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
 import numpy as np
@@ -14,7 +13,6 @@ import torch
 from torch import nn
 
 from helpers import competition_score, read_rgb
-from descan.settings import env_flag
 from descan.metrics import image_metrics
 from descan.files import progress_bar
 from descan.data import scanner_group
@@ -22,34 +20,33 @@ from descan.data import scanner_group
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
-def amp_setting() -> str:
-    """DESCAN_AMP: ``auto`` (default), ``bf16``, ``fp16`` or ``off`` (fp32 on the GPU too).
-    Anything else is refused naming the variable and the allowed values."""
-    value = os.environ.get("DESCAN_AMP", "").strip().lower() or "auto"
-    if value not in AMP_CHOICES:
-        raise ValueError(f"DESCAN_AMP={os.environ['DESCAN_AMP']!r} is not one of {', '.join(AMP_CHOICES)}")
-    return value
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
-def amp_dtype():
-    """The mixed-precision dtype on CUDA, or None for fp32 (DESCAN_AMP=off). ``auto``: bf16 on GPUs
-    with native bf16 (compute capability 8.0+: A100, L4, H100), fp16 before that (Colab's T4),
-    where torch.cuda.is_bf16_supported() says True only because it can emulate it. fp16 trains with
-    a GradScaler (engine.py). Which is faster per model awaits benchmarks/gpu_step.py on a GPU."""
-    value = amp_setting()
-    if value == "off":
+def amp_dtype(amp: str = "auto"):
+    """The mixed-precision dtype on CUDA for the setting ``amp``, or None for fp32 ("off"). "auto":
+    bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 before that (Colab's T4)."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp={amp!r} is not one of {', '.join(AMP_CHOICES)}")
+    if amp == "off":
         return None
-    if value == "auto":
+    if amp == "auto":
         return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[value]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def autocast(device):
-    """Mixed precision on CUDA (bf16 or fp16, see amp_dtype); a no-op context on CPU and with
-    DESCAN_AMP=off."""
-    if amp_setting() == "off" or torch.device(device).type != "cuda":  # refuses a bad DESCAN_AMP anywhere
+def use_grad_scaler(device, amp: str = "auto") -> bool:
+    """fp16 training needs loss scaling (a GradScaler); bf16 and fp32 do not."""
+    return torch.device(device).type == "cuda" and amp_dtype(amp) == torch.float16
+
+
+def autocast(device, amp: str = "auto"):
+    """Mixed precision on CUDA (see amp_dtype); a no-op context on CPU and with amp="off"."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp={amp!r} is not one of {', '.join(AMP_CHOICES)}")
+    if amp == "off" or torch.device(device).type != "cuda":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype())
+    return torch.autocast("cuda", dtype=amp_dtype(amp))
 
 
 class CompiledOrEager(nn.Module):
@@ -70,7 +67,7 @@ class CompiledOrEager(nn.Module):
         self.compiled = None
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         print(f"torch.compile failed ({type(e).__name__}: {first}); going on without it, as fast as "
-              "without DESCAN_COMPILE=1 (set it to 0 to hide this message)")
+              "without compile=True (set it to False to hide this message)")
 
     def forward(self, x):
         if self.compiled is None:
@@ -89,12 +86,9 @@ class CompiledOrEager(nn.Module):
         return out
 
 
-def compile_model(model: nn.Module, enabled=None) -> nn.Module:
-    """The model to train with: wrapped in CompiledOrEager when DESCAN_COMPILE=1 (``enabled``
-    overrides it), else ``model`` itself. Off by default until a GPU run of benchmarks/gpu_step.py
-    shows the compiled step pays for its first-call cost."""
-    if enabled is None:
-        enabled = env_flag("DESCAN_COMPILE", False)
+def compile_model(model: nn.Module, enabled: bool = False) -> nn.Module:
+    """The model to train with: wrapped in CompiledOrEager when ``enabled`` (the setting compile),
+    else ``model`` itself."""
     return CompiledOrEager(model) if enabled else model
 
 
@@ -123,7 +117,8 @@ def _model_device(model, device):
 
 
 @torch.no_grad()
-def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=False, show_progress=False):
+def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=False, show_progress=False,
+            amp="auto"):
     """Restore a list of RGB uint8 images of any size; returns RGB uint8 images of the same sizes.
 
     Images of equal size go through the model ``images_per_pass`` at a time, with mixed precision
@@ -142,7 +137,7 @@ def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=F
     for idx in progress_bar(passes, "restoring", enabled=show_progress):
         # channels-last measured faster on both CPU and GPU for these convolution stacks
         x = images_to_tensor([images[i] for i in idx], device).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, amp):
             if ensemble:
                 y = 0
                 for k, flip in DIHEDRAL:
@@ -165,7 +160,7 @@ def _figures(per: list) -> dict:
 
 
 def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_progress=False,
-             groups=None) -> dict:
+             groups=None, amp="auto") -> dict:
     """Validation figures on whole images: competition score, pixel Y MAE and PSNR (means).
 
     ``pairs`` is a list of (clean, scan) RGB uint8 arrays. ``groups`` (one 'seen' or 'unseen' per
@@ -173,7 +168,7 @@ def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_
     those of the unseen scanners' pairs, when there are any, come as unseen_score,
     unseen_pixel_y_mae and unseen_psnr.
     """
-    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, ensemble, show_progress)
+    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, ensemble, show_progress, amp)
     per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
     groups = list(groups) if groups is not None else ["seen"] * len(per)
     seen = [p for p, g in zip(per, groups) if g != "unseen"]

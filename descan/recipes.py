@@ -1,28 +1,41 @@
-"""The recipe table: every training knob (TrainConfig) and the recipes of notebooks 03 and 04.
+"""A training run's recipe: its settings (TrainConfig), its model and its loss, as code.
 
-RECIPES is the single source of each notebook's recipe: the notebooks, benchmarks/ and the tests
-all build their settings with ``recipe()``. A *batch* is the crops of one optimiser step
-(``batch_size``); each decoded pair gives ``crops_per_image`` of them. No torch at import.
+Notebooks 03 and 04 are where a recipe lives: a parameter cell builds ``CFG``, a model cell defines
+the model (``MODEL_CODE = notebook.this_cell()`` keeps the cell's code above that line), a loss cell
+defines ``training_loss``. ``from_notebook`` runs those cells outside the notebook, so the command
+line, torchrun's processes, the tests and the benchmarks train exactly what the notebook shows.
+A run folder keeps its recipe in ``run.json``; checkpoints keep the model's code. No torch here.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
-from dataclasses import dataclass, fields
+import types
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
-from descan.settings import env_flag, env_number
+from helpers import ROOT
+from descan.files import atomic_path
+
+NOTEBOOKS = {"dncnn": "03_train_dncnn.ipynb", "attention": "04_train_attention.ipynb"}
+MARKERS = {"config": "CFG = TrainConfig(", "model": "MODEL_CODE = notebook.this_cell()",
+           "loss": "LOSS_CODE = notebook.this_cell()"}
+CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
+           "amp": ("auto", "bf16", "fp16", "off")}
+FRACTIONS = ("degrade_prob", "colour_jitter")  # probabilities: 0 to 1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training knob. The defaults are the slides' DnCNN recipe."""
+    """Every training setting. A *batch* is the crops of one optimiser step."""
     epochs: int = 10
     crops_per_epoch: int = 64 * 160      # an epoch is a fixed number of crops, not a pass over images
     batch_size: int = 64                 # crops per optimiser step
     patch: int = 128                     # side of a training crop, in pixels
     crops_per_image: int = 8             # crops cut from each decoded pair; batch_size is a multiple of it
-    loss: str = "mse"                    # "mse" or "l1"
-    mean_y_weight: float = 0.0           # extra loss on each crop's mean Y (what the metric sees)
-    perceptual_weight: float = 0.0       # VGG16 feature loss (downloads ImageNet weights); 0 = off
+    mean_y_weight: float = 0.0           # loss weight of each crop's mean Y (what the metric sees)
+    stats_weight: float = 0.0            # loss weight of a colour head's per-channel mean and spread
     optimizer: str = "adam"              # "adam" or "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -31,143 +44,143 @@ class TrainConfig:
     grad_clip: float = 0.0               # 0 = off
     ema_decay: float = 0.0               # 0 = off; else validate and save the averaged weights
     augment: bool = True                 # flips and 90-degree rotations
-    degrade_prob: float = 0.0            # degradation augmentation probability
+    degrade_prob: float = 0.0            # probability of extra synthetic scan damage on an input crop
     colour_jitter: float = 0.0           # probability of a random global colour response on an input crop
-    rescan_prob: float = 0.0             # probability of training on a random scanner's simulated scan of the clean crop
-    stats_weight: float = 0.0            # colour head: weight of the loss on its image's colour statistics
     budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
-    checkpoint_minutes: float = 2.0      # also save `last` this often inside an epoch
-    val_every_minutes: float = 0.0       # also validate this often inside an epoch (short budgets); 0 = no
+    checkpoint_minutes: float = 2.0      # also save last.pt this often inside an epoch
+    val_every_minutes: float = 0.0       # also validate this often inside an epoch; 0 = no
     val_images_per_pass: int = 8         # whole validation images per forward pass
-    workers: int = -1                    # -1 = automatic: none on a CPU, up to 4 beside a GPU
+    workers: int = -1                    # data loader processes; -1 = none on a CPU, up to 4 beside a GPU
+    amp: str = "auto"                    # mixed precision on a GPU: auto (bf16 where native, else fp16), off
+    compile: bool = False                # torch.compile the model (falls back when it cannot)
     seed: int = 0
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.crops_per_image < 1 or self.batch_size % self.crops_per_image:
-            raise ValueError(f"batch_size={self.batch_size} (DESCAN_BATCH) must be a positive multiple of "
-                             f"crops_per_image={self.crops_per_image} (DESCAN_CROPS_PER_IMAGE): every decoded "
-                             "pair gives that many crops to a batch")
+        problems = [f"{f.name}={getattr(self, f.name)!r}: {why}" for f in fields(self)
+                    if (why := _problem(f.name, getattr(self, f.name)))]
+        if self.batch_size % max(1, self.crops_per_image):
+            problems.append(f"batch_size={self.batch_size} must be a multiple of crops_per_image="
+                            f"{self.crops_per_image} (every decoded pair gives that many crops to a batch)")
         if self.crops_per_epoch < self.batch_size:
-            raise ValueError(f"crops_per_epoch={self.crops_per_epoch} must be at least batch_size={self.batch_size}")
-        if self.patch < 8 or self.epochs < 1:
-            raise ValueError(f"patch={self.patch} must be at least 8 and epochs={self.epochs} at least 1")
-        if self.loss not in ("mse", "l1") or self.optimizer not in ("adam", "adamw") or \
-                self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown loss {self.loss!r}, optimizer {self.optimizer!r} or schedule {self.schedule!r}")
+            problems.append(f"crops_per_epoch={self.crops_per_epoch} must be at least batch_size={self.batch_size}")
+        if problems:
+            raise ValueError("bad training settings: " + "; ".join(problems))
 
 
-# The recipes of notebooks 03 and 04. "config" is the GPU recipe; "cpu" and "smoke" override it
-# without a GPU (a step of the slides' 64 x 128 px took about a minute on 2 CPU cores, so smaller
-# crops and a 10-minute budget) and in smoke mode; "smoke_model" overrides the model's arguments
-# in smoke mode.
-RECIPES = {
-    "dncnn": {
-        "model": "dncnn",
-        "model_kwargs": dict(channels=3, width=64, depth=17, mean=0.5, std=0.5, levels=False),
-        "config": dict(epochs=10, crops_per_epoch=64 * 160, batch_size=64, patch=128, crops_per_image=8,
-                       loss="mse", optimizer="adam", lr=1e-3, schedule="constant", budget_minutes=0.0),
-        "cpu": dict(batch_size=16, patch=64, budget_minutes=10.0, val_every_minutes=2.0),
-        "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, crops_per_image=4, budget_minutes=0.0),
-        "smoke_model": {},
-    },
-    "attention": {
-        "model": "attention_unet",
-        # colour head and colour jitter on (DESCAN_COLOUR_HEAD=0, DESCAN_COLOUR_JITTER=0): best on the
-        # training scanners' pages, and better than without on unseen and held-out scanners at equal
-        # time; auto-levels and rescans (off) did better on the unseen validation scanners but not on
-        # the held-out ones (benchmarks/compare_models.py, README)
-        "model_kwargs": dict(width=32, enc_blocks=(1, 1, 2), mid_blocks=2, dec_blocks=(1, 1, 1), colour_path=True,
-                             colour_head=True, levels=False),
-        "config": dict(epochs=40, crops_per_epoch=16 * 400, batch_size=16, patch=256, crops_per_image=4,
-                       loss="l1", mean_y_weight=0.5, stats_weight=1.0, augment=True, degrade_prob=0.25,
-                       colour_jitter=0.5, optimizer="adamw",
-                       lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_steps=200, grad_clip=1.0,
-                       ema_decay=0.999, budget_minutes=90.0),
-        "cpu": dict(patch=64, budget_minutes=10.0, val_every_minutes=2.0),
-        "smoke": dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=48, warmup_steps=2, ema_decay=0.9,
-                      budget_minutes=0.0),
-        "smoke_model": dict(width=16, mid_blocks=1),
-    },
-}
-# The colour head alone: a global colour correction learnt from the pairs, nothing local.
-RECIPES["colour_head"] = {
-    "model": "colour_head",
-    "model_kwargs": dict(width=32, size=64),
-    "config": {**RECIPES["attention"]["config"], "ema_decay": 0.0, "degrade_prob": 0.0, "colour_jitter": 0.0},
-    # It judges whole images, so it trains on whole images (or 256 px crops): it shrinks them to
-    # 64 px first and costs little at any size.
-    "cpu": {**RECIPES["attention"]["cpu"], "patch": 256},
-    "smoke": {**RECIPES["attention"]["smoke"], "ema_decay": 0.0},
-    "smoke_model": dict(width=8, size=16),
-}
-
-# Environment variables that override a recipe: name -> (TrainConfig field, kind, minimum, maximum)
-ENV_KNOBS = {
-    "DESCAN_EPOCHS": ("epochs", int, 1, None),
-    "DESCAN_CROPS_PER_EPOCH": ("crops_per_epoch", int, 1, None),
-    "DESCAN_BATCH": ("batch_size", int, 1, None),
-    "DESCAN_PATCH": ("patch", int, 8, None),
-    "DESCAN_CROPS_PER_IMAGE": ("crops_per_image", int, 1, None),
-    "DESCAN_LR": ("lr", float, 1e-8, 1.0),
-    "DESCAN_MEAN_Y_WEIGHT": ("mean_y_weight", float, 0.0, None),
-    "DESCAN_PERCEPTUAL_WEIGHT": ("perceptual_weight", float, 0.0, None),
-    "DESCAN_DEGRADE_PROB": ("degrade_prob", float, 0.0, 1.0),
-    "DESCAN_COLOUR_JITTER": ("colour_jitter", float, 0.0, 1.0),
-    "DESCAN_RESCAN_PROB": ("rescan_prob", float, 0.0, 1.0),
-    "DESCAN_STATS_WEIGHT": ("stats_weight", float, 0.0, None),
-    "DESCAN_EMA_DECAY": ("ema_decay", float, 0.0, 0.99999),
-    "DESCAN_TRAIN_MINUTES": ("budget_minutes", float, 0.0, None),
-    "DESCAN_CHECKPOINT_MINUTES": ("checkpoint_minutes", float, 0.0, None),
-    "DESCAN_VAL_EVERY_MINUTES": ("val_every_minutes", float, 0.0, None),
-    "DESCAN_WEIGHT_DECAY": ("weight_decay", float, 0.0, 1.0),
-    "DESCAN_WARMUP_STEPS": ("warmup_steps", int, 0, None),
-    "DESCAN_GRAD_CLIP": ("grad_clip", float, 0.0, None),
-    "DESCAN_AUGMENT": ("augment", bool, None, None),
-    "DESCAN_LOSS": ("loss", str, ("l1", "mse"), None),
-    "DESCAN_OPTIMIZER": ("optimizer", str, ("adam", "adamw"), None),
-    "DESCAN_SCHEDULE": ("schedule", str, ("constant", "cosine"), None),
-}
+def _problem(name: str, value) -> str:
+    """Why ``value`` is not allowed for the setting ``name`` ('' when it is)."""
+    kind = type(TrainConfig.__dataclass_fields__[name].default)
+    if kind is bool or kind is str:
+        allowed = CHOICES.get(name, (True, False))
+        return "" if value in allowed and type(value) is kind else f"use one of {', '.join(map(str, allowed))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        return f"must be {'an integer' if kind is int else 'a number'}"
+    low = {"patch": 8, "lr": 1e-8, "workers": -1}.get(name, 1 if kind is int else 0.0)
+    high = 1.0 if name in FRACTIONS or name in ("lr", "weight_decay") else 0.99999 if name == "ema_decay" else math.inf
+    if name in ("warmup_steps", "seed"):
+        low = 0
+    return "" if math.isfinite(value) and low <= value <= high else f"must be from {low} to {high}"
 
 
-def recipe(name: str, device="cpu", smoke: bool = False, use_env: bool = True, **overrides):
-    """(model name, model kwargs, TrainConfig) of a RECIPES entry: the GPU recipe, then the CPU
-    sizes when ``device`` is not a GPU, then smoke mode's, then the DESCAN_* variables of
-    ENV_KNOBS (and DESCAN_WIDTH for the model's width, DESCAN_COLOUR_HEAD for the attention model's
-    colour head, DESCAN_LEVELS for auto-levels) when ``use_env``, then ``overrides``."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    r = RECIPES[name]
-    config, model_kwargs = dict(r["config"]), dict(r["model_kwargs"])
-    if str(device).split(":")[0] != "cuda":
-        config.update(r["cpu"])
-    if smoke:
-        config.update(r["smoke"])
-        model_kwargs.update(r["smoke_model"])
-    if use_env:
-        for var, (field, kind, lo, hi) in ENV_KNOBS.items():
-            if kind is bool:
-                config[field] = env_flag(var, config.get(field, True))
-            elif kind is str:
-                value = os.environ.get(var, "").strip().lower()
-                if value and value not in lo:
-                    raise ValueError(f"{var}={value!r} is not one of {', '.join(lo)}")
-                config[field] = value or config.get(field, TrainConfig.__dataclass_fields__[field].default)
-            else:
-                default = config.get(field, TrainConfig.__dataclass_fields__[field].default)
-                config[field] = env_number(var, kind(default), lo, hi)
-        model_kwargs["width"] = env_number("DESCAN_WIDTH", model_kwargs["width"], 4, 512)
-        if "colour_head" in model_kwargs:
-            model_kwargs["colour_head"] = env_flag("DESCAN_COLOUR_HEAD", model_kwargs["colour_head"])
-        if "levels" in model_kwargs:
-            model_kwargs["levels"] = env_flag("DESCAN_LEVELS", model_kwargs["levels"])
-    config.update({k: v for k, v in overrides.items() if k in {f.name for f in fields(TrainConfig)}})
-    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-    return r["model"], model_kwargs, TrainConfig(**config)
+def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``key=value`` strings applied (``lr=3e-4 epochs=20``); a bad key or value is
+    refused naming the key, the value and what is allowed."""
+    known = {f.name: type(f.default) for f in fields(TrainConfig)}
+    changes = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"{item!r} is not a setting: write key=value with a key among {', '.join(known)}")
+        kind = known[key]
+        try:
+            value = {"true": True, "1": True, "false": False, "0": False}[raw.lower()] if kind is bool else \
+                kind(raw) if kind is not int else int(raw.replace("_", "?"))
+        except (ValueError, KeyError):
+            raise ValueError(f"{key}={raw!r}: {_problem(key, raw) or 'not a ' + kind.__name__}") from None
+        changes[key] = value
+    return replace(cfg, **changes)
+
+
+def with_env(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with DESCAN_TRAIN_MINUTES, when set, as the training budget (minutes; 0 = none)."""
+    raw = os.environ.get("DESCAN_TRAIN_MINUTES", "").strip()
+    if not raw:
+        return cfg
+    try:
+        return replace(cfg, budget_minutes=float(raw))
+    except ValueError:
+        raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes (0 or more)") from None
+
+
+# ---- recipes in notebooks --------------------------------------------------------------------------
+
+def code_above(cell: str, marker: str) -> str:
+    """The lines of ``cell`` above the line holding ``marker``: what a model or loss cell keeps."""
+    lines = cell.splitlines()
+    at = next((i for i, line in enumerate(lines) if marker in line), len(lines))
+    return "\n".join(lines[:at]).rstrip() + "\n"
+
+
+def notebook_cell(notebook, marker: str) -> str:
+    """The source of the first code cell of ``notebook`` that holds ``marker``."""
+    path = Path(notebook)
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and marker in source:
+            return source
+    raise ValueError(f"{path} has no code cell with {marker!r}: restore the notebook from the repository")
+
+
+def run_cell(source: str, namespace: dict, marker: str | None = None) -> dict:
+    """Run a notebook cell's code in ``namespace`` (a model or loss cell's ``notebook.this_cell()``
+    gives the code above its marker line, as in the notebook)."""
+    if marker:
+        namespace["notebook"] = types.SimpleNamespace(this_cell=lambda: code_above(source, marker))
+    exec(compile(source, f"<cell with {marker or 'settings'}>", "exec"), namespace)
+    return namespace
+
+
+def from_notebook(recipe: str, device, smoke: bool, overrides=()) -> dict:
+    """The recipe of notebook 03 (``dncnn``) or 04 (``attention``) as its cells define it on
+    ``device`` (a torch.device), in smoke mode or not, with ``key=value`` overrides."""
+    if recipe not in NOTEBOOKS:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(NOTEBOOKS)}")
+    path = ROOT / "notebooks" / NOTEBOOKS[recipe]
+    ns = run_cell(notebook_cell(path, MARKERS["config"]), {"DEVICE": device, "SMOKE": smoke})
+    for part in ("model", "loss"):
+        run_cell(notebook_cell(path, MARKERS[part]), ns, MARKERS[part])
+    cfg = parse_overrides(overrides, ns["CFG"])
+    return make_run(recipe, cfg, ns["MODEL"], ns["MODEL_KWARGS"], ns["MODEL_CODE"], ns["LOSS_CODE"])
+
+
+def make_run(recipe: str, cfg: TrainConfig, model: str, kwargs: dict, model_code: str, loss_code: str) -> dict:
+    """A run's recipe as saved in its folder: settings, model (class name, arguments, code), loss code."""
+    return {"recipe": recipe, "config": cfg, "model": {"name": model, "kwargs": dict(kwargs),
+            "code": model_code}, "loss_code": loss_code}
+
+
+def save_run(run: dict, run_dir) -> Path:
+    """Write a run's recipe to RUN_DIR/run.json (atomically), where torchrun's processes read it."""
+    path = Path(run_dir) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**run, "config": asdict(run["config"])}, indent=1))
+    return path
+
+
+def load_run(run_dir) -> dict:
+    """The recipe saved in a run folder (run.json), with its settings as a TrainConfig."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"no run.json in {run_dir}: start the run from notebook 03 or 04, or "
+                         "`python -m descan train --recipe NAME`")
+    run = json.loads(path.read_text())
+    run["model"]["kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in run["model"]["kwargs"].items()}
+    return {**run, "config": TrainConfig(**run["config"])}
 
 
 # Settings that may change between sessions of one run without a word: how long and how often.
-FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "val_every_minutes", "workers", "val_images_per_pass")
+FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "val_every_minutes", "workers",
+             "val_images_per_pass", "amp", "compile")
 # Settings that decide which crops each step sees: a run cannot go on with other values.
 DATA_KEYS = ("crops_per_epoch", "batch_size", "patch", "crops_per_image", "seed")

@@ -1,0 +1,45 @@
+"""The optimiser and the learning-rate schedule of a training run."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
+    """Adam or AdamW of the recipe, as one fused kernel on CUDA, else the multi-tensor ("foreach") one."""
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
+    """Load a saved optimiser state, keeping this machine's fused/foreach choice."""
+    state = {**state, "param_groups": [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
+                                       for saved, now in zip(state["param_groups"], optimizer.param_groups)]}
+    optimizer.load_state_dict(state)
+
+
+def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:
+    """The learning-rate multiplier at ``step``: 1, or linear warm-up then cosine decay to 0 over
+    the epochs, or over the budget when there is one and it ends first."""
+    if cfg.schedule == "constant":
+        return 1.0
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    progress = step / max(1, total_steps)
+    if cfg.budget_minutes > 0:
+        progress = max(progress, seconds / (cfg.budget_minutes * 60))
+    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay: float):
+    """Move ``ema``'s weights towards ``model``'s by 1 - ``decay`` (integer buffers are copied).
+    The trainer warms the decay up as (1 + step) / (10 + step), so the random start fades fast."""
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
+    floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
+    if floats:  # a few kernels, not one per tensor
+        torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - decay)
+    for e, p in pairs:
+        if not e.dtype.is_floating_point:
+            e.copy_(p)

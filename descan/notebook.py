@@ -102,11 +102,17 @@ def _kaggle_setup() -> None:
 
 # ---- both ---------------------------------------------------------------------------------------
 
-def setup() -> None:
-    """Nothing outside Colab and Kaggle. In Colab or Kaggle: pip-install what the notebooks need and
-    cannot import (checked by import, not by a list of what the host lacks). Then in Kaggle: the data and workspace defaults
-    (hosted_defaults); in Colab: mount Google Drive for the workspace unless DESCAN_DRIVE=0. A refused
-    or failed mount prints what it means instead of a traceback."""
+def setup(seed: int = 0):
+    """Every notebook's first cell: the hosted setup (below), then seeds, versions, the device and
+    the mode (setup_notebook). Returns the torch device."""
+    hosted_setup()
+    return setup_notebook(seed)
+
+
+def hosted_setup() -> None:
+    """Nothing outside Colab and Kaggle. There: pip-install what the notebooks need and cannot
+    import. Then on Kaggle: the data and workspace defaults (hosted_defaults); in Colab: mount Google
+    Drive for the workspace unless DESCAN_DRIVE=0 (a refused or failed mount says what it means)."""
     if not (is_colab() or is_kaggle()):
         return
     t0 = time.time()
@@ -136,8 +142,7 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_notebook(seed: int = 0):
-    """The first cell of every notebook (after descan.notebook.setup() in Colab): seed everything and
-    report versions, the device and the mode. Returns the torch device."""
+    """Seed everything and report versions, the device and the mode. Returns the torch device."""
     import torch
     seed_everything(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,7 +152,25 @@ def setup_notebook(seed: int = 0):
                         "GPU (Kaggle: Settings > Accelerator), then run all again.")))
     print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is not None and _remember_cell not in shell.events.callbacks["pre_run_cell"]:
+        shell.events.register("pre_run_cell", _remember_cell)
     if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)
         shell.set_custom_exc((DataError,), lambda sh, et, ev, tb, tb_offset=None: sh.showtraceback(
             (et, ev, tb), tb_offset=tb_offset, exception_only=True))
     return device
+
+
+def this_cell() -> str:
+    """The code of the notebook cell that is running, above the line that calls this: a model or
+    loss cell keeps it this way, and it travels with the run folder and the checkpoint."""
+    from descan.recipes import code_above
+    if _CELL["source"] is None:
+        raise RuntimeError("notebook.this_cell() works in a notebook cell, after notebook.setup()")
+    return code_above(_CELL["source"], "notebook.this_cell()")
+
+
+_CELL = {"source": None}  # the cell being run (IPython's pre_run_cell event), for this_cell()
+
+
+def _remember_cell(info) -> None:
+    _CELL["source"] = info.raw_cell

@@ -56,3 +56,23 @@ def pair_dirs(tmp_path, clean_names, scan_names, size=(8, 8)):
         imwrite_rgb(s / n, uniform((4, 5, 6), *size))
     c.mkdir(exist_ok=True), s.mkdir(exist_ok=True)
     return c, s
+
+
+def notebook_run(recipe, cfg=None, model_kwargs=None, **settings):
+    """A notebook's recipe (recipes.from_notebook, smoke mode, CPU) as a run dict, with ``cfg`` (a
+    TrainConfig) or ``settings`` replacing its settings and ``model_kwargs`` its model's arguments."""
+    import dataclasses
+    import torch
+    from descan import recipes
+    run = recipes.from_notebook(recipe, torch.device("cpu"), smoke=True)
+    run["config"] = dataclasses.replace(cfg or run["config"], **settings)
+    if model_kwargs is not None:
+        run["model"]["kwargs"] = dict(model_kwargs)
+    return run
+
+
+def notebook_model(recipe, **kwargs):
+    """The model of notebook 03 (``dncnn``) or 04 (``attention``), built from its model cell."""
+    from descan import models
+    spec = notebook_run(recipe)["model"]
+    return models.build(spec["code"], spec["name"], kwargs)

@@ -39,9 +39,9 @@ def is_colab() -> bool:
 
 
 def env_path(name: str) -> Path | None:
-    """A path from the environment, absolute (a relative one is taken from the repository root); or None."""
-    raw = os.environ.get(name, "").strip()
-    return None if not raw else Path(raw).expanduser() if Path(raw).expanduser().is_absolute() else ROOT / raw
+    """A path from the environment (a relative one is taken from the repository root), or None."""
+    raw = Path(os.environ.get(name, "").strip()).expanduser()
+    return None if not str(raw) or str(raw) == "." else raw if raw.is_absolute() else ROOT / raw
 
 
 def smoke_mode() -> bool:
@@ -54,14 +54,17 @@ def smoke_mode() -> bool:
 
 
 def data_dir() -> Path:
-    """The unpacked images: $DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab, ./data/real."""
+    """The unpacked images: $DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab,
+    ./data/real elsewhere."""
     if env_path("DESCAN_DATA") is not None:
         return env_path("DESCAN_DATA")
-    return ROOT / "data" / "demo" if smoke_mode() else Path("/content/data") if is_colab() else ROOT / "data/real"
+    if smoke_mode():
+        return ROOT / "data" / "demo"
+    return Path("/content/data") if is_colab() else ROOT / "data" / "real"
 
 
 def dataset_kind(data) -> str:
-    """'demo' when the folder holds the demo set (its marker file), or is empty in smoke mode; else 'real'."""
+    """'demo' when the folder holds the demo set (its marker), or is empty in smoke mode; else 'real'."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         return "demo"
@@ -70,15 +73,15 @@ def dataset_kind(data) -> str:
     return "demo" if smoke_mode() else "real"
 
 
-def data_label(data) -> str:  # for titles and prints: says plainly when the data is the synthetic demo set
+def data_label(data) -> str:
+    """For titles and prints: says plainly when the data is the synthetic demo set."""
     return "DEMO DATA (synthetic)" if dataset_kind(data) == "demo" else "competition data"
 
 
 def workspace_dir(data=None) -> Path:
-    """Where notebooks hand each other files (manifest, checkpoints, CSVs), created if missing:
-    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``, by the data's marker, not the
-    smoke switch) under Google Drive in Colab when mounted (runtimes do not share /content),
-    /content/workspace in Colab without Drive, ./workspace elsewhere."""
+    """Where notebooks hand each other files (manifest, checkpoints, CSV), created if missing:
+    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``) under Google Drive in Colab
+    (runtimes do not share /content), /content/workspace without Drive, ./workspace elsewhere."""
     path, drive = env_path("DESCAN_WORKSPACE"), Path("/content/drive/MyDrive")
     if path is None:
         colab = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
@@ -88,7 +91,7 @@ def workspace_dir(data=None) -> Path:
     return path
 
 
-# ---- Images: reading, pairing by name -----------------------------------------
+# ---- Images: reading, pairing by name ------------------------------------------------------------
 
 def read_rgb(path) -> np.ndarray:
     """Read any image file as RGB uint8 (H, W, 3): grey, alpha and 16-bit files are converted
@@ -116,8 +119,8 @@ def list_images(folder) -> list[Path]:
     """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"folder {folder} does not exist. Run notebook 01 (or `bash data_download.sh`, "
-                        "or `bash data_download.sh --demo` for demo data) first, or set DESCAN_DATA.")
+        raise DataError(f"folder {folder} does not exist. Run notebook 01 (or `bash data_download.sh`"
+                        ", or `bash data_download.sh --demo` for demo data) first, or set DESCAN_DATA.")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
 
@@ -137,6 +140,7 @@ def by_stem(files, folder) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class Pair:
+    """One training pair: its name, the clean image's path and the scan's."""
     name: str
     clean: Path
     scan: Path
@@ -151,18 +155,17 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
             raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}. "
                             "Unpack the data again (notebook 01).")
     clean, scan = by_stem(clean_files, clean_dir), by_stem(scan_files, scan_dir)
-    only_clean, only_scan = sorted(set(clean) - set(scan)), sorted(set(scan) - set(clean))
-    msg = ([f"{len(only_clean)} clean images have no scan in {scan_dir}: "
-            f"{examples(clean[n].name for n in only_clean)}"] if only_clean else []) + \
-          ([f"{len(only_scan)} scans have no clean image in {clean_dir}: "
-            f"{examples(scan[n].name for n in only_scan)}"] if only_scan else [])
+    msg = [f"{len(alone)} {what} in {there}: {examples(files[n].name for n in alone)}"
+           for alone, files, what, there in (
+               (sorted(set(clean) - set(scan)), clean, "clean images have no scan", scan_dir),
+               (sorted(set(scan) - set(clean)), scan, "scans have no clean image", clean_dir)) if alone]
     if msg:
         raise DataError("unpaired images. " + "; ".join(msg) +
                         ". A clean image and its scan must share a file name; re-unpack the data.")
     return [Pair(n, clean[n], scan[n]) for n in sorted(clean)]
 
 
-# ---- Cropping and the train/validation split ------------------------------------------------------
+# ---- Cropping and the train/validation split -----------------------------------------------------
 
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
     """The same random size x size window from both images of a pair, as new arrays (clean, scan).
@@ -184,18 +187,19 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
 def page_id(name: str) -> str:
     """The source page of a crop: 'BookOfMaking.00012.02' -> 'BookOfMaking.00012'. Names without a
     title.page.crop pattern (e.g. 'scanner01_100') are their own page."""
-    parts = Path(name).stem.split(".") if Path(name).suffix.lower() in IMAGE_EXTS else name.split(".")
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
+    parts = stem.split(".")
     return ".".join(parts[:-1]) if len(parts) >= 3 else ".".join(parts)
 
 
 def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
     """Deterministic train/validation split by source page: {name: 'train' | 'val'}. All crops of a
-    page land on one side, whatever the order of ``names``; with two pages or more, each side gets one."""
+    page land on one side, whatever the order of ``names``; with two pages or more, each side has one."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     names = sorted(set(names))
     pages = sorted({page_id(n) for n in names})
-    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())  # stable everywhere
+    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
     n_val = int(round(val_fraction * len(pages)))
     if len(pages) >= 2:
         n_val = min(max(n_val, 1), len(pages) - 1)
@@ -203,12 +207,13 @@ def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
     return {n: ("val" if page_id(n) in val_pages else "train") for n in names}
 
 
-# ---- The metric, exactly as the course scores it --------------------------------------------------
+# ---- The metric, exactly as the course scores it -------------------------------------------------
 
 def check_image(img, what="image"):
     """TypeError unless ``img`` is an RGB uint8 array of shape (H, W, 3)."""
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+    array = isinstance(img, np.ndarray)
+    if not array or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        got = f"{img.dtype} {img.shape}" if array else type(img).__name__
         raise TypeError(f"{what} must be an RGB uint8 array of shape (H, W, 3), got {got}. "
                         "Convert float images with to_uint8() first.")
 
@@ -219,8 +224,8 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def y_channel(rgb: np.ndarray) -> np.ndarray:
-    """Luma Y of an RGB uint8 image exactly as the scorer gets it: OpenCV's COLOR_BGR2YUV channel 0
-    (Y = 0.299 R + 0.587 G + 0.114 B, rounded by OpenCV to uint8). Returns a new uint8 (H, W) array."""
+    """Luma Y of an RGB uint8 image exactly as the scorer gets it: OpenCV's COLOR_BGR2YUV channel
+    0 (Y = 0.299 R + 0.587 G + 0.114 B, rounded by OpenCV to uint8), as a new uint8 (H, W) array."""
     check_image(rgb)
     return cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_BGR2YUV)[..., 0]
 
@@ -231,10 +236,10 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)|; lower is better, 0 is perfect. Both are
-    equal-length sequences of RGB uint8 images (or of mean-Y values, as floats)."""
-    a = [x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in restored]
-    b = [x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in clean]
+    """Mean over images of |mean Y(restored) - mean Y(clean)|; lower is better, 0 is perfect. Both
+    are equal-length sequences of RGB uint8 images (or of mean-Y values, as floats)."""
+    a, b = ([x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in images]
+            for images in (restored, clean))
     if len(a) != len(b) or not a:
         raise ValueError(f"need the same, non-zero number of images, got {len(a)} and {len(b)}")
     return float(np.mean(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))

@@ -75,7 +75,7 @@ def _train(args) -> None:
             if not (workspace / data.MANIFEST_FILE).is_file():  # what notebook 01 does, once
                 print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
                 data.write_manifest(data.make_manifest(folder), workspace)
-            name = args.run_name or os.environ.get("DESCAN_RUN_NAME") or args.recipe
+            name = args.run_name or os.environ.get("DESCAN_RUN_NAME") or recipes.RUN_NAMES[args.recipe]
             result = launch.train(run, folder, workspace, name, device, args.processes)
     except Exception as e:
         if distributed.peer_failed(e):  # the process that failed has printed why

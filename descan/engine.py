@@ -1,4 +1,5 @@
-"""The training engine of notebooks 03 and 04: a run's recipe (descan/recipes.py) in, best.pt out."""
+"""The training engine of notebooks 03 and 04: a run's recipe (descan/recipes.py) in, best.pt out.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from helpers import DataError, read_rgb
+from helpers import PARAM_LIMIT, DataError, read_rgb
 from descan import checkpoints as ckpt
 from descan import distributed as dist
 from descan.crops import CropDataset, build_cache, default_workers, make_loader
@@ -18,7 +19,7 @@ from descan.demo import input_augment
 from descan.files import atomic_path, progress_bar
 from descan.inference import autocast, compile_model, evaluate, use_grad_scaler
 from descan.losses import from_code
-from descan.models import Identity, build
+from descan.models import Identity, build, count_parameters
 from descan.notebook import seed_everything
 from descan.optim import load_optimizer_state, lr_factor, make_optimizer, update_ema
 from descan.plots import plot_history
@@ -46,6 +47,9 @@ class Trainer:
         self.steps_per_epoch = cfg.crops_per_epoch // cfg.crops_per_image // self.pairs_per_batch
         seed_everything(cfg.seed)
         self.model, self.ema = self.new_model(), None
+        if count_parameters(self.model) >= PARAM_LIMIT:  # the competition's rule
+            raise ValueError(f"{self.run['model']['name']} has {count_parameters(self.model):,} parameters; "
+                             f"the rule is fewer than {PARAM_LIMIT:,}. Make it narrower or shallower.")
         if cfg.ema_decay > 0:
             self.ema = self.new_model().to(memory_format=torch.channels_last)
             self.ema.load_state_dict(self.model.state_dict())
@@ -71,17 +75,20 @@ class Trainer:
     def data_id(self) -> str:
         return split_id(self.train_pairs, self.val_pairs)
 
-    # ---- checkpoints -------------------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------------
     def _common(self, kind, model) -> dict:
         spec = self.run["model"]
-        return {"kind": kind, "model_name": spec["name"], "model_kwargs": spec["kwargs"], "model_code": spec["code"],
+        return {"kind": kind, "model_name": spec["name"], "model_kwargs": spec["kwargs"],
+                "model_code": spec["code"],
                 "model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                "epoch": self.epoch, "step": self.step, "config": asdict(self.cfg), "data_kind": self.data_kind}
+                "epoch": self.epoch, "step": self.step, "config": asdict(self.cfg),
+                "data_kind": self.data_kind}
 
     def save_last(self):
         if not dist.is_main():  # under torchrun, process 0 writes
             return
-        state = {**self._common("last", self.model), "ema": self.ema.state_dict() if self.ema else None,
+        state = {**self._common("last", self.model),
+                 "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
                  "data_id": self.data_id(), "rng": ckpt.rng_state()}
@@ -112,20 +119,22 @@ class Trainer:
             pass
         if state["scaler"]:  # empty when saved without loss scaling
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.item, self.step, self.seconds = state["epoch"], state["item"], state["step"], state["seconds"]
+        self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
+        self.seconds = state["seconds"]
         self.history = list(state["history"])
         ckpt.set_rng_state(state["rng"])
         if diffs:
             self.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
-            print(f"DESCAN_RESUME=continue: going on with changed settings ({self.pending_change}).")
+            print(f"DESCAN_RESUME=continue: going on with changed settings ({self.pending_change})")
         print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
-              f"{self.seconds / 60:.1f} min trained so far, best validation score {self.best_score:.4f}")
+              f"{self.seconds / 60:.1f} min trained so far, best validation score "
+              f"{self.best_score:.4f}")
         return True
 
-    # ---- validation and one step -------------------------------------------------------------------
+    # ---- validation and one step -----------------------------------------------------------
     def validate(self, model=None) -> dict:
-        """Figures on the seen scanners' validation pairs (best.pt is chosen by them) and, when there
-        are pairs from unseen scanners, unseen_* figures, which are reported but never choose."""
+        """Figures on the seen scanners' validation pairs (best.pt is chosen by them) and, when
+        there are pairs from unseen scanners, unseen_* figures (reported, never choosing)."""
         if self._val_images is None:
             self._val_images = [(read_rgb(p.clean), read_rgb(p.scan)) for p in
                                 progress_bar(self.val_pairs, "loading validation", unit="pair")]
@@ -134,7 +143,7 @@ class Trainer:
                         groups=[scanner_group(p.name) for p in self.val_pairs], amp=self.cfg.amp)
 
     def train_step(self, clean, scan, total_steps: int) -> torch.Tensor:
-        """One optimiser step on a batch of uint8 crops (N, H, W, 3); returns the loss (detached)."""
+        """One optimiser step on a batch of uint8 crops (N, H, W, 3); returns the loss."""
         cfg = self.cfg
         y = clean.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         x = scan.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
@@ -164,7 +173,7 @@ class Trainer:
     def _best_row(self) -> dict:
         return min(self.history, key=lambda r: r["val_score"], default={})
 
-    # ---- the loop ----------------------------------------------------------------------------------
+    # ---- the loop ------------------------------------------------------------------------------
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget are used up, resuming from last.pt when present.
         ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
@@ -174,18 +183,21 @@ class Trainer:
         if self._done():
             self._say_finished()
             return self._result()
-        workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device, dist.local_processes())
-        # None (decode per item) when it would not fit in memory; under torchrun each process holds a copy
+        workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device,
+                                                                       dist.local_processes())
+        # None (decode per item) when it would not fit in memory; each torchrun process has a copy
         cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image,
-                              self.steps_per_epoch * self.pairs_per_batch, cfg.seed, cfg.augment, cache,
+                              self.steps_per_epoch * self.pairs_per_batch, cfg.seed, cfg.augment,
+                              cache,
                               input_augment(cfg.degrade_prob, cfg.colour_jitter))
         self.do_nothing = dist.share(self.validate(Identity()) if dist.is_main() else None)
         try:
             while not self._done():
                 dataset.set_epoch(self.epoch, self.item)
-                loader = make_loader(dist.shard(dataset, self.pairs_per_batch),  # this process's share
-                                     self.pairs_per_batch // dist.world_size(), workers, self.device)
+                share = dist.shard(dataset, self.pairs_per_batch)  # this process's share
+                per_process = self.pairs_per_batch // dist.world_size()
+                loader = make_loader(share, per_process, workers, self.device)
                 self._run_epoch(loader, on_step)
         except KeyboardInterrupt:
             self.save_last()
@@ -210,13 +222,14 @@ class Trainer:
             n_loss, crops = n_loss + 1, crops + clean.shape[0]
             self.step, self.item = self.step + 1, self.item + self.pairs_per_batch
             now = time.time()
-            self.seconds = dist.from_main(self.seconds + now - t_last)  # one clock for all processes
+            self.seconds = dist.from_main(self.seconds + now - t_last)  # one clock for all
             t_last = now
             self._show_progress(bar, n_loss, left, loss_sum, crops, now - t_epoch)
             if on_step is not None:
                 on_step(self.step)
-            if cfg.val_every_minutes > 0 and self.seconds - last_val >= cfg.val_every_minutes * 60 \
-                    and self.item < self.steps_per_epoch * self.pairs_per_batch and self._budget_left():
+            inside = self.item < self.steps_per_epoch * self.pairs_per_batch and self._budget_left()
+            due = 0 < cfg.val_every_minutes * 60 <= self.seconds - last_val
+            if due and inside:
                 self._end_epoch(loss_sum.item() / n_loss, crops / max(1e-9, now - t_epoch), False)
                 self.model.train()
                 last_val, last_save, t_last = self.seconds, time.time(), time.time()
@@ -227,7 +240,8 @@ class Trainer:
                 break
         bar.close()
         finished = self.item >= self.steps_per_epoch * self.pairs_per_batch
-        self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch), finished)
+        self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
+                        finished)
         if not self._budget_left():
             self._say_budget_spent(finished)
 
@@ -238,27 +252,30 @@ class Trainer:
             bar.total = max(n_loss, min(left, can))
             bar.refresh()
         if self.step % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}", crops_s=f"{crops / seconds:.0f}")
+            bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
+                            crops_s=f"{crops / seconds:.0f}")
 
     def _say_finished(self):
         cfg, best = self.cfg, self._best_row()
-        what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else f"its budget of {cfg.budget_minutes:g} min"
-        print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished {what} after "
-              f"{self.step} steps; best validation score {best.get('val_score', math.nan):.4f} at step "
-              f"{best.get('step')}. To train it further: raise epochs (now {cfg.epochs}) or the budget "
-              f"(DESCAN_TRAIN_MINUTES, now {cfg.budget_minutes:g}). To start over: set another "
-              "DESCAN_RUN_NAME, or move the folder aside.")
+        what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else \
+            f"its budget of {cfg.budget_minutes:g} min"
+        print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished {what} "
+              f"after {self.step} steps; best validation score "
+              f"{best.get('val_score', math.nan):.4f} at step {best.get('step')}. To train it "
+              f"further: raise epochs (now {cfg.epochs}) or "
+              f"the budget (DESCAN_TRAIN_MINUTES, now {cfg.budget_minutes:g}). To start over: set "
+              "another DESCAN_RUN_NAME, or move the folder aside.")
 
     def _say_budget_spent(self, finished):
-        best, done = self._best_row(), 100 * (self.item / self.pairs_per_batch) / self.steps_per_epoch
-        where = f"100% of epoch {self.epoch}" if finished else f"{done:.0f}% of epoch {self.epoch + 1}"
-        print(f"Budget of {self.cfg.budget_minutes:g} min spent after {self.step} steps ({where}); best "
-              f"validation score {best['val_score']:.4f} at step {best['step']} (do nothing: "
+        best, done = self._best_row(), 100 * self.item / self.pairs_per_batch / self.steps_per_epoch
+        where = f"all of epoch {self.epoch}" if finished else f"{done:.0f}% of epoch {self.epoch + 1}"
+        print(f"Budget of {self.cfg.budget_minutes:g} min spent after {self.step} steps ({where}); "
+              f"best validation score {best['val_score']:.4f} at step {best['step']} (do nothing: "
               f"{self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
         train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
-        if not dist.is_main():  # under torchrun, process 0 validates and writes; the others take its history
+        if not dist.is_main():  # process 0 validates and writes; the others take its history
             if finished:
                 self.epoch, self.item = self.epoch + 1, 0
             self.history = dist.share(self.history)
@@ -274,17 +291,22 @@ class Trainer:
         self.write_history()
         unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
             f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
-        print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score {val['score']:.4f} "
-              f"| pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB{unseen}"
+        print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score "
+              f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
+              f"{val['psnr']:.2f} dB"
+              f"{unseen}"
               f"{' | saved best.pt' if improved else ''}")
         dist.share(self.history)
 
     def _history_row(self, train_loss, crops_per_s, val) -> dict:
         row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"], "val_psnr": val["psnr"],
-               "crops_per_s": crops_per_s, "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
-               "do_nothing_score": self.do_nothing["score"], "do_nothing_psnr": self.do_nothing["psnr"],
+               "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
+               "val_psnr": val["psnr"],
+               "crops_per_s": crops_per_s,
+               "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
+               "do_nothing_score": self.do_nothing["score"],
+               "do_nothing_psnr": self.do_nothing["psnr"],
                "settings_changed": self.pending_change,
                "val_unseen_score": val.get("unseen_score", math.nan),
                "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
@@ -297,8 +319,10 @@ class Trainer:
         df = pd.DataFrame(self.history)
         with atomic_path(self.run_dir / "history.csv") as tmp:
             df.to_csv(tmp, index=False)
-        plot_history(df, self.run_dir / "history.png", title=f"{self.run['model']['name']} ({self.data_kind} data)")
+        plot_history(df, self.run_dir / "history.png",
+                     title=f"{self.run['model']['name']} ({self.data_kind} data)")
 
     def _result(self) -> dict:
         return {"best_score": self.best_score, "epochs": self.epoch, "steps": self.step,
-                "minutes": self.seconds / 60, "best_path": self.run_dir / ckpt.BEST, "history": self.history}
+                "minutes": self.seconds / 60, "best_path": self.run_dir / ckpt.BEST,
+                "history": self.history}

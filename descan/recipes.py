@@ -8,6 +8,8 @@ A run folder keeps its recipe in ``run.json``; checkpoints keep the model's code
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -19,6 +21,7 @@ from helpers import ROOT
 from descan.files import atomic_path
 
 NOTEBOOKS = {"dncnn": "03_train_dncnn.ipynb", "attention": "04_train_attention.ipynb"}
+RUN_NAMES = {"dncnn": "dncnn", "attention": "attention_unet"}  # each notebook's run folder
 MARKERS = {"config": "CFG = TrainConfig(", "model": "MODEL_CODE = notebook.this_cell()",
            "loss": "LOSS_CODE = notebook.this_cell()"}
 CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
@@ -136,7 +139,8 @@ def run_cell(source: str, namespace: dict, marker: str | None = None) -> dict:
     gives the code above its marker line, as in the notebook)."""
     if marker:
         namespace["notebook"] = types.SimpleNamespace(this_cell=lambda: code_above(source, marker))
-    exec(compile(source, f"<cell with {marker or 'settings'}>", "exec"), namespace)
+    with contextlib.redirect_stdout(io.StringIO()):  # the notebook's prints belong to the notebook
+        exec(compile(source, f"<cell with {marker or 'settings'}>", "exec"), namespace)
     return namespace
 
 

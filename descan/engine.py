@@ -270,7 +270,7 @@ class Trainer:
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device, dist.local_processes())
         # None (decode per item) when it would not fit in memory; under torchrun each process holds a copy
         cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
-        degrade = input_augment(cfg.degrade_prob, cfg.colour_jitter, cfg.rescan_prob)
+        degrade = input_augment(cfg.degrade_prob, cfg.colour_jitter)
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image, self.items_per_epoch, cfg.seed,
                               cfg.augment, cache, degrade)
         self.do_nothing = dist.share(self.validate(Identity()) if dist.is_main() else None)

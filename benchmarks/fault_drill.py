@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 [os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN_")]  # the user's own settings stay out
 import helpers  # noqa: E402
-from descan import checkpoints, data, demo, models, submit, zips  # noqa: E402
+from descan import checkpoints, data, models, submit, zips  # noqa: E402
 
 recipes = __import__("descan.recipes" if (ROOT / "descan/recipes.py").exists() else "descan.engine", fromlist=["x"])
 CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
@@ -333,7 +333,7 @@ for _var, _value, _read in [*[(v, x, lambda: recipes.recipe("dncnn", "cuda")) fo
         ("DESCAN_PATCH", "7"), ("DESCAN_EPOCHS", "0"), ("DESCAN_EPOCHS", "1_0"), ("DESCAN_LR", "nan"),
         ("DESCAN_LOSS", "huber"), ("DESCAN_WIDTH", "2"))],
         ("DESCAN_VAL_FRACTION", "1.5", val_fraction), ("DESCAN_VAL_FRACTION", "0", val_fraction),
-        ("DESCAN_SMOKE", "maybe", helpers.smoke_mode), ("DESCAN_DEMO_PAGES", "1", demo.demo_settings)]:
+        ("DESCAN_SMOKE", "maybe", helpers.smoke_mode)]:
     case(f"setting: {_var}={_value}", [_var, _value], fn=lambda d, v=_var, x=_value, r=_read: (d.setenv(v, x), r()))
 
 # ---- full disks and read-only folders

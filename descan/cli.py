@@ -18,9 +18,10 @@ from descan.files import atomic_path
 def _demo(args) -> None:
     """Generate the demo set unless the same one is already there and checked."""
     from descan.data import check_dataset, has_data
-    from descan.demo import demo_settings, make_demo_dataset, settings_line
+    from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
     data = Path(args.data_dir)
-    s = demo_settings()
+    s = {**DEMO_DEFAULTS, "train_pages": args.pages, "unseen_pages": args.unseen_pages,
+         "test_pages": args.test_pages, "crop": args.size}
     marker = data / DEMO_MARKER
     if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():
         raise DataError(f"{data} already holds data without a {DEMO_MARKER} marker, so it looks like the real "
@@ -40,13 +41,36 @@ def _demo(args) -> None:
             shutil.rmtree(data / sub, ignore_errors=True)
     t0 = time.time()
     print(f"Generating SYNTHETIC DEMO DATA in {data} ({settings_line(s)}) ...", flush=True)
-    r = make_demo_dataset(data, s["train_pages"], s["test_pages"], s["crops_per_page"], s["crop"], s["seed"],
-                          unseen_pages=s["unseen_pages"])
+    r = make_demo_dataset(data, **s)
     check_dataset(data, show_progress=False, force=True)
     print(f"DEMO DATA (synthetic): {r['train_pairs']} pairs ({r['unseen_pairs']} of them from unseen scanners, "
           f"for validation only) and {r['test_scans']} test scans of "
           f"{s['crop']}x{s['crop']} in {r['root']}, checked ({time.time() - t0:.1f} s). "
           "It is NOT the competition data.")
+
+
+def _demo_parser(sub) -> None:
+    """The `demo` subcommand and its options; the defaults are descan.demo.DEMO_DEFAULTS."""
+    from descan.demo import DEMO_DEFAULTS
+
+    def at_least(low):
+        def number(text):
+            if not text.isdigit() or int(text) < low:
+                raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, not {text!r}")
+            return int(text)
+        return number
+    p = sub.add_parser("demo", help="generate the synthetic demo dataset",
+                       description="Generate the synthetic demo set unless the same one is there.")
+    p.add_argument("data_dir", help="the folder to make it in")
+    p.add_argument("--pages", type=at_least(2), default=DEMO_DEFAULTS["train_pages"],
+                   help="training pages, from the seen scanners (default %(default)s)")
+    p.add_argument("--unseen-pages", type=at_least(0), default=DEMO_DEFAULTS["unseen_pages"],
+                   help="validation pages from the unseen scanners (default %(default)s)")
+    p.add_argument("--test-pages", type=at_least(1), default=DEMO_DEFAULTS["test_pages"],
+                   help="test pages from the seen scanners, and as many from the test-only "
+                   "scanners (default %(default)s)")
+    p.add_argument("--size", type=at_least(16), default=DEMO_DEFAULTS["crop"],
+                   help="side of the demo images in pixels (default %(default)s)")
 
 
 def _check(args) -> None:
@@ -124,15 +148,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("score", help="competition score of restored images against clean ones")
     p.add_argument("pred_dir"), p.add_argument("clean_dir")
-    from descan.demo import DEMO_DEFAULTS
-    p = sub.add_parser("demo", help="generate the synthetic demo dataset (settings: DESCAN_DEMO_*)",
-                       description="Generate the synthetic demo set unless the same one is there. Defaults: "
-                       f"{DEMO_DEFAULTS['train_pages']} training pages (DESCAN_DEMO_PAGES), "
-                       f"{DEMO_DEFAULTS['unseen_pages']} unseen-scanner validation pages (DESCAN_DEMO_UNSEEN_PAGES), "
-                       f"{DEMO_DEFAULTS['test_pages']} test pages per scanner group (DESCAN_DEMO_TEST_PAGES), "
-                       f"{DEMO_DEFAULTS['crops_per_page']} crops of {DEMO_DEFAULTS['crop']} px per page "
-                       "(DESCAN_DEMO_SIZE).")
-    p.add_argument("data_dir")
+    _demo_parser(sub)
     p = sub.add_parser("kind", help="print 'demo' (the demo marker is there), 'real' (data without it) or 'none'")
     p.add_argument("data_dir")
     p = sub.add_parser("check-zip", help="exit 0 when a file is a complete zip")

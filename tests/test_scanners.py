@@ -7,48 +7,68 @@ import torch
 
 import helpers
 from descan import files
-from descan import data, demo, engine, inference, losses, models, recipes
+from descan import cli, data, demo, engine, inference, losses, models, recipes, scanners
 
 
 def scan_means(profile, page, n=6):
     """Mean RGB of ``n`` scans of one page by one scanner profile (each scan a variant of it)."""
-    return np.array([demo.simulate_scan(page, np.random.default_rng([i, 1]),
-                                        scanner=demo.scanner_variant(profile, np.random.default_rng([i, 2])))
-                     .reshape(-1, 3).astype(float).mean(0) for i in range(n)])
+    variants = [scanners.scanner_variant(profile, np.random.default_rng([i, 2])) for i in range(n)]
+    scans = [scanners.simulate_scan(page, np.random.default_rng([i, 1]), scanner=variant)
+             for i, variant in enumerate(variants)]
+    return np.array([scan.reshape(-1, 3).astype(float).mean(0) for scan in scans])
 
 
 def test_scanner_profiles_differ_more_between_than_within():
     page = demo.make_page(np.random.default_rng(0), 96, 96)
-    means = {name: scan_means(profile, page) for name, profile in demo.SCANNERS.items()}
+    means = {name: scan_means(profile, page) for name, profile in scanners.SCANNERS.items()}
     centres = {name: m.mean(0) for name, m in means.items()}
     within = max(np.linalg.norm(m - centres[name], axis=1).max() for name, m in means.items())
     names = list(centres)
-    between = min(np.linalg.norm(centres[a] - centres[b]) for i, a in enumerate(names) for b in names[i + 1:])
-    assert len(demo.SCANNERS) >= 4
+    between = min(np.linalg.norm(centres[a] - centres[b])
+                  for i, a in enumerate(names) for b in names[i + 1:])
+    assert len(scanners.SCANNERS) >= 4
     assert between > 2 * within, (between, within)
 
 
 def test_the_scanner_groups_are_disjoint():
-    used = [*demo.SEEN_SCANNERS, *demo.UNSEEN_VAL_SCANNERS.values(), *demo.TEST_SCANNERS.values()]
-    assert len(set(used)) == len(used) and set(used) <= set(demo.SCANNERS)
+    used = [*scanners.SEEN_SCANNERS, *scanners.UNSEEN_VAL_SCANNERS.values(),
+            *scanners.TEST_SCANNERS.values()]
+    assert len(set(used)) == len(used) and set(used) <= set(scanners.SCANNERS)
 
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("scanners")
-    demo.make_demo_dataset(root, train_pages=8, unseen_pages=4, test_pages=2, crop=32, show_progress=False)
+    demo.make_demo_dataset(root, train_pages=8, unseen_pages=4, test_pages=2, crop=32,
+                           show_progress=False)
     return root
 
 
 def test_demo_names_follow_the_competition(demo_root):
     train = sorted(p.stem for p in (demo_root / "train/clean").iterdir())
     test = sorted(p.stem for p in (demo_root / "test/scan").iterdir())
-    assert [n for n in train if n.startswith("scanner")] == [f"scanner{s:02d}_{k:03d}" for s in (3, 4)
-                                                            for k in range(4)]
+    others = [f"scanner{s:02d}_{k:03d}" for s in (3, 4) for k in range(4)]
+    assert [n for n in train if n.startswith("scanner")] == others
     assert {n[:9] for n in test if n.startswith("scanner")} == {"scanner01", "scanner02"}
     assert any(n.startswith("Demo") for n in test)
     assert helpers.page_id("scanner03_001") == "scanner03_001"  # its own page
-    assert data.scanner_group("scanner03_001.png") == "unseen" and data.scanner_group("DemoMag.00001.01") == "seen"
+    assert data.scanner_group("scanner03_001.png") == "unseen"
+    assert data.scanner_group("DemoMag.00001.01") == "seen"
+
+
+def test_the_demo_command_takes_its_sizes_as_options(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    options = ["--pages", "2", "--unseen-pages", "2", "--test-pages", "1", "--size", "32"]
+    assert cli.main(["demo", str(folder), *options]) == 0
+    marker = (folder / helpers.DEMO_MARKER).read_text().splitlines()
+    settings = "version=2 seed=0 train_pages=2 unseen_pages=2 test_pages=1 crops_per_page=2 crop=32"
+    assert settings in marker
+    assert len(list((folder / "train/clean").iterdir())) == 8
+    assert len(list((folder / "test/scan").iterdir())) == 4
+    assert "8 pairs (4 of them from unseen scanners" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["demo", str(folder), "--pages", "1"])
+    assert "--pages: must be a whole number >= 2, not '1'" in capsys.readouterr().err
 
 
 def test_unseen_scanner_files_never_reach_training(demo_root, tmp_path):
@@ -70,7 +90,8 @@ def test_unseen_scanner_files_never_reach_training(demo_root, tmp_path):
 def test_evaluate_reports_seen_and_unseen_apart():
     rng = np.random.default_rng(0)
     clean = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
-    scans = [np.clip(c.astype(int) + d, 0, 255).astype(np.uint8) for c, d in zip(clean, (10, -10, 30, 50))]
+    scans = [np.clip(c.astype(int) + d, 0, 255).astype(np.uint8)
+             for c, d in zip(clean, (10, -10, 30, 50))]
     pairs = list(zip(clean, scans))
     groups = ["seen", "seen", "unseen", "unseen"]
     both = inference.evaluate(models.Identity(), pairs, groups=groups)
@@ -85,7 +106,8 @@ def test_evaluate_reports_seen_and_unseen_apart():
 def test_the_colour_heads_statistics_loss_goes_down_on_a_fixed_batch():
     torch.manual_seed(0)
     clean = torch.rand(4, 3, 32, 32)
-    scan = (0.05 + 0.8 * clean ** 1.3).flip(1)  # faded, darker, channels swapped: a global colour error
+    # faded, darker, channels swapped: a global colour error
+    scan = (0.05 + 0.8 * clean ** 1.3).flip(1)
     head = models.ColourHead(width=8, size=16)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     first = losses.colour_stats_loss(head(scan), clean).item()
@@ -101,7 +123,7 @@ def test_the_colour_heads_statistics_loss_goes_down_on_a_fixed_batch():
 @pytest.mark.parametrize("level", [0.1, 0.5, 0.97])
 def test_the_mean_y_shift_lands_on_the_prediction_within_rounding(level):
     torch.manual_seed(1)
-    x = torch.rand(3, 3, 20, 24) * torch.tensor([1.0, 0.6, 0.2]).view(3, 1, 1, 1)  # dark to bright images
+    x = torch.rand(3, 3, 20, 24) * torch.tensor([1.0, 0.6, 0.2]).view(3, 1, 1, 1)  # dark to bright
     target = torch.tensor([level, 0.3, 0.8])
     out = models.shift_mean_y(x, target)
     for img, t in zip(out, target):
@@ -111,7 +133,8 @@ def test_the_mean_y_shift_lands_on_the_prediction_within_rounding(level):
 
 def test_the_attention_models_colour_head_switch(monkeypatch):
     name, kwargs, cfg = recipes.recipe("attention", "cpu")
-    assert kwargs["colour_head"] is True and cfg.colour_jitter > 0 and cfg.stats_weight > 0  # 04's defaults
+    # 04's defaults
+    assert kwargs["colour_head"] is True and cfg.colour_jitter > 0 and cfg.stats_weight > 0
     with_head = models.count_parameters(models.build_model(name, **kwargs))
     assert with_head - models.count_parameters(models.AttentionUNet()) == \
         models.count_parameters(models.ColourHead()) and with_head < helpers.PARAM_LIMIT
@@ -119,19 +142,22 @@ def test_the_attention_models_colour_head_switch(monkeypatch):
     monkeypatch.setenv("DESCAN_COLOUR_JITTER", "0")
     name, kwargs, cfg = recipes.recipe("attention", "cpu")
     assert kwargs["colour_head"] is False and cfg.colour_jitter == 0
-    assert models.count_parameters(models.build_model(name, **kwargs)) == models.count_parameters(models.AttentionUNet())
+    without_head = models.count_parameters(models.build_model(name, **kwargs))
+    assert without_head == models.count_parameters(models.AttentionUNet())
 
 
 def test_training_with_the_colour_head_reports_unseen_scanners(demo_root, tmp_path):
     manifest = data.make_manifest(demo_root, val_fraction=0.25)
     data.write_manifest(manifest, tmp_path)
     train, val = data.load_split(demo_root, tmp_path)
-    name, kwargs, cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False, colour_jitter=0.5,
-                                      patch=16, batch_size=4, crops_per_epoch=8)
-    t = engine.Trainer(name, kwargs, train, val, tmp_path / "run", cfg, device="cpu", data_kind="demo")
+    name, kwargs, cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False,
+                                      colour_jitter=0.5, patch=16, batch_size=4, crops_per_epoch=8)
+    t = engine.Trainer(name, kwargs, train, val, tmp_path / "run", cfg, device="cpu",
+                       data_kind="demo")
     t.fit()
     history = pd.read_csv(tmp_path / "run/history.csv")
-    assert history["val_unseen_score"].notna().all() and history["do_nothing_unseen_score"].notna().all()
+    assert history["val_unseen_score"].notna().all()
+    assert history["do_nothing_unseen_score"].notna().all()
     assert "colour stats" in history["loss_name"].iloc[0]
 
 
@@ -146,38 +172,9 @@ def test_colour_jitter_changes_the_global_colour_only_of_inputs():
     assert min(corr) > 0.9  # ... the content does not
     augment = demo.input_augment(0.0, 1.0)
     clean = img.copy()
-    assert not np.array_equal(augment(clean, img, np.random.default_rng(5)), img) and np.array_equal(clean, img)
+    assert not np.array_equal(augment(clean, img, np.random.default_rng(5)), img)
+    assert np.array_equal(clean, img)
     assert demo.input_augment(0.0, 0.0) is None
-
-
-def test_rescans_are_random_scanners_of_the_clean_crop():
-    page = demo.make_page(np.random.default_rng(5), 64, 64)
-    rescans = [demo.rescan(page, np.random.default_rng([6, i])) for i in range(8)]
-    assert all(r.shape == page.shape and r.dtype == np.uint8 for r in rescans)
-    corr = [np.corrcoef(r[..., 1].ravel().astype(float), page[..., 1].ravel())[0, 1] for r in rescans]
-    assert min(corr) > 0.5, corr  # the same page ...
-    means = np.array([r.reshape(-1, 3).astype(float).mean(0) for r in rescans])
-    spread = np.linalg.norm(means - means.mean(0), axis=1).max()
-    one_scanner = scan_means(demo.SCANNERS[demo.SEEN_SCANNERS[0]], page, n=8)
-    within = np.linalg.norm(one_scanner - one_scanner.mean(0), axis=1).max()
-    assert spread > 2 * within, (spread, within)  # ... by scanners that differ more than one scanner's scans do
-
-
-def test_the_rescan_augmentation_replaces_the_input_only(monkeypatch):
-    clean = demo.make_page(np.random.default_rng(7), 32, 32)
-    scan_a, scan_b = demo.simulate_scan(clean, np.random.default_rng(8)), np.zeros_like(clean)
-    kept = clean.copy()
-    augment = demo.input_augment(rescan_prob=1.0)
-    out_a, out_b = augment(clean, scan_a, np.random.default_rng(9)), augment(clean, scan_b, np.random.default_rng(9))
-    assert np.array_equal(out_a, out_b) and not np.array_equal(out_a, scan_a)  # made from the clean crop
-    assert np.array_equal(clean, kept)
-    never = demo.input_augment(rescan_prob=1e-9)
-    assert never(clean, scan_b, np.random.default_rng(9)) is scan_b
-    monkeypatch.setenv("DESCAN_RESCAN_PROB", "0.5")
-    assert recipes.recipe("attention", "cpu")[2].rescan_prob == 0.5
-    monkeypatch.setenv("DESCAN_RESCAN_PROB", "2")
-    with pytest.raises(ValueError, match="DESCAN_RESCAN_PROB"):
-        recipes.recipe("attention", "cpu")
 
 
 def as_tensor(rgb):
@@ -190,26 +187,32 @@ def test_auto_levels_undo_a_scanners_white_and_black_points(side):
     black = torch.tensor([0.08, 0.05, 0.02]).view(1, 3, 1, 1)
     white = torch.tensor([0.85, 0.93, 0.78]).view(1, 3, 1, 1)
     scanned = black + (white - black) * page  # another scanner's paper and ink, per channel
-    torch.testing.assert_close(models.auto_levels(scanned), models.auto_levels(page), atol=1e-5, rtol=0)
+    torch.testing.assert_close(models.auto_levels(scanned), models.auto_levels(page),
+                               atol=1e-5, rtol=0)
     levelled = models.auto_levels(scanned)
     inside = ((levelled >= 0) & (levelled <= 1)).float().mean().item()
-    assert 0.97 < inside < 0.99  # 1% of each channel below the ink level and 1% above the paper level
-    flat = torch.full((1, 3, 16, 16), 0.5) + 0.01 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert models.auto_levels(flat).std() <= flat.std() / 0.2 * 1.0001  # a blank page is stretched 5x at most
+    assert 0.97 < inside < 0.99  # 1% of each channel below the ink level, 1% above the paper level
+    noise = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    flat = torch.full((1, 3, 16, 16), 0.5) + 0.01 * noise
+    assert models.auto_levels(flat).std() <= flat.std() / 0.2 * 1.0001  # a blank page: 5x at most
 
 
 def test_the_auto_levels_colour_map_follows_a_new_scanners_white_point(tmp_path):
     from descan import colourmap
     rng = np.random.default_rng(2)
     pairs = []
-    for i, white in enumerate([0.95, 0.9, 0.97, 0.92, 0.8]):  # the last one: a scanner never fitted on
+    for i, white in enumerate([0.95, 0.9, 0.97, 0.92, 0.8]):  # the last one: never fitted on
         clean = demo.make_page(np.random.default_rng(i), 64, 64)
         clean[:8], clean[-8:] = 255, 0  # every page shows paper and ink (an eighth of it each)
-        scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + rng.normal(0, 0.002, clean.shape))
-        files.write_png(tmp_path / f"clean/p{i}.png", clean), files.write_png(tmp_path / f"scan/p{i}.png", scan)
-        pairs.append(helpers.Pair(f"p{i}", tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"))
+        noise = rng.normal(0, 0.002, clean.shape)
+        scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + noise)
+        clean_path, scan_path = tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"
+        files.write_png(clean_path, clean)
+        files.write_png(scan_path, scan)
+        pairs.append(helpers.Pair(f"p{i}", clean_path, scan_path))
     _, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
-    levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False, levels=True)
+    levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False,
+                                               levels=True)
     assert models.count_parameters(levelled) == 12 and levelled.levels
     assert l_val["score"] < 1.0 and p_val["score"] > 10, (l_val, p_val)
 

@@ -1,13 +1,13 @@
 """Scanners never seen in training: the demo's scanner profiles, the seen/unseen split and figures,
-the colour head, its statistics loss and the final mean-Y shift."""
+the colour head and its statistics loss."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import helpers
-from descan import files
-from descan import cli, data, demo, engine, inference, losses, models, recipes, scanners
+from builders import notebook_model, notebook_run
+from descan import cli, data, demo, engine, inference, losses, models, scanners
 
 
 def scan_means(profile, page, n=6):
@@ -120,45 +120,26 @@ def test_the_colour_heads_statistics_loss_goes_down_on_a_fixed_batch():
     assert head.global_estimate is not None and head.global_estimate.shape == scan.shape
 
 
-@pytest.mark.parametrize("level", [0.1, 0.5, 0.97])
-def test_the_mean_y_shift_lands_on_the_prediction_within_rounding(level):
-    torch.manual_seed(1)
-    x = torch.rand(3, 3, 20, 24) * torch.tensor([1.0, 0.6, 0.2]).view(3, 1, 1, 1)  # dark to bright
-    target = torch.tensor([level, 0.3, 0.8])
-    out = models.shift_mean_y(x, target)
-    for img, t in zip(out, target):
-        as_png = helpers.to_uint8(img.permute(1, 2, 0).numpy())
-        assert helpers.mean_y(as_png) == pytest.approx(255 * float(t), abs=0.5)
-
-
-def test_the_attention_models_colour_head_switch(monkeypatch):
-    name, kwargs, cfg = recipes.recipe("attention", "cpu")
-    # 04's defaults
-    assert kwargs["colour_head"] is True and cfg.colour_jitter > 0 and cfg.stats_weight > 0
-    with_head = models.count_parameters(models.build_model(name, **kwargs))
-    assert with_head - models.count_parameters(models.AttentionUNet()) == \
-        models.count_parameters(models.ColourHead()) and with_head < helpers.PARAM_LIMIT
-    monkeypatch.setenv("DESCAN_COLOUR_HEAD", "0")
-    monkeypatch.setenv("DESCAN_COLOUR_JITTER", "0")
-    name, kwargs, cfg = recipes.recipe("attention", "cpu")
-    assert kwargs["colour_head"] is False and cfg.colour_jitter == 0
-    without_head = models.count_parameters(models.build_model(name, **kwargs))
-    assert without_head == models.count_parameters(models.AttentionUNet())
+def test_the_attention_models_colour_head_switch():
+    run = notebook_run("attention")
+    kwargs, cfg = run["model"]["kwargs"], run["config"]
+    assert kwargs["colour_head"] is True and cfg.colour_jitter > 0 and cfg.stats_weight > 0  # 04's defaults
+    with_head = models.count_parameters(notebook_model("attention", **kwargs))
+    without_head = models.count_parameters(notebook_model("attention", **{**kwargs, "colour_head": False}))
+    assert with_head - without_head == models.count_parameters(models.ColourHead()) < helpers.PARAM_LIMIT
 
 
 def test_training_with_the_colour_head_reports_unseen_scanners(demo_root, tmp_path):
     manifest = data.make_manifest(demo_root, val_fraction=0.25)
     data.write_manifest(manifest, tmp_path)
     train, val = data.load_split(demo_root, tmp_path)
-    name, kwargs, cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False,
-                                      colour_jitter=0.5, patch=16, batch_size=4, crops_per_epoch=8)
-    t = engine.Trainer(name, kwargs, train, val, tmp_path / "run", cfg, device="cpu",
-                       data_kind="demo")
+    run = notebook_run("attention", colour_jitter=0.5, patch=16, batch_size=4, crops_per_epoch=8)
+    t = engine.Trainer(run, train, val, tmp_path / "run", device="cpu", data_kind="demo")
     t.fit()
     history = pd.read_csv(tmp_path / "run/history.csv")
     assert history["val_unseen_score"].notna().all()
     assert history["do_nothing_unseen_score"].notna().all()
-    assert "colour stats" in history["loss_name"].iloc[0]
+    assert "colour statistics" in history["loss_name"].iloc[0]
 
 
 def test_colour_jitter_changes_the_global_colour_only_of_inputs():
@@ -176,59 +157,3 @@ def test_colour_jitter_changes_the_global_colour_only_of_inputs():
     assert np.array_equal(clean, img)
     assert demo.input_augment(0.0, 0.0) is None
 
-
-def as_tensor(rgb):
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-
-
-@pytest.mark.parametrize("side", [64, 600])  # every pixel, and a subsample of a large image
-def test_auto_levels_undo_a_scanners_white_and_black_points(side):
-    page = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
-    black = torch.tensor([0.08, 0.05, 0.02]).view(1, 3, 1, 1)
-    white = torch.tensor([0.85, 0.93, 0.78]).view(1, 3, 1, 1)
-    scanned = black + (white - black) * page  # another scanner's paper and ink, per channel
-    torch.testing.assert_close(models.auto_levels(scanned), models.auto_levels(page),
-                               atol=1e-5, rtol=0)
-    levelled = models.auto_levels(scanned)
-    inside = ((levelled >= 0) & (levelled <= 1)).float().mean().item()
-    assert 0.97 < inside < 0.99  # 1% of each channel below the ink level, 1% above the paper level
-    noise = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    flat = torch.full((1, 3, 16, 16), 0.5) + 0.01 * noise
-    assert models.auto_levels(flat).std() <= flat.std() / 0.2 * 1.0001  # a blank page: 5x at most
-
-
-def test_the_auto_levels_colour_map_follows_a_new_scanners_white_point(tmp_path):
-    from descan import colourmap
-    rng = np.random.default_rng(2)
-    pairs = []
-    for i, white in enumerate([0.95, 0.9, 0.97, 0.92, 0.8]):  # the last one: never fitted on
-        clean = demo.make_page(np.random.default_rng(i), 64, 64)
-        clean[:8], clean[-8:] = 255, 0  # every page shows paper and ink (an eighth of it each)
-        noise = rng.normal(0, 0.002, clean.shape)
-        scan = helpers.to_uint8(0.05 + (white - 0.05) * clean / 255.0 + noise)
-        clean_path, scan_path = tmp_path / f"clean/p{i}.png", tmp_path / f"scan/p{i}.png"
-        files.write_png(clean_path, clean)
-        files.write_png(scan_path, scan)
-        pairs.append(helpers.Pair(f"p{i}", clean_path, scan_path))
-    _, p_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False)
-    levelled, l_val = colourmap.fit_colour_map(pairs[:4], pairs[4:], show_progress=False,
-                                               levels=True)
-    assert models.count_parameters(levelled) == 12 and levelled.levels
-    assert l_val["score"] < 1.0 and p_val["score"] > 10, (l_val, p_val)
-
-
-@pytest.mark.parametrize("name", ["dncnn", "attention"])
-def test_the_auto_levels_switch_makes_a_model_blind_to_white_and_black_points(name, monkeypatch):
-    monkeypatch.setenv("DESCAN_LEVELS", "1")
-    model_name, kwargs, _ = recipes.recipe(name, "cpu", smoke=True)
-    assert kwargs["levels"] is True
-    torch.manual_seed(0)
-    model = models.build_model(model_name, **kwargs).eval()
-    page = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    scanned = 0.07 + 0.8 * page
-    with torch.no_grad():
-        torch.testing.assert_close(model(scanned), model(page), atol=1e-4, rtol=0)
-        monkeypatch.setenv("DESCAN_LEVELS", "0")
-        model_name, kwargs, _ = recipes.recipe(name, "cpu", smoke=True)
-        plain = models.build_model(model_name, **kwargs).eval()
-        assert (plain(scanned) - plain(page)).abs().max() > 0.05

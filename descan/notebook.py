@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from helpers import SPLITS, DataError, data_dir, dataset_kind, env_path, is_colab, smoke_mode, workspace_dir
-from descan.settings import env_flag, env_number
+from descan.settings import env_flag
 from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
@@ -78,7 +78,7 @@ def kaggle_split(data, workspace) -> bool:
     from descan.data import MANIFEST_FILE, make_manifest, write_manifest
     if (Path(workspace) / MANIFEST_FILE).is_file() or not has_data(data):
         return False
-    write_manifest(make_manifest(data, env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)), workspace)
+    write_manifest(make_manifest(data), workspace)
     print(f"Kaggle: no {MANIFEST_FILE} in {workspace}: made the page-grouped split as notebook 01 does")
     return True
 

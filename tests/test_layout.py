@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
-ORDER = ["demo", "zips", "data", "plots", "notebook", "recipes", "models", "inference", "crops", "losses", "checkpoints",
+ORDER = ["demo", "zips", "download", "data", "plots", "notebook", "recipes", "models", "inference", "crops", "losses", "checkpoints",
          "colourmap", "distributed",
          "engine", "submit", "cli"]
 NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data", "descan.plots", "descan.notebook",

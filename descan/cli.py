@@ -5,72 +5,99 @@ torch is imported only by the subcommands that need it (none of those used by da
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from helpers import DEMO_MARKER, ROOT, SPLITS, DataError, data_dir, data_label, workspace_dir
+from helpers import ROOT, DataError, data_dir, data_label, env_path, workspace_dir
 from descan.files import atomic_path
 
 
-def _demo(args) -> None:
-    """Generate the demo set unless the same one is already there and checked."""
-    from descan.data import check_dataset, has_data
-    from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
-    data = Path(args.data_dir)
-    s = {**DEMO_DEFAULTS, "train_pages": args.pages, "unseen_pages": args.unseen_pages,
-         "test_pages": args.test_pages, "crop": args.size}
-    marker = data / DEMO_MARKER
-    if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():
-        raise DataError(f"{data} already holds data without a {DEMO_MARKER} marker, so it looks like the real "
-                        "competition data. Demo data is never written there. Give another folder: "
-                        "bash data_download.sh --demo ./data/demo")
-    if marker.exists() and settings_line(s) in marker.read_text().splitlines() and has_data(data):
-        try:
-            r = check_dataset(data, show_progress=False)
-            print(f"Demo data already in {data} ({settings_line(s)}; {r['train_pairs']} training pairs, "
-                  f"{r['test_scans']} test scans); nothing to do.")
-            return
-        except DataError:
-            pass
-    if marker.exists():
-        print(f"Replacing the older demo data in {data} (other settings, or incomplete).")
-        for sub in ("train", "test"):
-            shutil.rmtree(data / sub, ignore_errors=True)
-    t0 = time.time()
-    print(f"Generating SYNTHETIC DEMO DATA in {data} ({settings_line(s)}) ...", flush=True)
-    r = make_demo_dataset(data, **s)
-    check_dataset(data, show_progress=False, force=True)
-    print(f"DEMO DATA (synthetic): {r['train_pairs']} pairs ({r['unseen_pairs']} of them from unseen scanners, "
-          f"for validation only) and {r['test_scans']} test scans of "
-          f"{s['crop']}x{s['crop']} in {r['root']}, checked ({time.time() - t0:.1f} s). "
-          "It is NOT the competition data.")
+DOWNLOAD_HELP = """Get the data into DATA_DIR: the competition's three zips from Google Drive,
+unpacked (the default), or the synthetic demo set (--demo: no network, a few seconds).
+bash data_download.sh [--demo] [DATA_DIR] [options] runs this.
+
+Competition data already in DATA_DIR that passes the check is used as it is (nothing is written
+there). Else the zips are taken from the zip cache, downloading with gdown only what it lacks;
+each download is named by Drive's file name or its contents (train_clean.zip, train_scan.zip or
+test_scan.zip), never by the order of the ids, and checked; then unpacked flat into
+train/clean, train/scan and test/scan and checked. Steps already done are skipped; zips may be
+put into the cache by hand under those names. Demo data (marked by DEMO_DATA.txt) is never
+written into a folder of real data, nor real data into a demo folder.
+
+DATA_DIR: default $DESCAN_DATA, else ./data/demo (--demo), /content/data (Colab), ./data/real.
+Environment: DESCAN_ZIP_CACHE (default DATA_DIR/zips); DESCAN_WORKSPACE (where a passed check
+is recorded); DESCAN_DRIVE_IDS: the zips' Google Drive ids, space-separated, any order; default
+  {ids}
+  and, while test_scan.zip is missing, {fallback}.
+"""
 
 
-def _demo_parser(sub) -> None:
-    """The `demo` subcommand and its options; the defaults are descan.demo.DEMO_DEFAULTS."""
-    from descan.demo import DEMO_DEFAULTS
+def _whole(minimum):
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text):
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return int(text)
+    return parse
 
-    def at_least(low):
-        def number(text):
-            if not text.isdigit() or int(text) < low:
-                raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, not {text!r}")
-            return int(text)
-        return number
-    p = sub.add_parser("demo", help="generate the synthetic demo dataset",
-                       description="Generate the synthetic demo set unless the same one is there.")
-    p.add_argument("data_dir", help="the folder to make it in")
-    p.add_argument("--pages", type=at_least(2), default=DEMO_DEFAULTS["train_pages"],
-                   help="training pages, from the seen scanners (default %(default)s)")
-    p.add_argument("--unseen-pages", type=at_least(0), default=DEMO_DEFAULTS["unseen_pages"],
-                   help="validation pages from the unseen scanners (default %(default)s)")
-    p.add_argument("--test-pages", type=at_least(1), default=DEMO_DEFAULTS["test_pages"],
-                   help="test pages from the seen scanners, and as many from the test-only "
-                   "scanners (default %(default)s)")
-    p.add_argument("--size", type=at_least(16), default=DEMO_DEFAULTS["crop"],
-                   help="side of the demo images in pixels (default %(default)s)")
+
+def _add_download_parser(sub) -> None:
+    """``python -m descan download`` (what data_download.sh runs) and its options."""
+    from descan.demo import DEMO_DEFAULTS as D
+    from descan.download import DRIVE_IDS, FALLBACK_TEST_ID
+    p = sub.add_parser("download", help="get the competition data, or make the demo set",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=DOWNLOAD_HELP.format(ids=" ".join(DRIVE_IDS),
+                                                        fallback=FALLBACK_TEST_ID))
+    p.add_argument("data_dir", nargs="*", metavar="DATA_DIR", help="where the images go")
+    p.add_argument("--demo", action="store_true", help="make the synthetic demo set instead")
+    for flag, default, least, what in (("--tries", 3, 1, "attempts per zip"),
+                                       ("--retry-wait", 10, 0, "seconds between attempts"),
+                                       ("--timeout", 30, 1, "seconds without data: give up")):
+        p.add_argument(flag, type=_whole(least), default=default, metavar="N",
+                       help=f"{what} (default {default})")
+    p.add_argument("--downloader", metavar="PROGRAM", help="used as gdown is (default: gdown)")
+    for flag, key, least, what in (("--pages", "train_pages", 2, "training pages"),
+                                   ("--unseen-pages", "unseen_pages", 0, "unseen-scanner pages"),
+                                   ("--test-pages", "test_pages", 1, "test pages per group"),
+                                   ("--size", "crop", 16, "side of the crops in pixels")):
+        p.add_argument(flag, dest=key, type=_whole(least), metavar="N",
+                       help=f"demo: {what} (default {D[key]})")
+
+
+def _in_colab() -> bool:
+    """In Colab, also in a terminal or a subprocess there (which has not imported google.colab)."""
+    try:
+        return Path("/content").is_dir() and importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _download(args) -> None:
+    """Get the competition data (or the demo set with --demo), as data_download.sh does."""
+    from descan import data, download
+    if len(args.data_dir) > 1:
+        print(f"error: only one DATA_DIR may be given (got {' and '.join(args.data_dir)})",
+              file=sys.stderr)
+        raise SystemExit(2)
+    default = ROOT / "data" / ("demo" if args.demo else "real")
+    if _in_colab() and not args.demo:
+        default = Path("/content/data")
+    folder = Path(args.data_dir[0]) if args.data_dir else env_path("DESCAN_DATA") or default
+    if args.demo:
+        keys = ("train_pages", "unseen_pages", "test_pages", "crop")
+        settings = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+        fresh = download.get_demo(folder, **settings)
+        r = data.check_dataset(folder, workspace_dir(folder), show_progress=False, force=fresh)
+    else:
+        r = data.get_competition_data(folder, workspace_dir(folder), tries=args.tries,
+                                      wait=args.retry_wait, timeout=args.timeout,
+                                      downloader=args.downloader)
+    print(f"{data_label(folder)} in {folder}: {r['train_pairs']} training pairs, "
+          f"{r['test_scans']} test scans (checked {r['checked']})")
 
 
 def _check(args) -> None:
@@ -97,14 +124,15 @@ def _train(args) -> None:
             run = recipes.from_notebook(args.recipe, device, smoke_mode(), args.settings)
             data.ensure_data(folder, workspace)
             if not (workspace / data.MANIFEST_FILE).is_file():  # what notebook 01 does, once
-                print(f"no manifest in {workspace}: making the page-grouped split as notebook 01 does")
+                print(f"no manifest in {workspace}: making the split as notebook 01 does")
                 data.write_manifest(data.make_manifest(folder), workspace)
-            name = args.run_name or os.environ.get("DESCAN_RUN_NAME") or recipes.RUN_NAMES[args.recipe]
+            default = os.environ.get("DESCAN_RUN_NAME") or recipes.RUN_NAMES[args.recipe]
+            name = args.run_name or default
             result = launch.train(run, folder, workspace, name, device, args.processes)
     except Exception as e:
         if distributed.peer_failed(e):  # the process that failed has printed why
-            print(f"process {distributed.rank()}: stopped because another process of this run failed "
-                  "(its error is above)", file=sys.stderr)
+            print(f"process {distributed.rank()}: stopped because another process of this run "
+                  "failed (its error is above)", file=sys.stderr)
             raise SystemExit(1) from None
         raise
     if result:
@@ -126,14 +154,15 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
         t0 = time.time()
         print(f"running {path.name} ...", flush=True)
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                extra_arguments=["--log-level=ERROR"],
                                 resources={"metadata": {"path": str(path.parent)}})
         target = out_dir / path.name
         try:
             client.execute()
-        except CellExecutionError as e:  # the message first; the whole traceback is in the saved copy
-            raise DataError(f"{path.name} stopped: {e.ename}: {e.evalue}\n(the executed copy with the whole "
-                            f"traceback: {target})") from None
+        except CellExecutionError as e:  # the message first; the traceback is in the saved copy
+            raise DataError(f"{path.name} stopped: {e.ename}: {e.evalue}\n(the executed copy with "
+                            f"the whole traceback: {target})") from None
         finally:
             with atomic_path(target) as tmp:
                 nbformat.write(nb, str(tmp))
@@ -142,82 +171,68 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
     return done
 
 
-def main(argv=None) -> int:
+def _score(args) -> None:
+    from descan.submit import score_folders
+    r = score_folders(args.pred_dir, args.clean_dir)
+    print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
+    for group in ("seen", "unseen"):
+        if group in r:
+            print(f"  {group} scanners: competition score over {r[group][0]} images: "
+                  f"{r[group][1]:.4f}")
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train notebook 03's (dncnn) or 04's (attention) recipe",
+                       description="Train a notebook's recipe, with key=value changes to its "
+                       "settings, e.g. lr=3e-4 epochs=20")
+    p.add_argument("--recipe", choices=("dncnn", "attention"))
+    p.add_argument("settings", nargs="*", help="key=value changes to the notebook's settings")
+    p.add_argument("--run-dir",
+                   help="train the recipe saved in this run folder (torchrun's processes)")
+    p.add_argument("--data", help="data folder (default: DESCAN_DATA's rule)")
+    p.add_argument("--workspace", help="workspace (default: DESCAN_WORKSPACE's rule)")
+    p.add_argument("--run-name",
+                   help="folder under WORKSPACE/runs (default: DESCAN_RUN_NAME, or the "
+                   "notebook's)")
+    p.add_argument("--processes", type=_whole(1), default=1,
+                   help="N > 1: torchrun with N processes")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m descan",
                                      description="The Descanning starter kit's command line.")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("score", help="competition score of restored images against clean ones")
-    p.add_argument("pred_dir"), p.add_argument("clean_dir")
-    _demo_parser(sub)
-    p = sub.add_parser("kind", help="print 'demo' (the demo marker is there), 'real' (data without it) or 'none'")
-    p.add_argument("data_dir")
-    p = sub.add_parser("check-zip", help="exit 0 when a file is a complete zip")
-    p.add_argument("zip")
-    p = sub.add_parser("identify-zip", help="print which competition zip a download is (by name, else contents)")
-    p.add_argument("zip"), p.add_argument("--drive-name", help="the file name Google Drive gave it")
-    p = sub.add_parser("check-zips", help="check that three zips hold what their names say")
-    p.add_argument("cache", help="folder holding train_clean.zip, train_scan.zip and test_scan.zip")
-    p = sub.add_parser("unpack", help="unpack the images of a zip flat into a folder")
-    p.add_argument("zip"), p.add_argument("dest")
+    p.add_argument("pred_dir")
+    p.add_argument("clean_dir")
+    _add_download_parser(sub)
     p = sub.add_parser("check", help="check pairing, readability and sizes of a data folder (once)")
-    p.add_argument("data_dir"), p.add_argument("--force", action="store_true", help="check again")
-    p = sub.add_parser("train", help="train notebook 03's (dncnn) or 04's (attention) recipe",
-                       description="Train a notebook's recipe; settings as key=value, e.g. lr=3e-4 epochs=20")
-    p.add_argument("--recipe", choices=("dncnn", "attention"))
-    p.add_argument("settings", nargs="*", help="key=value changes to the notebook's settings")
-    p.add_argument("--run-dir", help="train the recipe saved in this run folder (torchrun's processes)")
-    p.add_argument("--data", help="data folder (default: DESCAN_DATA's rule)")
-    p.add_argument("--workspace", help="workspace (default: DESCAN_WORKSPACE's rule)")
-    p.add_argument("--run-name", help="run folder under WORKSPACE/runs (default: DESCAN_RUN_NAME or the recipe)")
-    p.add_argument("--processes", type=int, default=1, help="N > 1: torchrun with N processes")
-    p = sub.add_parser("run-notebooks", help="execute the notebooks in order, saving executed copies")
+    p.add_argument("data_dir")
+    p.add_argument("--force", action="store_true", help="check again")
+    _add_train_parser(sub)
+    p = sub.add_parser("run-notebooks",
+                       help="execute the notebooks in order, saving executed copies")
     p.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
-    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds a cell may run (0: no limit, for "
-                   "full training runs); default 1800")
+    p.add_argument("--cell-timeout", type=int, default=1800, help="seconds a cell may run (0: no "
+                   "limit, for full training runs); default 1800")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.cmd == "train" and not (args.recipe or args.run_dir):
         parser.error("train needs --recipe dncnn|attention (or --run-dir)")
     if args.cmd in ("train", "run-notebooks"):
         from descan.notebook import hosted_defaults
         hosted_defaults()  # on Kaggle: the attached data in place, the workspace in /kaggle/working
+    commands = {"score": _score, "download": _download, "check": _check, "train": _train,
+                "run-notebooks": lambda a: run_notebooks(a.notebooks, a.cell_timeout or None)}
     try:
-        if args.cmd == "score":
-            from descan.submit import score_folders
-            r = score_folders(args.pred_dir, args.clean_dir)
-            print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
-            for group in ("seen", "unseen"):
-                if group in r:
-                    print(f"  {group} scanners: competition score over {r[group][0]} images: {r[group][1]:.4f}")
-        elif args.cmd == "demo":
-            _demo(args)
-        elif args.cmd == "kind":
-            d = Path(args.data_dir)
-            print("demo" if (d / DEMO_MARKER).exists() else
-                  "real" if any((d / sub).is_dir() for sub in SPLITS.values()) else "none")
-        elif args.cmd == "check-zip":
-            from descan.zips import check_zip
-            print(f"{args.zip}: complete zip, {check_zip(args.zip)} entries")
-        elif args.cmd == "identify-zip":
-            from descan.zips import identify_zip
-            print(identify_zip(args.zip, args.drive_name))
-        elif args.cmd == "check-zips":
-            from descan.zips import ZIP_NAMES, check_zip_set
-            counts = check_zip_set({n: Path(args.cache) / n for n in ZIP_NAMES})
-            print("zips agree with their names: " + ", ".join(f"{k} {v} images" for k, v in counts.items()))
-        elif args.cmd == "unpack":
-            from descan.zips import unpack_zip
-            r = unpack_zip(args.zip, args.dest)
-            print(f"{args.zip} -> {args.dest}: {r['written']} written, {r['skipped']} already there")
-        elif args.cmd == "check":
-            _check(args)
-        elif args.cmd == "train":
-            _train(args)
-        elif args.cmd == "run-notebooks":
-            run_notebooks(args.notebooks, args.cell_timeout or None)
+        commands[args.cmd](args)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was interrupted has said so (training: last.pt saved)
         return 130
     return 0
-

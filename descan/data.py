@@ -1,32 +1,32 @@
 """The data folder: make sure it is there, check it once, fix the split (the manifest). No torch.
 
-Flow: ``ensure_data`` (every notebook's start) -> ``data_download.sh`` (unpack from the zip
-cache, download only what it lacks, or make the demo set) -> ``check_dataset`` (reads every
-image once per data folder; a stamp in the workspace records it) -> notebook 01's
+Flow: ``ensure_data`` (every notebook's start; descan.download gets the data) -> ``check_dataset``
+(reads every image once per data folder; a stamp in the workspace records it) -> notebook 01's
 ``make_manifest`` (the page-grouped split) -> ``load_split`` (02-05 read it).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from helpers import IMAGE_EXTS, ROOT, SPLITS, DataError, Pair, by_stem, data_label, dataset_kind, examples, list_images, page_id, pair_files, read_rgb, smoke_mode, split_names, workspace_dir, env_path, is_colab
+from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem, data_label,
+                     dataset_kind, examples, list_images, page_id, pair_files, read_rgb,
+                     smoke_mode, split_names, workspace_dir)
+from descan import download
+from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
 from descan.zips import ZIP_NAMES
 
 MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
 MANIFEST_FILE = "manifest.csv"
-# Files named like the competition's other-scanner test files (scanner01_100): the demo's pairs from
-# scanners that training never sees. The real training data has none; real test scans have some.
+# Files named like the competition's other-scanner test files (scanner01_100): the demo's pairs
+# from scanners that training never sees. The real training data has none; real test scans do.
 OTHER_SCANNER_NAME = re.compile(r"scanner\d+_\d+")
 
 
@@ -37,24 +37,7 @@ def scanner_group(name: str) -> str:
     return "unseen" if OTHER_SCANNER_NAME.fullmatch(stem) else "seen"
 
 
-def zip_cache_dir(data, workspace) -> Path:
-    """Where the downloaded zips are kept: $DESCAN_ZIP_CACHE; in Colab the workspace on Drive (so
-    a new runtime unpacks instead of downloading again); else DATA/zips."""
-    path = env_path("DESCAN_ZIP_CACHE")
-    if path is not None:
-        return path
-    return Path(workspace) / "zips" if is_colab() else Path(data) / "zips"
-
-
-def has_data(data) -> bool:
-    """True when ``data`` holds images in train/clean, train/scan and test/scan (not a full check)."""
-    data = Path(data)
-    return all((data / sub).is_dir() and bool(list_images(data / sub)) for sub in SPLITS.values())
-
-
-# --------------------------------------------------------------------------
-# The full check, once per data folder
-# --------------------------------------------------------------------------
+# ---- The full check, once per data folder
 
 def check_pairs(pairs, show_progress=True) -> dict:
     """Read both images of every pair; DataError naming unreadable files and size mismatches.
@@ -91,19 +74,13 @@ def fingerprint(data) -> str:
     return h.hexdigest()[:20]
 
 
-def _stamp_path(data, workspace) -> Path:
-    key = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:12]
-    return Path(workspace) / "data_checks" / f"{key}.json"
-
-
 def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict:
     """Check the unpacked layout: train/clean paired with train/scan by name, every image readable,
     pairs of equal size, test scans readable. Returns a summary; DataError on any problem.
 
-    Reading 20,500 images takes a minute or two, so a passed check is recorded in the workspace
-    (never in the data folder, which may be read-only) with a fingerprint of the files' names and
-    sizes; while the files are unchanged, later calls return the recorded summary at once
-    (``summary['checked']`` says when). ``force`` reads everything again.
+    A passed check is recorded in the workspace (never in the data folder, which may be read-only)
+    with the files' fingerprint: while they are unchanged, later calls return the recorded summary
+    at once (``summary['checked']`` says when). ``force`` reads everything again.
     """
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
@@ -111,16 +88,16 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     if not test:
         raise DataError(f"no test scans in {data / SPLITS['test_scan']}")
     by_stem(test, data / SPLITS["test_scan"])
-    stamp = _stamp_path(data, workspace if workspace is not None else workspace_dir(data))
+    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    stamp = Path(workspace or workspace_dir(data)) / "data_checks" / f"{key}.json"
     print_ = fingerprint(data)
     if stamp.is_file() and not force:
-        with open(stamp) as f:
-            saved = json.load(f)
+        saved = json.loads(stamp.read_text())
         if saved.get("fingerprint") == print_:
             return saved["summary"]
+    files = [p for pair in pairs for p in (pair.clean, pair.scan)] + test
     summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),
-               "extensions": sorted({p.suffix.lower() for pr in pairs for p in (pr.clean, pr.scan)} |
-                                    {p.suffix.lower() for p in test}),
+               "extensions": sorted({p.suffix.lower() for p in files}),
                "train_sizes": check_pairs(pairs, show_progress)}
     test_sizes, unreadable = {}, []
     for p in progress_bar(test, "checking test scans", enabled=show_progress, unit="img"):
@@ -132,47 +109,46 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     if unreadable:
         raise DataError(f"{len(unreadable)} unreadable test scans: {examples(unreadable)}. "
                         "Delete the data folder and unpack it again.")
-    summary["test_sizes"] = test_sizes
-    summary["checked"] = time.strftime("%Y-%m-%d %H:%M")
+    summary.update(test_sizes=test_sizes, checked=time.strftime("%Y-%m-%d %H:%M"))
     with atomic_path(stamp) as tmp:
-        tmp.write_text(json.dumps({"data": str(data.resolve()), "fingerprint": print_, "summary": summary}))
+        tmp.write_text(json.dumps({"data": str(data.resolve()), "fingerprint": print_,
+                                   "summary": summary}))
     return summary
 
 
-# --------------------------------------------------------------------------
-# Getting the data: every notebook's first step
-# --------------------------------------------------------------------------
+# ---- Getting the data: every notebook's first step
 
-def download_data(data, workspace, demo=False) -> None:
-    """Run ``bash data_download.sh [--demo] DATA``, showing its output as it comes.
-
-    The script skips what is already complete, takes the zips from the zip cache
-    (helpers.zip_cache_dir) and downloads only what the cache lacks. Raises DataError when it
-    fails; its own message (printed above) says what to do.
-    """
-    script = ROOT / "data_download.sh"
-    if not script.is_file():
-        raise DataError(f"{script} is missing; get the whole repository (git clone) and try again.")
-    cmd = ["bash", str(script)] + (["--demo"] if demo else []) + [str(data)]
-    env = dict(os.environ, PYTHON=sys.executable, DESCAN_WORKSPACE=str(workspace),
-               DESCAN_ZIP_CACHE=str(zip_cache_dir(data, workspace)))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    while chunk := proc.stdout.read1(4096):
-        sys.stdout.write(chunk.decode(errors="replace"))
-        sys.stdout.flush()
-    if proc.wait() != 0:
-        raise DataError(f"`{' '.join(cmd)}` failed (exit status {proc.returncode}); "
-                        "its message above says why and what to do.")
+def get_competition_data(data, workspace, cache=None, **options) -> dict:
+    """The competition data in ``data``, checked (check_dataset's summary): used as it is when it
+    passes the check (nothing is written into ``data``, which may be read-only); else unpacked from
+    the zip cache, downloading what it lacks (download.unpack_missing with ``options``)."""
+    data = Path(data)
+    if (data / DEMO_MARKER).exists():
+        raise DataError(f"{data} holds the synthetic demo data (its marker file says so). Real "
+                        "data is never mixed into it. Use another folder, e.g. "
+                        "bash data_download.sh ./data/real")
+    if has_data(data):
+        print(f"Competition data found in {data}; checking it (pairing, readability, sizes) ...")
+        try:
+            summary = check_dataset(data, workspace)
+            print(f"Done: competition data already in place in {data} (nothing downloaded or "
+                  "unpacked).")
+            return summary
+        except DataError as e:
+            print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
+    cache = Path(cache or zip_cache_dir(data, workspace))
+    download.unpack_missing(data, cache, has_data(data), **options)
+    print("Checking the data (pairing, readability, sizes) ...")
+    try:
+        return check_dataset(data, workspace)
+    except DataError as e:
+        raise DataError(f"{e}\n{download.start_again(data, cache)}") from None
 
 
 def ensure_data(data, workspace) -> dict:
-    """Make sure the checked data is in ``data``; return check_dataset's summary.
-
-    A fast no-op when it is there and was checked (the usual case). Otherwise, as in a fresh Colab
-    runtime whose /content is empty: the demo set is generated (demo data, or smoke mode), or the
-    competition data is unpacked from the zip cache (on Drive in Colab), downloading only what the
-    cache lacks. Says how long it took.
-    """
+    """Make sure the checked data is in ``data``; return check_dataset's summary. A fast no-op when
+    it is there and was checked (the usual case). Else, as in a fresh Colab runtime: the demo set
+    (demo data, or smoke mode, and no zips in the cache), or get_competition_data."""
     t0 = time.time()
     data = Path(data)
     if has_data(data):
@@ -180,28 +156,30 @@ def ensure_data(data, workspace) -> dict:
         how = "already in place"
     else:  # zips in the cache mean the competition data, even in smoke mode
         cache = zip_cache_dir(data, workspace)
-        demo = dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES)
-        download_data(data, workspace, demo=demo)
-        summary = check_dataset(data, workspace)
+        if dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES):
+            fresh = download.get_demo(data)
+            summary = check_dataset(data, workspace, show_progress=False, force=fresh)
+        else:
+            summary = get_competition_data(data, workspace, cache)
         how = "prepared"
     print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "
-          f"{summary['test_scans']} test scans (checked {summary['checked']}; {time.time() - t0:.1f} s)")
+          f"{summary['test_scans']} test scans (checked {summary['checked']}; "
+          f"{time.time() - t0:.1f} s)")
     return summary
 
 
 def warn_if_demo(data) -> str:
-    """Return data_label(data); outside smoke mode, print a loud warning when the data is the demo set."""
+    """Return data_label(data); outside smoke mode, print a loud warning for the demo set."""
     if dataset_kind(data) == "demo" and not smoke_mode():
         bar = "!" * 78
-        print(f"{bar}\n!! WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.\n"
-              "!! Every number and figure below describes the demo set. For the real data run\n"
-              f"!! notebook 01 in full mode (or `bash data_download.sh`) and point DESCAN_DATA at it.\n{bar}")
+        lines = [f"WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.",
+                 "Every number and figure below describes the demo set. For the real data, run",
+                 "notebook 01 in full mode (or `bash data_download.sh`), with DESCAN_DATA set."]
+        print("\n".join([bar, *("!! " + line for line in lines), bar]))
     return data_label(data)
 
 
-# --------------------------------------------------------------------------
-# The manifest: one fixed, page-grouped split for the whole series
-# --------------------------------------------------------------------------
+# ---- The manifest: one fixed, page-grouped split for the whole series
 
 def make_manifest(data, val_fraction=0.1, seed=0):
     """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
@@ -213,13 +191,14 @@ def make_manifest(data, val_fraction=0.1, seed=0):
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
     seen = [p for p in pairs if scanner_group(p.name) == "seen"]
-    split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed) if seen else {}
-    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})  # never trained on
+    split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed)
+    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})  # never train
     if set(split[p.name] for p in seen) != {"train", "val"}:
         pages = sorted({page_id(p.name) for p in seen})
-        raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source page "
-                        f"({examples(pages)}), so the split (validation fraction {val_fraction}, DESCAN_VAL_FRACTION) "
-                        "cannot put a page on each side: training and validation need at least two pages.")
+        raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source "
+                        f"page ({examples(pages)}), so the split (val_fraction="
+                        f"{val_fraction}) cannot put a page on each side: training "
+                        "and validation need at least two pages.")
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
                           "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],
@@ -257,10 +236,11 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
     data = Path(data)
     rows = manifest if split is None else manifest[manifest["split"] == split]
     pairs = [Pair(r.name, data / r.clean, data / r.scan) for r in rows.itertuples(index=False)]
-    missing = [p.clean for p in pairs if not p.clean.is_file()] + [p.scan for p in pairs if not p.scan.is_file()]
+    missing = [p for pair in pairs for p in (pair.clean, pair.scan) if not p.is_file()]
     if missing:
-        raise DataError(f"{len(missing)} files of the manifest are not in {data}: {examples(missing)}. "
-                        "Run notebook 01 again (it downloads the data and rewrites the manifest).")
+        raise DataError(f"{len(missing)} files of the manifest are not in {data}: "
+                        f"{examples(missing)}. Run notebook 01 again (it downloads the data and "
+                        "rewrites the manifest).")
     return pairs
 
 
@@ -272,14 +252,13 @@ def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
     train = manifest_pairs(manifest, data, "train")
     unseen = [p.name for p in train if scanner_group(p.name) == "unseen"]
     if unseen:
-        raise DataError(f"{path} puts {len(unseen)} pairs from unseen scanners ({examples(unseen)}) in training; "
-                        "they are for validation only. It was made by an older version: run notebook 01 again.")
+        raise DataError(f"{path} puts {len(unseen)} pairs from unseen scanners "
+                        f"({examples(unseen)}) in training; they are for validation only. It was "
+                        "made by an older version: run notebook 01 again.")
     return train, manifest_pairs(manifest, data, "val")
 
 
-# --------------------------------------------------------------------------
-# Statistics (notebook 02)
-# --------------------------------------------------------------------------
+# ---- Statistics (notebook 02)
 
 def title_of(name: str) -> str:
     """The magazine title of an image name: 'BookOfMaking.00012.02' -> 'BookOfMaking'."""
@@ -306,5 +285,5 @@ def pair_stats(pairs, show_progress=True):
         rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
                      "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
                      "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
-    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan", "abs_mean_y_diff",
-                                       "pixel_y_mae", "psnr"])
+    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan",
+                                       "abs_mean_y_diff", "pixel_y_mae", "psnr"])

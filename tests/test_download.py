@@ -1,6 +1,6 @@
 """Tests of data_download.sh: demo mode, and real mode with a fake downloader for every failure.
 
-DESCAN_GDOWN points the script at a small fake `gdown` written into tmp_path. Like the real gdown
+--downloader points the script at a small fake `gdown` written into tmp_path. Like the real gdown
 without -O, it writes the file into its working folder under the name Google Drive gives it; a
 mapping "id -> (Drive file name, which zip's contents)" says what each id serves, so quota pages,
 HTML pages, truncated zips, good zips in any order and zips that are not what Drive calls them are
@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "data_download.sh"
 ZIPS = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
-# The script's default ids (../shared/COMPETITION.md), then the replacement test id, its last resort.
+# The script's default ids, then the replacement test id, its last resort.
 DEFAULT_IDS = ["16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD", "1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea",
                "1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj"]
 FALLBACK_ID = "1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"
@@ -189,18 +189,22 @@ def workspace(tmp_path):
     _WORKSPACE.clear()
 
 
-def run_script(*args, env=None, fake=None, mode="refuse", timeout=120):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
-    full.update({"DESCAN_RETRY_WAIT": "0", "DESCAN_DEMO_PAGES": "2", "DESCAN_DEMO_TEST_PAGES": "1",
-                 "DESCAN_DEMO_UNSEEN_PAGES": "2",
-                 "DESCAN_DEMO_SIZE": "64", "DESCAN_WORKSPACE": str(_WORKSPACE["path"])})
+# Small demo sets, and no wait between download attempts; a test's own options come after these.
+OPTIONS = ["--pages", "2", "--test-pages", "1", "--unseen-pages", "2", "--size", "64"]
+
+
+def run_script(*args, env=None, fake=None, mode="refuse", timeout=120, wait="0"):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
+    full.update({"DESCAN_WORKSPACE": str(_WORKSPACE["path"])})
+    options = OPTIONS + (["--retry-wait", wait] if wait is not None else [])
     if fake is not None:
-        full.update({"DESCAN_GDOWN": str(fake.path), "FAKE_LOG": str(fake.log), "FAKE_MAP": str(fake.map),
-                     "FAKE_SRC": str(fake.src), "FAKE_MODE": mode})
+        full.update(FAKE_LOG=str(fake.log), FAKE_MAP=str(fake.map), FAKE_SRC=str(fake.src),
+                    FAKE_MODE=mode)
+        options += ["--downloader", str(fake.path)]
     full.update(env or {})
     t0 = time.time()
-    r = subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                       env=full, timeout=timeout, cwd="/")
+    r = subprocess.run(["bash", str(SCRIPT), *options, *map(str, args)], capture_output=True,
+                       text=True, env=full, timeout=timeout, cwd="/")
     r.elapsed = time.time() - t0
     r.out = r.stdout + r.stderr
     return r
@@ -216,11 +220,11 @@ def assert_unpacked(data):
 
 def test_help_and_bad_arguments():
     r = run_script("--help")
-    assert r.returncode == 0 and "Usage" in r.stdout and "--demo" in r.stdout
+    assert r.returncode == 0 and "usage" in r.stdout.lower() and "--demo" in r.stdout
     assert "DESCAN_DRIVE_IDS" in r.stdout and all(i in r.stdout for i in DEFAULT_IDS + [FALLBACK_ID])
     assert run_script("-h").stdout == r.stdout
     r = run_script("--bogus")
-    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     r = run_script("a", "b")
     assert r.returncode == 2 and "only one DATA_DIR" in r.stderr
 
@@ -244,7 +248,7 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     assert {f: (data / f).stat().st_mtime_ns for f in files_under(data)} == before
 
     # other settings: the old demo files are replaced, not mixed with the new ones
-    r = run_script("--demo", data, env={"DESCAN_DEMO_SIZE": "48"})
+    r = run_script("--demo", data, "--size", "48")
     assert r.returncode == 0, r.out
     assert "Replacing the older demo data" in r.stdout
     assert len(files_under(data)) == 21
@@ -300,7 +304,7 @@ def test_html_page_instead_of_zip_is_deleted(tmp_path, fake):
 
 def test_truncated_download_is_retried_then_deleted(tmp_path, fake):
     data = tmp_path / "data"
-    r = run_script(data, fake=fake, mode="truncated", env={"DESCAN_DOWNLOAD_TRIES": "2"})
+    r = run_script(data, "--tries", "2", fake=fake, mode="truncated")
     assert r.returncode != 0
     assert "after 2 attempts" in r.stderr
     assert fake.called_ids() == [DEFAULT_IDS[0]] * 2
@@ -309,7 +313,7 @@ def test_truncated_download_is_retried_then_deleted(tmp_path, fake):
 
 
 def test_missing_downloader(tmp_path):
-    r = run_script(tmp_path / "data", env={"DESCAN_GDOWN": str(tmp_path / "no-such-gdown")})
+    r = run_script(tmp_path / "data", "--downloader", tmp_path / "no-such-gdown")
     assert r.returncode != 0 and "not installed" in r.stderr and "pip install gdown" in r.stderr
 
 
@@ -479,6 +483,21 @@ def test_data_in_place_on_a_read_only_folder(tmp_path, fake):
         subprocess.run(["chmod", "-R", "u+w", str(data)], check=True)
 
 
+def test_the_notebooks_get_the_data_in_their_own_python(tmp_path, fake, monkeypatch):
+    """What the script runs, called as a function (as data.ensure_data does): no bash, no other
+    Python; the downloader and the retries are arguments."""
+    from descan import data as data_module
+    for name, value in dict(FAKE_LOG=fake.log, FAKE_MAP=fake.map, FAKE_SRC=fake.src).items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("FAKE_MODE", "serve")
+    folder = tmp_path / "data"
+    summary = data_module.get_competition_data(folder, tmp_path / "ws", downloader=fake.path,
+                                               tries=1, wait=0)
+    assert summary["train_pairs"] == 3 and summary["test_scans"] == 1
+    assert fake.called_ids() == DEFAULT_IDS
+    assert_unpacked(folder)
+
+
 @pytest.mark.parametrize("broken", ["everywhere", "after_startup"])
 def test_a_python_without_opencv_never_costs_a_cached_zip(tmp_path, fake, broken):
     """A python that cannot import cv2: the cached zip is kept as it is, and the message says why.
@@ -517,10 +536,9 @@ def _network_reachable():
 @pytest.mark.parametrize("downloader", [None, "gdown"])
 def test_no_network_fails_fast_with_help(tmp_path, downloader):
     """None: the script's own connectivity check; 'gdown': the real gdown's failure, classified."""
-    env = {"DESCAN_RETRY_WAIT": "10"}  # the default wait: a fast failure must not depend on it
-    if downloader:
-        env["DESCAN_GDOWN"] = downloader
-    r = run_script(tmp_path / "data", env=env, timeout=60)
+    options = ["--downloader", downloader] if downloader else []
+    # the default wait between attempts: a fast failure must not depend on it
+    r = run_script(tmp_path / "data", *options, wait=None, timeout=60)
     assert r.returncode != 0
     assert r.elapsed < 30
     assert "no network connection" in r.stderr

@@ -367,7 +367,7 @@ def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
                      ["Mag.00001.01.png", "Mag.00001.02.png"])
     c.rename(tmp_path / "d/train/clean"), s.rename(tmp_path / "d/train/scan")
     for fraction in (0.1, 0.9):  # 0.9 would put the only page in validation, 0.1 in training
-        with pytest.raises(DataError, match=r"from 1 source page \(Mag\.00001\).*DESCAN_VAL_FRACTION.*two pages"):
+        with pytest.raises(DataError, match=r"from 1 source page \(Mag\.00001\).*val_fraction.*two pages"):
             data.make_manifest(tmp_path / "d", val_fraction=fraction)
 
 

@@ -136,12 +136,13 @@ def test_a_fresh_runtime_unpacks_the_data_from_the_zip_cache_without_downloading
     survive, as on Drive), then notebook 03: it unpacks the zips again and trains."""
     data, workspace, cache = tmp_path / "data", tmp_path / "workspace", tmp_path / "drive_zips"
     competition_zips(cache)
-    fake = tmp_path / "gdown"
+    fake = tmp_path / "bin" / "gdown"  # first on PATH: any download would run it
+    fake.parent.mkdir()
     fake.write_text(FAKE_GDOWN)
     fake.chmod(0o755)
     env = clean_env(DESCAN_SMOKE="1", DESCAN_DATA=str(data), DESCAN_WORKSPACE=str(workspace),
-                    DESCAN_ZIP_CACHE=str(cache), DESCAN_GDOWN=str(fake), FAKE_LOG=str(tmp_path / "calls"),
-                    MPLBACKEND="Agg")
+                    DESCAN_ZIP_CACHE=str(cache), FAKE_LOG=str(tmp_path / "calls"), MPLBACKEND="Agg",
+                    PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     run_notebooks(["01_download.ipynb"], env)
     assert (workspace / "manifest.csv").is_file() and len(list((data / "train/clean").iterdir())) == 16
     import shutil

@@ -59,7 +59,7 @@ def test_demo_names_follow_the_competition(demo_root):
 def test_the_demo_command_takes_its_sizes_as_options(tmp_path, capsys):
     folder = tmp_path / "demo"
     options = ["--pages", "2", "--unseen-pages", "2", "--test-pages", "1", "--size", "32"]
-    assert cli.main(["demo", str(folder), *options]) == 0
+    assert cli.main(["download", "--demo", str(folder), *options]) == 0
     marker = (folder / helpers.DEMO_MARKER).read_text().splitlines()
     settings = "version=2 seed=0 train_pages=2 unseen_pages=2 test_pages=1 crops_per_page=2 crop=32"
     assert settings in marker
@@ -67,8 +67,8 @@ def test_the_demo_command_takes_its_sizes_as_options(tmp_path, capsys):
     assert len(list((folder / "test/scan").iterdir())) == 4
     assert "8 pairs (4 of them from unseen scanners" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        cli.main(["demo", str(folder), "--pages", "1"])
-    assert "--pages: must be a whole number >= 2, not '1'" in capsys.readouterr().err
+        cli.main(["download", "--demo", str(folder), "--pages", "1"])
+    assert "'1' is not a whole number >= 2" in capsys.readouterr().err
 
 
 def test_unseen_scanner_files_never_reach_training(demo_root, tmp_path):

@@ -17,7 +17,7 @@ os.environ["DESCAN_DATA"] = str(_SESSION / "data")
 os.environ["DESCAN_WORKSPACE"] = str(_SESSION / "workspace")
 os.environ.setdefault("MPLBACKEND", "Agg")
 for name in list(os.environ):  # a user's own settings must not leak into the tests
-    if name.startswith("DESCAN_") and name not in ("DESCAN_SMOKE", "DESCAN_DATA", "DESCAN_WORKSPACE"):
+    if name.startswith("DESCAN") and name not in ("DESCAN_SMOKE", "DESCAN_DATA", "DESCAN_WORKSPACE"):
         del os.environ[name]
 sys.path.insert(0, str(ROOT))
 

@@ -44,13 +44,18 @@ def env_path(name: str) -> Path | None:
     return None if not str(raw) or str(raw) == "." else raw if raw.is_absolute() else ROOT / raw
 
 
-def smoke_mode() -> bool:
-    """DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU). Anything but
-    1/0, true/false, yes/no, on/off or empty is refused (``maybe`` is not "off")."""
-    value = os.environ.get("DESCAN_SMOKE", "").strip().lower()
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty = default.
+    Anything else is refused with the variable's name (``maybe`` is not "off")."""
+    value = os.environ.get(name, "").strip().lower()
     if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        raise ValueError(f"DESCAN_SMOKE={os.environ['DESCAN_SMOKE']!r} is not a switch; use 1 or 0")
-    return value in ("1", "true", "yes", "on")
+        raise ValueError(f"{name}={os.environ[name]!r} is not a switch; use 1 or 0")
+    return default if not value else value in ("1", "true", "yes", "on")
+
+
+def smoke_mode() -> bool:
+    """DESCAN_SMOKE=1: a fast CPU run on the demo data (CI, machines without a GPU)."""
+    return env_flag("DESCAN_SMOKE", False)
 
 
 def data_dir() -> Path:

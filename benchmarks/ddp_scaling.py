@@ -62,7 +62,7 @@ def main() -> None:
         demo.make_demo_dataset(tmp / "data", train_pages=args.pages, test_pages=1, crop=args.size, show_progress=False)
         (tmp / "ws").mkdir()
         data.write_manifest(data.make_manifest(tmp / "data", 0.2), tmp / "ws")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}, "DESCAN_SMOKE": "0",
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}, "DESCAN_SMOKE": "0",
                "DESCAN_EPOCHS": "2", "DESCAN_CROPS_PER_EPOCH": str(args.steps * args.batch),
                "DESCAN_BATCH": str(args.batch), "DESCAN_PATCH": str(args.patch), "DESCAN_TRAIN_MINUTES": "0",
                "DESCAN_VAL_EVERY_MINUTES": "0", "PYTHONUNBUFFERED": "1"}

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-[os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN_")]  # the user's own settings stay out
+[os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN")]  # the user's own settings stay out
 import helpers  # noqa: E402
 from descan import checkpoints, data, models, submit, zips  # noqa: E402
 
@@ -256,7 +256,7 @@ def download(d, env, cached=None):
     (d.tmp / "cache").mkdir()
     if cached:
         d.protect(cached(d.tmp / "cache/train_clean.zip"), also=d.tmp / "cache/train_clean.zip.bad")
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
     full.update({"DESCAN_ZIP_CACHE": str(d.tmp / "cache"), "DESCAN_WORKSPACE": str(d.tmp / "ws"),
                  "DESCAN_GDOWN": "false", "DESCAN_RETRY_WAIT": "0", "PYTHON": sys.executable, **env})
     r = subprocess.run(["bash", str(ROOT / "data_download.sh"), str(d.tmp / "data")], capture_output=True, text=True,

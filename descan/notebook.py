@@ -13,8 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers import SPLITS, DataError, data_dir, dataset_kind, env_path, is_colab, smoke_mode, workspace_dir
-from descan.settings import env_flag
+from helpers import SPLITS, DataError, data_dir, env_flag, dataset_kind, env_path, is_colab, smoke_mode, workspace_dir
 from descan.data import has_data
 
 # import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)

@@ -34,7 +34,7 @@ PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")
 
 def python(code, *args, timeout=120):
     """Run ``code`` in a fresh Python with the repository on its path; returns the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
     return subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" +
                            textwrap.dedent(code), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)
@@ -325,18 +325,18 @@ def test_choose_checkpoint_stops_when_no_checkpoint_has_the_kind_of_data(tmp_pat
 # ---------------------------------------------------------------- settings refused by name
 
 @pytest.mark.parametrize("raw, default, lo, hi, message", [
-    ("abc", 16, 1, None, r"DESCAN_X='abc' is not an integer; it must be at least 1"),
-    ("1_0", 16, 1, None, r"DESCAN_X='1_0' is not an integer"),
-    ("nan", 0.1, 0.01, 0.9, r"DESCAN_X='nan' is not a finite number; it must be at least 0.01 and at most 0.9"),
-    ("inf", 0.0, 0.0, None, r"DESCAN_X='inf' is not a finite number"),
-    ("1.5", 0.1, 0.01, 0.9, r"DESCAN_X=1.5 is out of range: it must be at least 0.01 and at most 0.9"),
-    ("7", 5, None, 6, r"DESCAN_X=7 is out of range: it must be at most 6"),
-    ("-1", 0.0, 0.0, None, r"DESCAN_X=-1 is out of range: it must be at least 0.0"),
+    ("abc", 16, 1, None, r"KIT_TEST_SWITCH='abc' is not an integer; it must be at least 1"),
+    ("1_0", 16, 1, None, r"KIT_TEST_SWITCH='1_0' is not an integer"),
+    ("nan", 0.1, 0.01, 0.9, r"KIT_TEST_SWITCH='nan' is not a finite number; it must be at least 0.01 and at most 0.9"),
+    ("inf", 0.0, 0.0, None, r"KIT_TEST_SWITCH='inf' is not a finite number"),
+    ("1.5", 0.1, 0.01, 0.9, r"KIT_TEST_SWITCH=1.5 is out of range: it must be at least 0.01 and at most 0.9"),
+    ("7", 5, None, 6, r"KIT_TEST_SWITCH=7 is out of range: it must be at most 6"),
+    ("-1", 0.0, 0.0, None, r"KIT_TEST_SWITCH=-1 is out of range: it must be at least 0.0"),
 ])
 def test_env_number_names_the_variable_the_value_and_the_range(monkeypatch, raw, default, lo, hi, message):
-    monkeypatch.setenv("DESCAN_X", raw)
+    monkeypatch.setenv("KIT_TEST_SWITCH", raw)
     with pytest.raises(ValueError, match=f"^{message}"):
-        settings.env_number("DESCAN_X", default, lo, hi)
+        settings.env_number("KIT_TEST_SWITCH", default, lo, hi)
 
 
 NUMERIC_KNOBS = [(var, spec) for var, spec in recipes.ENV_KNOBS.items() if spec[1] in (int, float)]
@@ -486,7 +486,7 @@ def test_why_resuming_needs_no_rng_state_every_crop_has_its_own_seed(demo_pairs,
 # ---------------------------------------------------------------- the drill, fast part
 
 def test_the_fault_drill_quick_mode_finds_nothing_silent_or_lost():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/fault_drill.py"), "--quick"], capture_output=True,
                        text=True, cwd=ROOT, env=env, timeout=300)
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""

@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from builders import png_bytes  # noqa: E402
-from descan import submit  # noqa: E402
-from descan import files, settings  # noqa: E402
+from descan import recipes, submit  # noqa: E402
+from descan import files  # noqa: E402
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
     env.update(extra)
     return env
 
@@ -67,20 +67,20 @@ def test_the_workspace_follows_the_kind_of_data_not_the_smoke_switch(tmp_path, m
 def test_one_truthiness_rule_for_every_switch(monkeypatch, value, expected):
     monkeypatch.setenv("DESCAN_SMOKE", value)
     assert helpers.smoke_mode() is expected
-    monkeypatch.setenv("DESCAN_ENSEMBLE", value)
-    assert settings.env_flag("DESCAN_ENSEMBLE", False) is expected
+    monkeypatch.setenv("DESCAN_DRIVE", value)
+    assert helpers.env_flag("DESCAN_DRIVE", False) is expected
 
 
 def test_bad_settings_are_refused_by_name(monkeypatch):
     monkeypatch.setenv("DESCAN_SMOKE", "maybe")
     with pytest.raises(ValueError, match="DESCAN_SMOKE='maybe' is not a switch"):
         helpers.smoke_mode()
-    monkeypatch.setenv("DESCAN_BATCH", "abc")
-    with pytest.raises(ValueError, match="DESCAN_BATCH='abc' is not an integer"):
-        settings.env_number("DESCAN_BATCH", 16, 1)
-    monkeypatch.setenv("DESCAN_BATCH", "0")
-    with pytest.raises(ValueError, match="DESCAN_BATCH=0 is out of range"):
-        settings.env_number("DESCAN_BATCH", 16, 1)
+    monkeypatch.setenv("DESCAN_TRAIN_MINUTES", "abc")
+    with pytest.raises(ValueError, match="DESCAN_TRAIN_MINUTES='abc' is not a number of minutes"):
+        recipes.with_env(recipes.TrainConfig())
+    monkeypatch.setenv("DESCAN_TRAIN_MINUTES", "-1")
+    with pytest.raises(ValueError, match="budget_minutes=-1.0"):
+        recipes.with_env(recipes.TrainConfig())
 
 
 def test_files_get_the_permissions_of_a_plain_open(tmp_path):

@@ -22,7 +22,6 @@ from descan import checkpoints, cli, inference, models, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError
 from builders import files_under, imwrite_rgb, uniform  # noqa: E402
-from descan import settings
 
 TINY = {"width": 8, "depth": 3}
 SIZES = [(17, 23), (33, 9), (8, 8)]  # odd sizes on purpose
@@ -284,13 +283,13 @@ def test_score_restored_needs_one_png_per_pair(tmp_path, val_pairs):
 
 def test_env_flag(monkeypatch):
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False), ("", True)):
-        monkeypatch.setenv("DESCAN_X", value)
-        assert settings.env_flag("DESCAN_X", True) is expected
-    monkeypatch.delenv("DESCAN_X")
-    assert settings.env_flag("DESCAN_X", False) is False
-    monkeypatch.setenv("DESCAN_X", "maybe")
-    with pytest.raises(ValueError, match="DESCAN_X"):
-        settings.env_flag("DESCAN_X", True)
+        monkeypatch.setenv("KIT_TEST_SWITCH", value)
+        assert helpers.env_flag("KIT_TEST_SWITCH", True) is expected
+    monkeypatch.delenv("KIT_TEST_SWITCH")
+    assert helpers.env_flag("KIT_TEST_SWITCH", False) is False
+    monkeypatch.setenv("KIT_TEST_SWITCH", "maybe")
+    with pytest.raises(ValueError, match="KIT_TEST_SWITCH"):
+        helpers.env_flag("KIT_TEST_SWITCH", True)
 
 
 # ---------------------------------------------------------------- submission CSV

@@ -67,8 +67,8 @@ def test_the_workspace_follows_the_kind_of_data_not_the_smoke_switch(tmp_path, m
 def test_one_truthiness_rule_for_every_switch(monkeypatch, value, expected):
     monkeypatch.setenv("DESCAN_SMOKE", value)
     assert helpers.smoke_mode() is expected
-    monkeypatch.setenv("DESCAN_ENSEMBLE", value)
-    assert settings.env_flag("DESCAN_ENSEMBLE", False) is expected
+    monkeypatch.setenv("DESCAN_DRIVE", value)
+    assert settings.env_flag("DESCAN_DRIVE", False) is expected
 
 
 def test_bad_settings_are_refused_by_name(monkeypatch):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from helpers import DataError
 from descan import models
@@ -77,15 +76,17 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
 
 
 def unknown_model(state: dict, where) -> str | None:
-    """Why the model of a loaded checkpoint cannot be rebuilt here, or None when it can."""
-    if state.get("model_name") in models.MODELS:
+    """Why the model of a loaded checkpoint cannot be rebuilt here, or None when it can: when
+    this version of descan knows its name, or the checkpoint carries the model's code."""
+    if state.get("model_name") in models.MODELS or "model_code" in state:
         return None
     return (f"{where} names model {state.get('model_name')!r}, which this version of descan does "
-            f"not know (known: {', '.join(sorted(models.MODELS))}). Your own model? Load "
-            "WORKSPACE/my_models.py first (README: Bring your own model). Else: git pull.")
+            f"not know (known: {', '.join(sorted(models.MODELS))}). Your own model? Define it in "
+            "WORKSPACE/my_models.py and call models.load_user_models(WORKSPACE) first (README: "
+            "Bring your own model). Else update the repository (git pull) or train again.")
 
 
-def model_from_checkpoint(path_or_state, device="cpu") -> nn.Module:
+def model_from_checkpoint(path_or_state, device="cpu") -> torch.nn.Module:
     """The model of a checkpoint (a path, or a state from load_checkpoint) with its weights, in
     eval mode: the one place where a model is rebuilt from a checkpoint."""
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
@@ -166,7 +167,7 @@ def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
     are the candidates. The lowest recorded validation score wins, ``data_kind`` first."""
     runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
     path = Path(wanted).expanduser()
-    if wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.exists()):
+    if wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file()):
         entry = _entry(path / BEST if path.is_dir() else path)
         if entry["error"]:
             raise CheckpointError(entry["error"])

@@ -7,7 +7,7 @@ from helpers import check_image, competition_score, mean_y, y_channel
 
 
 def pixel_y_mae(restored: np.ndarray, clean: np.ndarray) -> float:
-    """Pixel-wise mean |Y(restored) - Y(clean)| on the 0..255 scale (a diagnostic, not the score)."""
+    """Pixel-wise mean |Y(restored) - Y(clean)|, 0..255 (a diagnostic, not the score)."""
     return float(np.abs(y_channel(restored).astype(np.int16) - y_channel(clean)).mean())
 
 
@@ -26,7 +26,8 @@ def image_metrics(restored: np.ndarray, clean: np.ndarray) -> dict:
 
 
 def _summary(per: list) -> dict:
-    return {"score": competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per]),
+    score = competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per])
+    return {"score": score,
             "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
             "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
 
@@ -40,5 +41,6 @@ def group_figures(per: list, groups) -> dict:
     unseen = [p for p, g in zip(per, groups) if g == "unseen"]
     out = _summary(seen or per)
     if unseen:
-        out.update({"unseen_images": len(unseen), **{f"unseen_{k}": v for k, v in _summary(unseen).items()}})
+        out["unseen_images"] = len(unseen)
+        out.update({f"unseen_{k}": v for k, v in _summary(unseen).items()})
     return out

@@ -296,10 +296,11 @@ def decide_ensemble(board, entry: str, ensemble="auto", min_gain: float = 0.05):
     it beats the single pass on validation by more than ``min_gain`` (less is noise)."""
     if ensemble not in ("auto", True, False):
         raise ValueError(f"ensemble={ensemble!r} must be 'auto', True or False")
-    scores = {x: board.loc[(board["entry"] == entry) & (board["ensemble"] == x), "score"]
-              for x in (False, True)}
-    single = float(scores[False].iloc[0])
-    x8 = float(scores[True].iloc[0]) if len(scores[True]) else math.nan
+
+    def score(with_x8):
+        found = board.loc[(board["entry"] == entry) & (board["ensemble"] == with_x8), "score"]
+        return float(found.iloc[0]) if len(found) else math.nan
+    single, x8 = score(False), score(True)
     measured = f"single pass {single:.4f}" + (
         f", x8 {x8:.4f} on validation" if math.isfinite(x8) else " on validation; x8 not measured")
     if ensemble != "auto":

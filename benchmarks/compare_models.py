@@ -142,8 +142,6 @@ def main():
         rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0, **untrained(models.Identity())}]
         cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
-        cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False, levels=True)
-        rows.append({"row": "auto-levels + classical colour map", "seed": 0, "steps": 0, **untrained(cmap)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         jobs = [(row, name, changes, model_changes, seed, args.minutes, threads, data_dir, work, heldout)
                 for row, name, changes, model_changes in TRAINED if not only or row in only

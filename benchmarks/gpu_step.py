@@ -12,7 +12,7 @@ loss, backward, optimiser step, on synthetic tensors; ratios are against fp32, c
 "engine step" is Trainer.train_step itself on a synthetic uint8 batch (adds the lr schedule,
 gradient clipping and the EMA); "end to end" feeds it from the engine's loader (its worker count,
 decoded cache, augmentations) on DEMO pairs, as 03/04 train. The row marked * is what the engine
-does by default (DESCAN_AMP, DESCAN_COMPILE). Figures depend on the machine; run it on yours.
+does by default (amp="auto", compile=False). Figures depend on the machine; run it on yours.
 """
 import argparse
 import contextlib
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers
-from descan import settings as env_settings
 from descan import crops, demo, engine, inference, losses, models, recipes
 from descan.demo import degradation_augment
 
@@ -233,10 +232,10 @@ def main():
     steps = args.steps or (20 if gpu else 3)
     image, n_pairs = args.image or (512 if gpu else 128), args.pairs or (16 if gpu else 6)
     where = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{where}; torch {torch.__version__}; DESCAN_AMP={inference.amp_setting()} (engine dtype on a GPU: "
-          f"{NAMES[inference.amp_dtype()] if gpu else 'fp32'}); DESCAN_COMPILE="
-          f"{int(env_settings.env_flag('DESCAN_COMPILE', False))}; {steps} timed steps per setting", flush=True)
-    engine_compiles = env_settings.env_flag("DESCAN_COMPILE", False)
+    print(f"{where}; torch {torch.__version__}; amp=auto (engine dtype on a GPU: "
+          f"{NAMES[inference.amp_dtype()] if gpu else 'fp32'}); compile=False; {steps} timed steps per setting",
+          flush=True)
+    engine_compiles = False
     engine_amp = inference.amp_dtype() if gpu else None
     lines, notes, profiles = [], [], []
     with tempfile.TemporaryDirectory() as tmp:

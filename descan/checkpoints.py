@@ -1,35 +1,27 @@
-"""Checkpoints: one format, two explicit schemas, one place for their paths.
-
-A run lives in ``WORKSPACE/runs/<run>/`` (run_dir): ``best.pt`` holds the weights with the best
-validation competition score, ``last.pt`` everything needed to resume. Both are dicts written
-atomically with torch.save and read with ``weights_only=True``; the keys of each are listed in
-BEST_KEYS and LAST_KEYS and checked when a file is written.
-"""
+"""Checkpoints: WORKSPACE/runs/<run>/best.pt (the weights of the best validation score) and last.pt
+(all that resuming needs), dicts written atomically and read with weights_only=True."""
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from helpers import DataError
+from descan import models
 from descan.files import atomic_path
-from descan.models import LEGACY, SHARED, model_from_state
 
 FORMAT = "descanning-checkpoint-v1"
 RUNS, BEST, LAST = "runs", "best.pt", "last.pt"
-# best.pt: what notebook 05 needs to rebuild and judge a model
-BEST_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "val", "epoch", "step", "config", "data_kind")
-# last.pt: the whole training state, for resuming
-LAST_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "ema", "optimizer", "scaler", "epoch", "item",
-             "step", "seconds", "history", "config", "data_kind", "data_id", "rng")
-SCHEMAS = {"best": BEST_KEYS, "last": LAST_KEYS}
-UNKNOWN_MODEL = "Train it again with this version of the kit (notebook 03 or 04)."
-RUN_FIRST = "Run notebook 03 (DnCNN) or 04 (attention) first, or set DESCAN_CHECKPOINT to a checkpoint file."
+SCHEMAS = {  # the keys of best.pt (what notebook 05 needs) and last.pt (for resuming)
+    "best": ("kind", "model_name", "model_kwargs", "model_code", "model", "val", "epoch", "step",
+             "config", "data_kind"),
+    "last": ("kind", "model_name", "model_kwargs", "model_code", "model", "ema", "optimizer",
+             "scaler", "epoch", "item", "step", "seconds", "history", "config", "data_kind",
+             "data_id", "rng")}
+RUN_FIRST = "Run notebook 03 or 04 first, or set DESCAN_CHECKPOINT to a checkpoint file."
 
 
 class CheckpointError(DataError):
@@ -37,9 +29,9 @@ class CheckpointError(DataError):
 
 
 def run_dir(workspace, run: str) -> Path:
-    """The folder of one training run: WORKSPACE/runs/<run>; a name that would leave runs/ is refused."""
+    """WORKSPACE/runs/<run>; a name that would leave runs/ is refused."""
     if not run or run in (".", "..") or "/" in run or "\\" in run:
-        raise ValueError(f"run name {run!r} (DESCAN_RUN_NAME) must be a plain folder name, e.g. dncnn-lr0.0003")
+        raise ValueError(f"run name {run!r} (DESCAN_RUN_NAME) must be a plain folder name")
     return Path(workspace) / RUNS / run
 
 
@@ -47,30 +39,23 @@ def best_path(workspace, run: str) -> Path:
     return run_dir(workspace, run) / BEST
 
 
-def best_models(workspace, runs: dict, device="cpu") -> dict:
-    """{label: model} for each {label: run name} whose WORKSPACE/runs/<run>/best.pt exists, rebuilt on
-    ``device`` (runs not trained yet are left out)."""
-    return {label: model_from_checkpoint(best_path(workspace, run), device)
-            for label, run in runs.items() if best_path(workspace, run).is_file()}
-
-
 def save_checkpoint(state: dict, path) -> Path:
-    """Check ``state`` against its schema (state['kind'] is 'best' or 'last'), then torch.save it
+    """Check ``state`` against the schema of state['kind'] ('best' or 'last'), then torch.save it
     through a temporary file: an interruption never replaces a good checkpoint."""
     kind = state.get("kind")
     if kind not in SCHEMAS:
         raise ValueError(f"a checkpoint's 'kind' must be 'best' or 'last', got {kind!r}")
     missing, extra = set(SCHEMAS[kind]) - set(state), set(state) - set(SCHEMAS[kind])
     if missing or extra:
-        raise ValueError(f"{kind} checkpoint: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
+        raise ValueError(f"{kind} checkpoint: missing keys {sorted(missing)}, "
+                         f"unknown keys {sorted(extra)}")
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return Path(path)
 
 
 def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
-    """Load one of our checkpoints safely (weights_only=True) or raise CheckpointError naming it.
-    With ``kind``, also refuse a checkpoint of the other kind."""
+    """One of our checkpoints (of ``kind``, when given), or CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}. {RUN_FIRST}")
@@ -78,126 +63,131 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:200]}). Move it aside and train again (nothing was deleted).") from None
+                              f"{str(e)[:200]}); move it aside and train again (nothing was "
+                              "deleted).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        hint = " It looks like a bare state_dict." if isinstance(state, dict) and state and all(
-            isinstance(v, torch.Tensor) for v in state.values()) else ""
-        raise CheckpointError(f"{path} is not a descanning checkpoint (no '{FORMAT}' "
-                              f"marker).{hint} Use a file written by notebook 03 or 04.")
+        bare = isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values())
+        raise CheckpointError(f"{path} is not a descanning checkpoint (no '{FORMAT}' marker)"
+                              f"{'; it looks like a bare state_dict' if bare else ''}. "
+                              "Use a file written by notebook 03 or 04.")
     if kind is not None and state.get("kind") != kind:
         raise CheckpointError(f"{path} is a '{state.get('kind')}' checkpoint, expected '{kind}' "
                               f"({BEST} for submitting, {LAST} for resuming).")
     return state
 
 
-def model_from_checkpoint(path_or_state, device="cpu") -> nn.Module:
-    """Rebuild the model from the file alone (name + constructor arguments + weights), in eval mode."""
+def unknown_model(state: dict, where) -> str | None:
+    """Why the model of a loaded checkpoint cannot be rebuilt here, or None when it can: it
+    carries the model's code, or names a model of the kit (or of an older version of it)."""
+    known = (*models.SHARED, *models.LEGACY)
+    if state.get("model_code") is not None or state.get("model_name") in known:
+        return None
+    return (f"{where} names model {state.get('model_name')!r} but holds no code for it (models "
+            f"known without code: {', '.join(known)}). Train it again with notebook 03 or 04.")
+
+
+def model_from_checkpoint(path_or_state, device="cpu") -> torch.nn.Module:
+    """The model of a checkpoint (a path, or a state from load_checkpoint) with its weights, in
+    eval mode: the one place where a model is rebuilt from a checkpoint."""
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
+    where = "the checkpoint" if isinstance(path_or_state, dict) else path_or_state
+    if problem := unknown_model(state, where):
+        raise CheckpointError(problem)
     try:
-        return model_from_state(state).to(device)
-    except Exception as e:  # the model's code, arguments or weights do not fit together
-        raise CheckpointError(f"the model of this checkpoint ({state.get('model_name')}) cannot be rebuilt: "
-                              f"{type(e).__name__}: {str(e)[:300]}. {UNKNOWN_MODEL}") from e
+        return models.model_from_state(state).to(device)
+    except Exception as e:  # the model's code, arguments and weights do not fit together
+        raise CheckpointError(f"the model of {where} ({state.get('model_name')}) cannot be rebuilt: "
+                              f"{type(e).__name__}: {str(e)[:300]}. Train it again.") from e
+
+
+def best_models(workspace, runs: dict, device="cpu") -> dict:
+    """{label: model} for each {label: run name} whose best.pt exists, on ``device``."""
+    return {label: model_from_checkpoint(best_path(workspace, run), device)
+            for label, run in runs.items() if best_path(workspace, run).is_file()}
 
 
 def rng_state() -> dict:
     """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                   *np_state[2:]],
-            "torch": torch.get_rng_state()}
+    name, keys, *rest = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
 
 
-def _checkpoint_entry(path) -> dict:
-    """What find_checkpoints reports about one file; 'error' says why it cannot be used (else None)."""
-    path = Path(path)
-    entry = {"run": path.parent.name, "path": path, "model_name": None, "data_kind": None,
-             "val_score": math.inf, "epoch": None, "error": None}
+def _entry(path) -> dict:
+    """What find_checkpoints reports about one file; 'error' says why it cannot be used."""
+    entry = {"run": Path(path).parent.name, "path": Path(path), "model_name": None,
+             "data_kind": None, "val_score": math.inf, "epoch": None, "error": None}
     try:
         state = load_checkpoint(path)
     except CheckpointError as e:
-        entry["error"] = str(e)
-        return entry
-    score = (state.get("val") or {}).get("score", math.inf)
-    entry.update(model_name=state.get("model_name"), data_kind=state.get("data_kind"), epoch=state.get("epoch"),
-                 val_score=float(score) if score is not None and math.isfinite(float(score)) else math.inf)
-    if state.get("model_code") is None and entry["model_name"] not in (*SHARED, *LEGACY):
-        entry["error"] = f"{path} names model {entry['model_name']!r} but holds no code for it. {UNKNOWN_MODEL}"
-    return entry
+        return {**entry, "error": str(e)}
+    score = float((state.get("val") or {}).get("score", math.inf))
+    return {**entry, "model_name": state.get("model_name"), "data_kind": state.get("data_kind"),
+            "epoch": state.get("epoch"), "val_score": score if math.isfinite(score) else math.inf,
+            "error": unknown_model(state, path)}
 
 
 def find_checkpoints(workspace, data_kind=None) -> list[dict]:
-    """Every WORKSPACE/runs/*/best.pt, best recorded validation score first.
-
-    One dict per file: run (its folder's name), path, model_name, data_kind ('demo' | 'real'),
-    val_score (the validation competition score saved with it, ``state["val"]["score"]``; inf when
-    it has none), epoch, and error: None, or why the file cannot be used (unreadable, unknown
-    model). Unusable files come last and are never chosen automatically. With ``data_kind``
-    ('demo' | 'real'), only the checkpoints recorded as trained on that kind of data.
-    """
-    entries = [_checkpoint_entry(p) for p in sorted(Path(workspace).glob(f"{RUNS}/*/{BEST}"))]
-    if data_kind is not None:
-        entries = [e for e in entries if e["data_kind"] == data_kind]
+    """Every WORKSPACE/runs/*/best.pt (of ``data_kind``, when given), usable ones first, by
+    recorded validation score: dicts of run, path, model_name, data_kind, val_score (inf when
+    none was recorded), epoch and error (None, or why the file cannot be used)."""
+    entries = [_entry(p) for p in sorted(Path(workspace).glob(f"{RUNS}/*/{BEST}"))]
+    entries = [e for e in entries if data_kind in (None, e["data_kind"])]
     return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
+
+
+def _nothing_fits(found, matches, wanted, runs, data_kind) -> str:
+    """Why choose_checkpoint has no candidate, and what to do."""
+    if wanted and not matches:
+        have = ", ".join(f"{e['run']} ({e['model_name']})" for e in found) or "none"
+        return (f"no checkpoint named {wanted!r} under {runs} (run folders and model names "
+                f"found: {have}). {RUN_FIRST}")
+    if wanted:  # found, but unusable
+        return matches[0]["error"]
+    usable = [e for e in found if e["error"] is None]
+    if not usable:
+        broken = "".join(f" Unusable: {e['error']}" for e in found)
+        return f"no usable checkpoint under {runs}.{broken} {RUN_FIRST}"
+    have = ", ".join(f"{e['run']} ({e['data_kind'] or 'unrecorded'} data)" for e in usable)
+    return (f"no checkpoint under {runs} was trained on {data_kind} data, the kind in DATA "
+            f"(found: {have}). Train on this data first (notebook 03 or 04), or set "
+            "DESCAN_CHECKPOINT to one of those runs.")
 
 
 def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
     """The checkpoint to submit with: a find_checkpoints entry plus 'reason' (why this one).
 
-    ``wanted`` (notebook 05 passes $DESCAN_CHECKPOINT): None or "" = the lowest recorded validation
-    score under WORKSPACE/runs; a path to a .pt file or to a run folder holding best.pt; or a name,
-    matched first against run folders ('dncnn' -> runs/dncnn/best.pt), then against the model
-    name saved in the checkpoints (the best score among them). Raises CheckpointError saying what
-    to run when nothing fits.
-
-    ``data_kind`` ('demo' | 'real', notebook 05 passes the kind of DATA): without ``wanted``, only
-    checkpoints trained on that kind of data are candidates, and CheckpointError says so when
-    none is. A ``wanted`` checkpoint is taken whatever its data (among several of one model name,
-    those of ``data_kind`` first).
-    """
-    runs = Path(workspace) / RUNS
-    wanted = str(wanted).strip() if wanted is not None else ""
-    found = find_checkpoints(workspace)
-    usable = [e for e in found if e["error"] is None]
-    if not wanted:
-        if not usable:
-            broken = "".join(f" Unusable: {e['error']}" for e in found)
-            raise CheckpointError(f"no usable checkpoint under {runs}/*/best.pt.{broken} {RUN_FIRST}")
-        if data_kind is not None:
-            others = [e for e in usable if e["data_kind"] != data_kind]
-            usable = [e for e in usable if e["data_kind"] == data_kind]
-            if not usable:
-                have = ", ".join(f"{e['run']} ({e['data_kind'] or 'unrecorded'} data)" for e in others)
-                raise CheckpointError(
-                    f"no checkpoint under {runs} was trained on {data_kind} data, the kind of data this "
-                    f"notebook uses (found: {have}). Train on this data first (notebook 03 or 04), or set "
-                    f"DESCAN_CHECKPOINT to one of those runs to submit with it anyway.")
-        kind = f" trained on {data_kind} data" if data_kind is not None else ""
-        reason = (f"lowest recorded validation score of the {len(usable)} checkpoints{kind} under {runs}"
-                  if len(usable) > 1 else f"the only checkpoint{kind} under {runs}")
-        return {**usable[0], "reason": reason}
+    ``wanted`` (05 passes DESCAN_CHECKPOINT): a .pt file or a run folder; a run folder's name;
+    else a model name. Without it, those trained on ``data_kind`` ('demo' | 'real'; None: any)
+    are the candidates. The lowest recorded validation score wins, ``data_kind`` first."""
+    runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
     path = Path(wanted).expanduser()
-    if "/" in wanted or os.sep in wanted or path.suffix in (".pt", ".pth") or path.is_file():
-        entry = _checkpoint_entry(path / BEST if path.is_dir() else path)
+    if wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file()):
+        entry = _entry(path / BEST if path.is_dir() else path)
         if entry["error"]:
             raise CheckpointError(entry["error"])
         return {**entry, "reason": f"asked for by path (DESCAN_CHECKPOINT={wanted})"}
-    matches = [e for e in found if e["run"] == wanted] or [e for e in found if e["model_name"] == wanted]
-    if not matches:
-        have = ", ".join(f"{e['run']} ({e['model_name']})" for e in found) or "none"
-        raise CheckpointError(f"no checkpoint named {wanted!r} under {runs} (run folders and model names "
-                              f"found: {have}). {RUN_FIRST}")
-    good = [e for e in matches if e["error"] is None]
-    if not good:
-        raise CheckpointError(matches[0]["error"])
-    if data_kind is not None:  # one model name trained on both kinds of data: this kind first
-        good = [e for e in good if e["data_kind"] == data_kind] or good
-    how = "run folder" if good[0]["run"] == wanted else "model name"
-    return {**good[0], "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
+    found = matches = find_checkpoints(workspace)
+    if wanted:  # a run folder's name, else a model name
+        matches = ([e for e in found if e["run"] == wanted]
+                   or [e for e in found if e["model_name"] == wanted])
+    usable = [e for e in matches if e["error"] is None]
+    candidates = [e for e in usable if data_kind in (None, e["data_kind"])]
+    if wanted:  # asked for: whatever its data
+        candidates = candidates or usable
+    if not candidates:
+        raise CheckpointError(_nothing_fits(found, matches, wanted, runs, data_kind))
+    best, kind = candidates[0], "" if data_kind is None else f" trained on {data_kind} data"
+    if wanted:
+        how = "run folder" if best["run"] == wanted else "model name"
+        return {**best, "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
+    which = (f"lowest recorded validation score of the {len(candidates)} checkpoints"
+             if len(candidates) > 1 else "the only checkpoint")
+    return {**best, "reason": f"{which}{kind} under {runs}"}

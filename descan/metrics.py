@@ -1,13 +1,13 @@
-"""Diagnostic figures beside the competition score (helpers.competition_score): pixel Y MAE and PSNR."""
+"""Figures beside the competition score (helpers.competition_score): pixel Y MAE and PSNR."""
 from __future__ import annotations
 
 import numpy as np
 
-from helpers import check_image, mean_y, y_channel
+from helpers import check_image, competition_score, mean_y, y_channel
 
 
 def pixel_y_mae(restored: np.ndarray, clean: np.ndarray) -> float:
-    """Pixel-wise mean |Y(restored) - Y(clean)| on the 0..255 scale (a diagnostic, not the score)."""
+    """Pixel-wise mean |Y(restored) - Y(clean)|, 0..255 (a diagnostic, not the score)."""
     return float(np.abs(y_channel(restored).astype(np.int16) - y_channel(clean)).mean())
 
 
@@ -23,3 +23,24 @@ def image_metrics(restored: np.ndarray, clean: np.ndarray) -> dict:
     my_r, my_c = mean_y(restored), mean_y(clean)
     return {"mean_y": my_r, "mean_y_clean": my_c, "abs_mean_y_err": abs(my_r - my_c),
             "pixel_y_mae": pixel_y_mae(restored, clean), "psnr": psnr(restored, clean)}
+
+
+def _summary(per: list) -> dict:
+    score = competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per])
+    return {"score": score,
+            "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
+            "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
+
+
+def group_figures(per: list, groups) -> dict:
+    """Competition score, mean pixel Y MAE and mean PSNR (capped at 100 dB) of image_metrics
+    dicts: those of the 'seen' images (of all, when none is), and, when some ``groups`` entry is
+    'unseen' (data.scanner_group), those images' figures too as unseen_images, unseen_score,
+    unseen_pixel_y_mae and unseen_psnr."""
+    seen = [p for p, g in zip(per, groups) if g != "unseen"]
+    unseen = [p for p, g in zip(per, groups) if g == "unseen"]
+    out = _summary(seen or per)
+    if unseen:
+        out["unseen_images"] = len(unseen)
+        out.update({f"unseen_{k}": v for k, v in _summary(unseen).items()})
+    return out

@@ -283,13 +283,13 @@ def test_score_restored_needs_one_png_per_pair(tmp_path, val_pairs):
 
 def test_env_flag(monkeypatch):
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False), ("", True)):
-        monkeypatch.setenv("KIT_TEST_SWITCH", value)
-        assert helpers.env_flag("KIT_TEST_SWITCH", True) is expected
-    monkeypatch.delenv("KIT_TEST_SWITCH")
-    assert helpers.env_flag("KIT_TEST_SWITCH", False) is False
-    monkeypatch.setenv("KIT_TEST_SWITCH", "maybe")
-    with pytest.raises(ValueError, match="KIT_TEST_SWITCH"):
-        helpers.env_flag("KIT_TEST_SWITCH", True)
+        monkeypatch.setenv("DESCAN_SMOKE", value)
+        assert helpers.env_flag("DESCAN_SMOKE", True) is expected
+    monkeypatch.delenv("DESCAN_SMOKE")
+    assert helpers.env_flag("DESCAN_SMOKE", False) is False
+    monkeypatch.setenv("DESCAN_SMOKE", "maybe")
+    with pytest.raises(ValueError, match="DESCAN_SMOKE"):
+        helpers.env_flag("DESCAN_SMOKE", True)
 
 
 # ---------------------------------------------------------------- submission CSV
@@ -437,19 +437,24 @@ def _board(rows):
     return pd.DataFrame([{"entry": e, "ensemble": x, "score": s} for e, x, s in rows])
 
 
-@pytest.mark.parametrize("x8, mode, use", [
+@pytest.mark.parametrize("x8, ensemble, use", [
     (4.80, "auto", True),    # x8 helps by 0.20 > 0.05: used
     (4.99, "auto", False),   # helps by 0.01, within the noise: single pass
     (5.30, "auto", False),   # hurts
     (None, "auto", False),   # not measured (e.g. on a CPU)
-    (5.30, "1", True),       # forced
-    (4.80, "0", False),      # forced off
+    (5.30, True, True),      # forced
+    (4.80, False, False),    # forced off
 ])
-def test_the_ensemble_decision_follows_the_measured_gain_and_threshold(x8, mode, use):
+def test_the_ensemble_decision_follows_the_measured_gain_and_threshold(x8, ensemble, use):
     rows = [("do nothing", False, 8.0), ("dncnn", False, 5.0)] + ([("dncnn", True, x8)] if x8 else [])
-    decided, why = submit.decide_ensemble(_board(rows), "dncnn", mode, min_gain=0.05)
+    decided, why = submit.decide_ensemble(_board(rows), "dncnn", ensemble, min_gain=0.05)
     assert decided is use
-    assert ("DESCAN_ENSEMBLE=" + mode) in why if mode != "auto" else ("0.05" in why or "not measured" in why)
+    assert "as asked" in why if ensemble != "auto" else ("0.05" in why or "not measured" in why)
+
+
+def test_the_ensemble_setting_refuses_other_values():
+    with pytest.raises(ValueError, match="'auto', True or False"):
+        submit.decide_ensemble(_board([("dncnn", False, 5.0)]), "dncnn", "1")
 
 
 def test_leaderboard_figure_shows_gains_and_the_submitted_entry():
@@ -472,11 +477,11 @@ def test_best_models_loads_the_runs_that_exist_on_the_asked_device(tmp_path):
 
 def test_leaderboard_notes_name_a_better_entry_on_unseen_scanners():
     import pandas as pd
-    board = pd.DataFrame({"entry": ["attention_unet", "colour_map", "colour_map_levels", "do nothing"],
+    board = pd.DataFrame({"entry": ["attention_unet", "colour_map", "dncnn", "do nothing"],
                           "ensemble": [False] * 4, "score": [5.10, 5.11, 5.82, 12.07],
                           "unseen_score": [16.29, 16.43, 10.28, 9.0]})
     notes = submit.leaderboard_notes(board, "attention_unet")
-    assert len(notes) == 2 and "colour_map_levels scores better (10.2800 against 16.2900)" in notes[1]
-    assert "DESCAN_CHECKPOINT=colour_map_levels" in notes[1]  # never "do nothing", although lower still
-    assert len(submit.leaderboard_notes(board, "colour_map_levels")) == 2  # seen: attention_unet is better
+    assert len(notes) == 2 and "dncnn scores better (10.2800 against 16.2900)" in notes[1]
+    assert "DESCAN_CHECKPOINT=dncnn" in notes[1]  # never "do nothing", although lower still
+    assert len(submit.leaderboard_notes(board, "dncnn")) == 2  # seen: attention_unet is better
     assert len(submit.leaderboard_notes(board.drop(columns="unseen_score"), "attention_unet")) == 1  # real data

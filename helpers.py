@@ -29,10 +29,11 @@ class DataError(Exception):
 def examples(items, n=5) -> str:
     """The first ``n`` items joined for a message, with how many more there are."""
     items = list(items)
-    return ", ".join(str(i) for i in items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more
 
 
-# ---- Paths and the smoke switch, from the environment ---------------------------------------------
+# ---- Paths and the smoke switch, from the environment --------------------------------------------
 
 def is_colab() -> bool:
     return "google.colab" in sys.modules
@@ -69,7 +70,8 @@ def data_dir() -> Path:
 
 
 def dataset_kind(data) -> str:
-    """'demo' when the folder holds the demo set (its marker), or is empty in smoke mode; else 'real'."""
+    """'demo' when the folder holds the demo set (its marker) or is empty in smoke mode; else
+    'real'."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         return "demo"
@@ -85,8 +87,8 @@ def data_label(data) -> str:
 
 def workspace_dir(data=None) -> Path:
     """Where notebooks hand each other files (manifest, checkpoints, CSV), created if missing:
-    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``) under Google Drive in Colab
-    (runtimes do not share /content), /content/workspace without Drive, ./workspace elsewhere."""
+    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``) under Google Drive in
+    Colab (runtimes do not share /content), /content/workspace without Drive, else ./workspace."""
     path, drive = env_path("DESCAN_WORKSPACE"), Path("/content/drive/MyDrive")
     if path is None:
         colab = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
@@ -105,8 +107,8 @@ def read_rgb(path) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
     if img is None:
-        raise DataError(f"cannot read image {path}: the file is missing, empty, truncated or not an "
-                        "image. Delete it and download or unpack the data again.")
+        raise DataError(f"cannot read image {path}: the file is missing, empty, truncated or not "
+                        "an image. Delete it and download or unpack the data again.")
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -124,8 +126,8 @@ def list_images(folder) -> list[Path]:
     """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"folder {folder} does not exist. Run notebook 01 (or `bash data_download.sh`"
-                        ", or `bash data_download.sh --demo` for demo data) first, or set DESCAN_DATA.")
+        raise DataError(f"folder {folder} does not exist. Run notebook 01 (or `bash "
+                        "data_download.sh`, `--demo` for demo data) first, or set DESCAN_DATA.")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
 
@@ -138,8 +140,8 @@ def by_stem(files, folder) -> dict[str, Path]:
             dups.append(f"{out[p.stem].name} / {p.name}")
         out[p.stem] = p
     if dups:
-        raise DataError(f"{folder}: {len(dups)} image names appear twice with different extensions: "
-                        f"{examples(dups)}. Keep one file per name.")
+        raise DataError(f"{folder}: {len(dups)} image names appear twice with different "
+                        f"extensions: {examples(dups)}. Keep one file per name.")
     return out
 
 
@@ -160,10 +162,10 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
             raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}. "
                             "Unpack the data again (notebook 01).")
     clean, scan = by_stem(clean_files, clean_dir), by_stem(scan_files, scan_dir)
+    sides = ((sorted(set(clean) - set(scan)), clean, "clean images have no scan", scan_dir),
+             (sorted(set(scan) - set(clean)), scan, "scans have no clean image", clean_dir))
     msg = [f"{len(alone)} {what} in {there}: {examples(files[n].name for n in alone)}"
-           for alone, files, what, there in (
-               (sorted(set(clean) - set(scan)), clean, "clean images have no scan", scan_dir),
-               (sorted(set(scan) - set(clean)), scan, "scans have no clean image", clean_dir)) if alone]
+           for alone, files, what, there in sides if alone]
     if msg:
         raise DataError("unpaired images. " + "; ".join(msg) +
                         ". A clean image and its scan must share a file name; re-unpack the data.")
@@ -199,7 +201,8 @@ def page_id(name: str) -> str:
 
 def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
     """Deterministic train/validation split by source page: {name: 'train' | 'val'}. All crops of a
-    page land on one side, whatever the order of ``names``; with two pages or more, each side has one."""
+    page land on one side, whatever the order of ``names``; with two pages or more, each side has
+    one."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
     names = sorted(set(names))

@@ -48,8 +48,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model, self.ema = self.new_model(), None
         if count_parameters(self.model) >= PARAM_LIMIT:  # the competition's rule
-            raise ValueError(f"{self.run['model']['name']} has {count_parameters(self.model):,} parameters; "
-                             f"the rule is fewer than {PARAM_LIMIT:,}. Make it narrower or shallower.")
+            raise ValueError(f"{self.run['model']['name']} has {count_parameters(self.model):,} "
+                             f"parameters; the rule is fewer than {PARAM_LIMIT:,}.")
         if cfg.ema_decay > 0:
             self.ema = self.new_model().to(memory_format=torch.channels_last)
             self.ema.load_state_dict(self.model.state_dict())
@@ -268,7 +268,8 @@ class Trainer:
 
     def _say_budget_spent(self, finished):
         best, done = self._best_row(), 100 * self.item / self.pairs_per_batch / self.steps_per_epoch
-        where = f"all of epoch {self.epoch}" if finished else f"{done:.0f}% of epoch {self.epoch + 1}"
+        where = f"all of epoch {self.epoch}" if finished else \
+            f"{done:.0f}% of epoch {self.epoch + 1}"
         print(f"Budget of {self.cfg.budget_minutes:g} min spent after {self.step} steps ({where}); "
               f"best validation score {best['val_score']:.4f} at step {best['step']} (do nothing: "
               f"{self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")

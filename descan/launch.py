@@ -41,16 +41,17 @@ def train_saved(folder, data_dir, workspace, device) -> dict:
     procs = distributed.world_size()
     print(f"training {run['model']['name']} {run['model']['kwargs']} on {len(train_pairs)} pairs "
           f"({dataset_kind(data_dir)} data), validating on {len(val_pairs)}, device {device}"
-          + (f" x {procs} processes (torchrun)" if procs > 1 else "") + f", run {folder}\n{run['config']}")
+          + (f" x {procs} processes (torchrun)" if procs > 1 else "")
+          + f", run {folder}\n{run['config']}")
     trainer = engine.Trainer(run, train_pairs, val_pairs, folder, device, dataset_kind(data_dir))
     return trainer.fit()
 
 
 def torchrun_command(folder, processes: int, data_dir, workspace) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m descan train --run-dir ...``"""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "descan", "train", "--run-dir", str(folder), "--data", str(data_dir),
-            "--workspace", str(workspace)]
+    """``python -m torch.distributed.run --nproc_per_node=N -m descan train --run-dir ...``"""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}", "-m", "descan", "train", "--run-dir", str(folder),
+            "--data", str(data_dir), "--workspace", str(workspace)]
 
 
 def _stream(proc) -> None:
@@ -84,6 +85,6 @@ def launch(folder, processes: int, data_dir, workspace) -> None:
     finally:
         proc.stdout.close()
     if code != 0:
-        raise DataError(f"training with {processes} processes stopped (exit code {code}); the reason is in "
-                        "the output above. Run the cell again to resume from last.pt, or set PROCESSES = 1 "
-                        "to train in this process.")
+        raise DataError(f"training with {processes} processes stopped (exit code {code}); the "
+                        "reason is in the output above. Run the cell again to resume from last.pt, "
+                        "or set PROCESSES = 1 to train in this process.")

@@ -1,5 +1,6 @@
 """Pieces of a training loss: each crop's mean Y (the leaderboard's quantity) and a colour head's
-colour statistics. The loss itself is a notebook cell's ``training_loss(out, target, model, cfg)``."""
+colour statistics. The loss itself is a notebook cell's ``training_loss(out, target, model, cfg)``.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,9 @@
 """Models as code: building a model from its code, the parameter rule, and the small models the
-notebooks share. Input and output of every model are RGB in [0, 1], any size.
+notebooks share. Every model takes and returns RGB in [0, 1], any size.
 
-The trained models themselves live in notebook cells (DnCNN in 03, the attention U-Net in 04), so a
-student edits them there. A checkpoint keeps the model's code, class name and arguments, and
-``model_from_state`` rebuilds it anywhere from the file alone, edits included.
+The trained models live in notebook cells (DnCNN in 03, the attention U-Net in 04), where a student
+edits them. A checkpoint keeps the model's code, class name and arguments, and ``model_from_state``
+rebuilds it anywhere from the file alone, edits included.
 """
 from __future__ import annotations
 
@@ -27,13 +27,22 @@ def image_mean_y(x: torch.Tensor) -> torch.Tensor:
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int):
-    """Pad (N, C, H, W) on the bottom and right to a multiple of ``multiple`` (reflection where the
+    """Pad (N, C, H, W) at the bottom and right to a multiple of ``multiple`` (reflection where the
     image is large enough, else replication); returns the padded tensor and the original (H, W)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
+
+
+def affine_colour(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per-image colour maps: ``p`` (N, 12) holds a 3x3 matrix (added to the identity) and an
+    offset for each image of ``x`` (N, 3, H, W)."""
+    matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
+    offset = p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
+    return torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
 
 
 class Identity(nn.Module):
@@ -43,16 +52,9 @@ class Identity(nn.Module):
         return x
 
 
-def affine_colour(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Apply per-image colour maps: ``p`` (N, 12) holds a 3x3 matrix (added to the identity) and an
-    offset for each image of ``x`` (N, 3, H, W)."""
-    matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
-    return torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
-
-
 class ColourMap(nn.Module):
-    """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted by
-    least squares in descan/colourmap.py; the identity until fitted."""
+    """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted
+    by least squares in descan/colourmap.py; the identity until fitted."""
 
     def __init__(self):
         super().__init__()
@@ -60,13 +62,14 @@ class ColourMap(nn.Module):
         self.offset = nn.Parameter(torch.zeros(3))
 
     def forward(self, x):
-        return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + self.offset.to(x.dtype).view(1, 3, 1, 1)
+        offset = self.offset.to(x.dtype).view(1, 3, 1, 1)
+        return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + offset
 
 
 class ColourHead(nn.Module):
     """A global colour correction learnt from the pairs: the whole scan, shrunk to ``size`` px,
-    gives one 3x3 colour matrix and offset per image (the identity at initialisation), from a few
-    strided convolutions and the scan's per-channel mean, spread and 5/50/95% quantiles.
+    gives one 3x3 colour matrix and offset per image (the identity at first), from a few strided
+    convolutions and the scan's per-channel mean, spread and 5/50/95% quantiles.
     ``global_estimate`` keeps the last corrected image, for the loss on its colour statistics."""
 
     def __init__(self, width=32, size=64):
@@ -83,25 +86,26 @@ class ColourHead(nn.Module):
 
     def forward(self, x):
         small = F.adaptive_avg_pool2d(x.float(), self.size)
-        feat = self.features(small)
-        flat = small.flatten(2)
-        quantiles = torch.quantile(flat, flat.new_tensor([0.05, 0.5, 0.95]), dim=2).permute(1, 2, 0).flatten(1)
-        stats = torch.cat([feat.mean((2, 3)), feat.amax((2, 3)), flat.mean(2), flat.std(2, correction=0),
-                           quantiles], 1)
+        feat, flat = self.features(small), small.flatten(2)
+        levels = flat.new_tensor([0.05, 0.5, 0.95])
+        quantiles = torch.quantile(flat, levels, dim=2).permute(1, 2, 0).flatten(1)
+        stats = torch.cat([feat.mean((2, 3)), feat.amax((2, 3)), flat.mean(2),
+                           flat.std(2, correction=0), quantiles], 1)
         self.global_estimate = affine_colour(x, self.predict(stats))
         return self.global_estimate
 
 
-# ---- building models from code ---------------------------------------------------------------------
+# ---- building models from code -------------------------------------------------------------------
 
 SHARED = {"colour_map": ColourMap, "identity": Identity, "colour_head": ColourHead}
-# checkpoints written before models were saved as code: their model cells, and arguments now gone
-LEGACY = {"dncnn": ("03_train_dncnn.ipynb", "DnCNN"), "attention_unet": ("04_train_attention.ipynb", "AttentionUNet")}
+# checkpoints saved before models were kept as code: the notebook cell of each, arguments now gone
+LEGACY = {"dncnn": ("03_train_dncnn.ipynb", "DnCNN"),
+          "attention_unet": ("04_train_attention.ipynb", "AttentionUNet")}
 GONE = ("levels", "mean_y_shift")
 
 
 def run_code(code: str, filename: str) -> dict:
-    """Run a cell's code in a fresh namespace and return it; tracebacks show the code's own lines."""
+    """Run a cell's code in a fresh namespace and return it; tracebacks show the code's lines."""
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     namespace = {"__name__": "cell_code"}
     exec(compile(code, filename, "exec"), namespace)
@@ -109,16 +113,16 @@ def run_code(code: str, filename: str) -> dict:
 
 
 def build(code: str | None, name: str, kwargs: dict) -> nn.Module:
-    """Build class ``name`` with ``kwargs`` from a model cell's ``code`` (None: a model of this module
-    by its SHARED name). Errors in the code show its own lines in the traceback."""
+    """Build class ``name`` with ``kwargs`` from a model cell's ``code`` (None: a model of this
+    module, by its SHARED name)."""
     if code is None:
         if name not in SHARED:
             raise ValueError(f"unknown model {name!r}: known without code are {', '.join(SHARED)}")
         return SHARED[name](**kwargs)
     namespace = run_code(code, f"<model code of {name}>")
     if not isinstance(namespace.get(name), type):
-        raise ValueError(f"the model code defines no class {name!r}; it defines "
-                         f"{', '.join(k for k, v in namespace.items() if isinstance(v, type)) or 'no class'}")
+        defined = [k for k, v in namespace.items() if isinstance(v, type)]
+        raise ValueError(f"the model code defines no class {name!r}, only {defined}")
     return namespace[name](**kwargs)
 
 
@@ -127,11 +131,11 @@ def model_from_state(state: dict) -> nn.Module:
     code, name, kwargs = state.get("model_code"), state["model_name"], dict(state["model_kwargs"])
     if code is None and name in LEGACY:
         from descan.recipes import MARKERS, code_above, notebook_cell
-        code = code_above(notebook_cell(ROOT / "notebooks" / LEGACY[name][0], MARKERS["model"]), MARKERS["model"])
-        name = LEGACY[name][1]
+        cell = notebook_cell(ROOT / "notebooks" / LEGACY[name][0], MARKERS["model"])
+        code, name = code_above(cell, MARKERS["model"]), LEGACY[name][1]
     if any(kwargs.get(k) for k in GONE):
-        raise ValueError(f"this checkpoint uses {', '.join(k for k in GONE if kwargs.get(k))}, which this "
-                         "version of the kit no longer has; train the model again")
+        gone = [k for k in GONE if kwargs.get(k)]
+        raise ValueError(f"this checkpoint uses {gone}, which the kit no longer has; train again")
     model = build(code, name, {k: v for k, v in kwargs.items() if k not in GONE})
     model.load_state_dict(state["model"])
     return model.eval()
@@ -141,28 +145,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_report(model: nn.Module, patch: int, channels: int = 3, limit: int = PARAM_LIMIT) -> int:
+def parameter_report(model: nn.Module, patch: int, channels=3, limit=PARAM_LIMIT) -> int:
     """Print torchsummary's table at the training patch size, on the model's own device, and
     return the parameter count: the larger of torchsummary's total and the exact sum over
     model.parameters() (torchsummary misses parameters that are not a layer's weight or bias).
     Raises ValueError when the model has ``limit`` parameters or more."""
+    from torchsummary import summary
+    too_many = f"{type(model).__name__} has {{:,}} parameters; the rule is fewer than {limit:,}. " \
+        "Make it narrower or shallower."
     exact = count_parameters(model)
     if exact >= limit:
-        raise ValueError(f"{type(model).__name__} has {exact:,} parameters; the rule is fewer than "
-                         f"{limit:,}. Make it narrower or shallower.")
-    from torchsummary import summary
-    was_training = model.training
+        raise ValueError(too_many.format(exact))
+    was_training, buf = model.training, io.StringIO()
     model.eval()
-    buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         summary(model, (channels, patch, patch), device=next(model.parameters()).device.type)
     model.train(was_training)
     lines = buf.getvalue().splitlines()
     print("\n".join(lines[:8] + ["..."] + lines[-12:]) if len(lines) > 40 else "\n".join(lines))
     found = re.search(r"Total params: ([\d,]+)", buf.getvalue())
-    reported = int(found.group(1).replace(",", "")) if found else 0
-    count = max(exact, reported)
-    print(f"parameters: {count:,} (torchsummary {reported:,}, exact {exact:,}); limit {limit:,}")
+    count = max(exact, int(found.group(1).replace(",", "")) if found else 0)
+    print(f"parameters: {count:,} (exact {exact:,}); limit {limit:,}")
     if count >= limit:
-        raise ValueError(f"{type(model).__name__} has {count:,} parameters; the rule is fewer than {limit:,}.")
+        raise ValueError(too_many.format(count))
     return count

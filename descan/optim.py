@@ -7,7 +7,7 @@ import torch
 
 
 def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
-    """Adam or AdamW of the recipe, as one fused kernel on CUDA, else the multi-tensor ("foreach") one."""
+    """Adam or AdamW of the recipe: one fused kernel on CUDA, else the multi-tensor one."""
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
     return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
@@ -15,8 +15,9 @@ def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
     """Load a saved optimiser state, keeping this machine's fused/foreach choice."""
-    state = {**state, "param_groups": [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
-                                       for saved, now in zip(state["param_groups"], optimizer.param_groups)]}
+    groups = [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
+              for saved, now in zip(state["param_groups"], optimizer.param_groups)]
+    state = {**state, "param_groups": groups}
     optimizer.load_state_dict(state)
 
 

@@ -25,37 +25,40 @@ RUN_NAMES = {"dncnn": "dncnn", "attention": "attention_unet"}  # each notebook's
 MARKERS = {"config": "CFG = TrainConfig(", "model": "MODEL_CODE = notebook.this_cell()",
            "loss": "LOSS_CODE = notebook.this_cell()"}
 CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
-           "amp": ("auto", "bf16", "fp16", "off")}
-FRACTIONS = ("degrade_prob", "colour_jitter")  # probabilities: 0 to 1
+           "amp": ("auto", "bf16", "fp16", "off"), "augment": (True, False),
+           "compile": (True, False)}
+UPPER = {"degrade_prob": 1.0, "colour_jitter": 1.0, "lr": 1.0, "weight_decay": 1.0,
+         "ema_decay": 0.99999}
+LOWER = {"patch": 8, "lr": 1e-8, "workers": -1, "warmup_steps": 0, "seed": 0}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training setting. A *batch* is the crops of one optimiser step."""
     epochs: int = 10
-    crops_per_epoch: int = 64 * 160      # an epoch is a fixed number of crops, not a pass over images
-    batch_size: int = 64                 # crops per optimiser step
-    patch: int = 128                     # side of a training crop, in pixels
-    crops_per_image: int = 8             # crops cut from each decoded pair; batch_size is a multiple of it
-    mean_y_weight: float = 0.0           # loss weight of each crop's mean Y (what the metric sees)
-    stats_weight: float = 0.0            # loss weight of a colour head's per-channel mean and spread
-    optimizer: str = "adam"              # "adam" or "adamw"
+    crops_per_epoch: int = 64 * 160  # an epoch is a number of crops, not a pass over the images
+    batch_size: int = 64             # crops per optimiser step
+    patch: int = 128                 # side of a training crop, in pixels
+    crops_per_image: int = 8         # crops cut from each decoded pair (batch_size: a multiple)
+    mean_y_weight: float = 0.0       # loss weight of each crop's mean Y (what the metric sees)
+    stats_weight: float = 0.0        # loss weight of a colour head's per-channel mean and spread
+    optimizer: str = "adam"          # "adam" or "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "constant"           # "constant" or "cosine" (with warm-up)
+    schedule: str = "constant"       # "constant" or "cosine" (with warm-up)
     warmup_steps: int = 0
-    grad_clip: float = 0.0               # 0 = off
-    ema_decay: float = 0.0               # 0 = off; else validate and save the averaged weights
-    augment: bool = True                 # flips and 90-degree rotations
-    degrade_prob: float = 0.0            # probability of extra synthetic scan damage on an input crop
-    colour_jitter: float = 0.0           # probability of a random global colour response on an input crop
-    budget_minutes: float = 0.0          # wall-clock training budget over the whole run; 0 = none
-    checkpoint_minutes: float = 2.0      # also save last.pt this often inside an epoch
-    val_every_minutes: float = 0.0       # also validate this often inside an epoch; 0 = no
-    val_images_per_pass: int = 8         # whole validation images per forward pass
-    workers: int = -1                    # data loader processes; -1 = none on a CPU, up to 4 beside a GPU
-    amp: str = "auto"                    # mixed precision on a GPU: auto (bf16 where native, else fp16), off
-    compile: bool = False                # torch.compile the model (falls back when it cannot)
+    grad_clip: float = 0.0           # 0 = off
+    ema_decay: float = 0.0           # 0 = off; else validate and save the averaged weights
+    augment: bool = True             # flips and 90-degree rotations
+    degrade_prob: float = 0.0        # probability of extra synthetic scan damage on an input
+    colour_jitter: float = 0.0       # probability of a random global colour response on an input
+    budget_minutes: float = 0.0      # wall-clock training budget over the whole run; 0 = none
+    checkpoint_minutes: float = 2.0  # also save last.pt this often inside an epoch
+    val_every_minutes: float = 0.0   # also validate this often inside an epoch; 0 = no
+    val_images_per_pass: int = 8     # whole validation images per forward pass
+    workers: int = -1                # loader processes; -1: none on a CPU, up to 4 beside a GPU
+    amp: str = "auto"                # GPU mixed precision: auto (bf16 where native, else fp16)
+    compile: bool = False            # torch.compile the model (falls back when it cannot)
     seed: int = 0
 
     def __post_init__(self):
@@ -63,9 +66,10 @@ class TrainConfig:
                     if (why := _problem(f.name, getattr(self, f.name)))]
         if self.batch_size % max(1, self.crops_per_image):
             problems.append(f"batch_size={self.batch_size} must be a multiple of crops_per_image="
-                            f"{self.crops_per_image} (every decoded pair gives that many crops to a batch)")
+                            f"{self.crops_per_image} (each decoded pair gives that many crops)")
         if self.crops_per_epoch < self.batch_size:
-            problems.append(f"crops_per_epoch={self.crops_per_epoch} must be at least batch_size={self.batch_size}")
+            problems.append(f"crops_per_epoch={self.crops_per_epoch} must be at least "
+                            f"batch_size={self.batch_size}")
         if problems:
             raise ValueError("bad training settings: " + "; ".join(problems))
 
@@ -73,16 +77,15 @@ class TrainConfig:
 def _problem(name: str, value) -> str:
     """Why ``value`` is not allowed for the setting ``name`` ('' when it is)."""
     kind = type(TrainConfig.__dataclass_fields__[name].default)
-    if kind is bool or kind is str:
-        allowed = CHOICES.get(name, (True, False))
-        return "" if value in allowed and type(value) is kind else f"use one of {', '.join(map(str, allowed))}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+    if name in CHOICES:
+        ok = value in CHOICES[name] and type(value) is kind
+        return "" if ok else f"use one of {', '.join(map(str, CHOICES[name]))}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and not isinstance(value, int)):
         return f"must be {'an integer' if kind is int else 'a number'}"
-    low = {"patch": 8, "lr": 1e-8, "workers": -1}.get(name, 1 if kind is int else 0.0)
-    high = 1.0 if name in FRACTIONS or name in ("lr", "weight_decay") else 0.99999 if name == "ema_decay" else math.inf
-    if name in ("warmup_steps", "seed"):
-        low = 0
-    return "" if math.isfinite(value) and low <= value <= high else f"must be from {low} to {high}"
+    low, high = LOWER.get(name, 1 if kind is int else 0.0), UPPER.get(name, math.inf)
+    allowed = f"at least {low}" if high == math.inf else f"from {low} to {high}"
+    return "" if math.isfinite(value) and low <= value <= high else f"must be {allowed}"
 
 
 def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
@@ -93,13 +96,15 @@ def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
-            raise ValueError(f"{item!r} is not a setting: write key=value with a key among {', '.join(known)}")
+            raise ValueError(f"{item!r} is not a setting: write key=value, the key one of "
+                             f"{', '.join(known)}")
         kind = known[key]
+        words = {"true": True, "1": True, "false": False, "0": False}
         try:
-            value = {"true": True, "1": True, "false": False, "0": False}[raw.lower()] if kind is bool else \
-                kind(raw) if kind is not int else int(raw.replace("_", "?"))
+            value = words[raw.lower()] if kind is bool else \
+                int(raw.replace("_", "?")) if kind is int else kind(raw)
         except (ValueError, KeyError):
-            raise ValueError(f"{key}={raw!r}: {_problem(key, raw) or 'not a ' + kind.__name__}") from None
+            raise ValueError(f"{key}={raw!r}: {_problem(key, raw)}") from None
         changes[key] = value
     return replace(cfg, **changes)
 
@@ -111,11 +116,13 @@ def with_env(cfg: TrainConfig) -> TrainConfig:
         return cfg
     try:
         return replace(cfg, budget_minutes=float(raw))
-    except ValueError:
-        raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes (0 or more)") from None
+    except ValueError as e:
+        if "bad training settings" in str(e):
+            raise
+        raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes") from None
 
 
-# ---- recipes in notebooks --------------------------------------------------------------------------
+# ---- recipes in notebooks ------------------------------------------------------------------------
 
 def code_above(cell: str, marker: str) -> str:
     """The lines of ``cell`` above the line holding ``marker``: what a model or loss cell keeps."""
@@ -126,17 +133,16 @@ def code_above(cell: str, marker: str) -> str:
 
 def notebook_cell(notebook, marker: str) -> str:
     """The source of the first code cell of ``notebook`` that holds ``marker``."""
-    path = Path(notebook)
-    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+    for cell in json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]:
         source = "".join(cell["source"])
         if cell["cell_type"] == "code" and marker in source:
             return source
-    raise ValueError(f"{path} has no code cell with {marker!r}: restore the notebook from the repository")
+    raise ValueError(f"{notebook} has no code cell with {marker!r}: get it from the repository")
 
 
 def run_cell(source: str, namespace: dict, marker: str | None = None) -> dict:
-    """Run a notebook cell's code in ``namespace`` (a model or loss cell's ``notebook.this_cell()``
-    gives the code above its marker line, as in the notebook)."""
+    """Run a notebook cell's code in ``namespace``, quietly (a model or loss cell's
+    ``notebook.this_cell()`` gives the code above its marker line, as in the notebook)."""
     if marker:
         namespace["notebook"] = types.SimpleNamespace(this_cell=lambda: code_above(source, marker))
     with contextlib.redirect_stdout(io.StringIO()):  # the notebook's prints belong to the notebook
@@ -157,16 +163,15 @@ def from_notebook(recipe: str, device, smoke: bool, overrides=()) -> dict:
     return make_run(recipe, cfg, ns["MODEL"], ns["MODEL_KWARGS"], ns["MODEL_CODE"], ns["LOSS_CODE"])
 
 
-def make_run(recipe: str, cfg: TrainConfig, model: str, kwargs: dict, model_code: str, loss_code: str) -> dict:
-    """A run's recipe as saved in its folder: settings, model (class name, arguments, code), loss code."""
-    return {"recipe": recipe, "config": cfg, "model": {"name": model, "kwargs": dict(kwargs),
-            "code": model_code}, "loss_code": loss_code}
+def make_run(recipe, cfg: TrainConfig, model: str, kwargs: dict, model_code: str, loss_code: str):
+    """A run's recipe: settings, model (class name, arguments, code) and the loss's code."""
+    return {"recipe": recipe, "config": cfg, "loss_code": loss_code,
+            "model": {"name": model, "kwargs": dict(kwargs), "code": model_code}}
 
 
 def save_run(run: dict, run_dir) -> Path:
     """Write a run's recipe to RUN_DIR/run.json (atomically), where torchrun's processes read it."""
     path = Path(run_dir) / "run.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({**run, "config": asdict(run["config"])}, indent=1))
     return path
@@ -179,7 +184,8 @@ def load_run(run_dir) -> dict:
         raise ValueError(f"no run.json in {run_dir}: start the run from notebook 03 or 04, or "
                          "`python -m descan train --recipe NAME`")
     run = json.loads(path.read_text())
-    run["model"]["kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in run["model"]["kwargs"].items()}
+    kwargs = run["model"]["kwargs"]
+    run["model"]["kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return {**run, "config": TrainConfig(**run["config"])}
 
 

@@ -12,7 +12,8 @@ def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, 
     """(changed settings {name: (old, new)}, what forbids going on) between a last.pt's ``state``
     and a run's settings ``cfg``, model ``spec`` and split fingerprint ``data_id``."""
     old = state.get("config", {})
-    diffs = {k: (old[k], v) for k, v in asdict(cfg).items() if k in old and k not in FREE_KEYS and old[k] != v}
+    diffs = {k: (old[k], v) for k, v in asdict(cfg).items()
+             if k in old and k not in FREE_KEYS and old[k] != v}
     fixed = [k for k in diffs if k in DATA_KEYS]
     if state.get("data_id") != data_id:
         fixed.append("training/validation pairs")
@@ -32,8 +33,8 @@ def refuse(path, run_name: str, diffs: dict, fixed: list):
     raise CheckpointError(
         f"{path} was trained with other settings: {said or 'see below'}.{why}\n"
         f"  - start a new run with the new settings (suggested): DESCAN_RUN_NAME={new_name}\n"
-        + ("" if fixed else "  - or carry on this run with the new settings (recorded in its history): "
-           "DESCAN_RESUME=continue\n") + "  - or set the settings back to the run's.")
+        + ("" if fixed else "  - or carry on this run with the new settings (recorded in its "
+           "history): DESCAN_RESUME=continue\n") + "  - or set the settings back to the run's.")
 
 
 def split_id(train_pairs, val_pairs) -> str:

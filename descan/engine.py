@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,9 +20,9 @@ from descan.inference import autocast, compile_model, evaluate, use_grad_scaler
 from descan.losses import from_code
 from descan.models import Identity, build, count_parameters
 from descan.notebook import seed_everything
-from descan.optim import load_optimizer_state, lr_factor, make_optimizer, update_ema
+from descan.optim import lr_factor, make_optimizer, update_ema
 from descan.plots import plot_history
-from descan.resume import refuse, settings_changed, split_id
+from descan.resume import resume, split_id
 
 
 class Trainer:
@@ -100,36 +99,7 @@ class Trainer:
                              self.run_dir / ckpt.BEST)
 
     def try_resume(self) -> bool:
-        """Go on from last.pt when there is one. A run trained with other settings stops with what
-        changed and the ways out: a new DESCAN_RUN_NAME, or DESCAN_RESUME=continue (not for settings
-        that decide the crops or the model), which records the change in the history."""
-        path = self.run_dir / ckpt.LAST
-        if not path.exists():
-            return False
-        state = ckpt.load_checkpoint(path, kind="last")
-        diffs, fixed = settings_changed(state, self.cfg, self.run["model"], self.data_id())
-        if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
-            refuse(path, self.run_dir.name, diffs, fixed)
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:  # an EMA switched on now starts from the trained weights
-            self.ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
-        try:
-            load_optimizer_state(self.optimizer, state["optimizer"])
-        except ValueError:  # another optimiser: it starts afresh (the change is recorded)
-            pass
-        if state["scaler"]:  # empty when saved without loss scaling
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
-        self.seconds = state["seconds"]
-        self.history = list(state["history"])
-        ckpt.set_rng_state(state["rng"])
-        if diffs:
-            self.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
-            print(f"DESCAN_RESUME=continue: going on with changed settings ({self.pending_change})")
-        print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
-              f"{self.seconds / 60:.1f} min trained so far, best validation score "
-              f"{self.best_score:.4f}")
-        return True
+        return resume(self)
 
     # ---- validation and one step -----------------------------------------------------------
     def validate(self, model=None) -> dict:

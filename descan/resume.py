@@ -1,10 +1,13 @@
-"""Resuming a run: what changed since its last.pt, and whether it may go on."""
+"""Resuming a run: what changed since its last.pt, whether it may go on, and going on."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict
 
+from descan import checkpoints as ckpt
 from descan.checkpoints import CheckpointError
+from descan.optim import load_optimizer_state
 from descan.recipes import DATA_KEYS, FREE_KEYS
 
 
@@ -41,3 +44,35 @@ def split_id(train_pairs, val_pairs) -> str:
     """A fingerprint of the split: resuming on other training or validation pairs is refused."""
     names = [p.name for p in train_pairs] + ["|"] + [p.name for p in val_pairs]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def resume(trainer) -> bool:
+    """Go on from last.pt when there is one. A run trained with other settings stops with what
+    changed and the ways out: a new DESCAN_RUN_NAME, or DESCAN_RESUME=continue (not for settings
+    that decide the crops or the model), which records the change in the history."""
+    path = trainer.run_dir / ckpt.LAST
+    if not path.exists():
+        return False
+    state = ckpt.load_checkpoint(path, kind="last")
+    diffs, fixed = settings_changed(state, trainer.cfg, trainer.run["model"], trainer.data_id())
+    if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
+        refuse(path, trainer.run_dir.name, diffs, fixed)
+    trainer.model.load_state_dict(state["model"])
+    if trainer.ema is not None:  # an EMA switched on now starts from the trained weights
+        trainer.ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
+    try:
+        load_optimizer_state(trainer.optimizer, state["optimizer"])
+    except ValueError:  # another optimiser: it starts afresh (the change is recorded)
+        pass
+    if state["scaler"]:  # empty when saved without loss scaling
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.epoch, trainer.item, trainer.step = state["epoch"], state["item"], state["step"]
+    trainer.seconds = state["seconds"]
+    trainer.history = list(state["history"])
+    ckpt.set_rng_state(state["rng"])
+    if diffs:
+        trainer.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
+        print(f"DESCAN_RESUME=continue: going on with changed settings ({trainer.pending_change})")
+    print(f"Resuming {path}: epoch {trainer.epoch + 1}, step {trainer.step}, {trainer.seconds / 60:.1f}"
+          f" min trained so far, best validation score {trainer.best_score:.4f}")
+    return True

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
 ORDER = ["settings", "files", "metrics", "scanners", "demo", "zips", "download", "data", "plots", "notebook", "recipes",
-         "models", "inference", "crops", "losses", "checkpoints", "resume", "optim", "colourmap",
+         "models", "inference", "crops", "losses", "checkpoints", "optim", "resume", "colourmap",
          "distributed", "engine", "launch", "submit", "cli"]
 NO_TORCH = ["helpers", "descan", "descan.scanners", "descan.demo", "descan.zips", "descan.data", "descan.plots",
             "descan.notebook", "descan.recipes", "descan.submit", "descan.cli"]

@@ -73,6 +73,6 @@ def resume(trainer) -> bool:
     if diffs:
         trainer.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
         print(f"DESCAN_RESUME=continue: going on with changed settings ({trainer.pending_change})")
-    print(f"Resuming {path}: epoch {trainer.epoch + 1}, step {trainer.step}, {trainer.seconds / 60:.1f}"
-          f" min trained so far, best validation score {trainer.best_score:.4f}")
+    print(f"Resuming {path}: epoch {trainer.epoch + 1}, step {trainer.step}, "
+          f"{trainer.seconds / 60:.1f} min trained so far, best score {trainer.best_score:.4f}")
     return True

@@ -79,7 +79,10 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
 def unknown_model(state: dict, where) -> str | None:
     """Why the model of a loaded checkpoint cannot be rebuilt here, or None when it can: it
     carries the model's code, or names a model of the kit (or of an older version of it)."""
-    known = (*models.SHARED, *models.LEGACY)
+    known, gone = (*models.SHARED, *models.LEGACY), [k for k in models.GONE
+                                                   if (state.get("model_kwargs") or {}).get(k)]
+    if gone:
+        return f"{where} uses {gone}, which the kit no longer has: train that model again"
     if state.get("model_code") is not None or state.get("model_name") in known:
         return None
     return (f"{where} names model {state.get('model_name')!r} but holds no code for it (models "

@@ -123,5 +123,5 @@ def test_the_notebooks_setup_cell_on_a_fake_kaggle(kaggle):
 def test_the_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path))
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    notebook.setup()
+    notebook.hosted_setup()
     assert capsys.readouterr().out == ""

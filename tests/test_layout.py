@@ -13,10 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
-ORDER = ["settings", "files", "metrics", "scanners", "demo", "zips", "download", "data", "plots", "notebook", "recipes",
-         "models", "inference", "crops", "losses", "checkpoints", "optim", "resume", "colourmap",
+ORDER = ["files", "metrics", "scanners", "demo", "zips", "download", "data", "plots", "recipes",
+         "notebook", "models", "inference", "crops", "losses", "checkpoints", "optim", "resume", "colourmap",
          "distributed", "engine", "launch", "submit", "cli"]
-NO_TORCH = ["helpers", "descan", "descan.scanners", "descan.demo", "descan.zips", "descan.data", "descan.plots",
+NO_TORCH = ["helpers", "descan", "descan.scanners", "descan.demo", "descan.zips", "descan.data",
+            "descan.plots",
             "descan.notebook", "descan.recipes", "descan.submit", "descan.cli"]
 KIT = [ROOT / "helpers.py", *sorted((ROOT / "descan").glob("*.py"))]
 # where and how to run: the only environment variables the project reads

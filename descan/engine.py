@@ -23,7 +23,7 @@ from descan.models import Identity, build, count_parameters
 from descan.notebook import seed_everything
 from descan.optim import load_optimizer_state, lr_factor, make_optimizer, update_ema
 from descan.plots import plot_history
-from descan.resume import refuse, settings_changed, split_id
+from descan.resume import refuse, rng_state, set_rng_state, settings_changed, split_id
 
 
 class Trainer:
@@ -91,7 +91,7 @@ class Trainer:
                  "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
-                 "data_id": self.data_id(), "rng": ckpt.rng_state()}
+                 "data_id": self.data_id(), "rng": rng_state()}
         ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
 
     def save_best(self, val: dict):
@@ -122,7 +122,7 @@ class Trainer:
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
         self.seconds = state["seconds"]
         self.history = list(state["history"])
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if diffs:
             self.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
             print(f"DESCAN_RESUME=continue: going on with changed settings ({self.pending_change})")

@@ -1,8 +1,12 @@
-"""Resuming a run: what changed since its last.pt, and whether it may go on."""
+"""Resuming a run: what changed since its last.pt, whether it may go on, the RNG states."""
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import asdict
+
+import numpy as np
+import torch
 
 from descan.checkpoints import CheckpointError
 from descan.recipes import DATA_KEYS, FREE_KEYS
@@ -40,3 +44,18 @@ def split_id(train_pairs, val_pairs) -> str:
     """A fingerprint of the split: resuming on other training or validation pairs is refused."""
     names = [p.name for p in train_pairs] + ["|"] + [p.name for p in val_pairs]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
+    name, keys, *rest = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Set the global RNG states saved by rng_state()."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])

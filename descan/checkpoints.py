@@ -1,7 +1,5 @@
 """Checkpoints: WORKSPACE/runs/<run>/best.pt (the weights of the best validation score) and last.pt
 (all that resuming needs), dicts written atomically and read with weights_only=True."""
-from __future__ import annotations
-
 import math
 from pathlib import Path
 
@@ -13,8 +11,8 @@ from descan.files import atomic_path
 
 FORMAT = "descanning-checkpoint-v1"
 RUNS, BEST, LAST = "runs", "best.pt", "last.pt"
-MODEL_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "epoch", "step", "config",
-              "data_kind")
+MODEL_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "epoch", "step",
+              "config", "data_kind")
 SCHEMAS = {"best": {*MODEL_KEYS, "val"},  # best.pt: what notebook 05 needs; last.pt: resuming
            "last": {*MODEL_KEYS, "ema", "optimizer", "scaler", "item", "seconds", "history",
                     "data_id", "rng"}}
@@ -39,11 +37,12 @@ def best_path(workspace, run: str) -> Path:
 def save_checkpoint(state: dict, path) -> Path:
     """Check ``state``'s keys against its kind ('best' or 'last'), then torch.save it through a
     temporary file: an interruption never replaces a good checkpoint."""
-    keys = SCHEMAS.get(state.get("kind"))
-    if keys is None:
-        raise ValueError(f"a checkpoint's 'kind' must be 'best' or 'last', got {state.get('kind')!r}")
+    kind = state.get("kind")
+    if kind not in SCHEMAS:
+        raise ValueError(f"a checkpoint's 'kind' must be 'best' or 'last', got {kind!r}")
+    keys = SCHEMAS[kind]
     if keys != set(state):
-        raise ValueError(f"{state['kind']} checkpoint: missing keys {sorted(keys - set(state))}, "
+        raise ValueError(f"{kind} checkpoint: missing keys {sorted(keys - set(state))}, "
                          f"unknown keys {sorted(set(state) - keys)}")
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
@@ -51,8 +50,7 @@ def save_checkpoint(state: dict, path) -> Path:
 
 
 def load_checkpoint(path, kind: str | None = None) -> dict:
-    """One of our checkpoints (of ``kind``, when given) on the CPU, or CheckpointError saying what
-    is wrong."""
+    """One of our checkpoints (of ``kind``, when given), or CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}. {RUN_FIRST}")
@@ -93,8 +91,8 @@ def model_from_checkpoint(path_or_state, device="cpu") -> torch.nn.Module:
     try:
         return models.model_from_state(state).to(device)
     except Exception as e:  # the model's code, arguments and weights do not fit together
-        raise CheckpointError(f"the model of {where} ({state.get('model_name')}) cannot be rebuilt: "
-                              f"{type(e).__name__}: {str(e)[:300]}. Train it again.") from e
+        raise CheckpointError(f"the model of {where} ({state.get('model_name')}) cannot be rebuilt"
+                              f": {type(e).__name__}: {str(e)[:300]}. Train it again.") from e
 
 
 def best_models(workspace, runs: dict, device="cpu") -> dict:
@@ -110,8 +108,8 @@ def _entry(path) -> dict:
     except CheckpointError as e:
         state, error = {}, str(e)
     score = float((state.get("val") or {}).get("score", math.inf))
-    return {"run": Path(path).parent.name, "path": Path(path), "model_name": state.get("model_name"),
-            "data_kind": state.get("data_kind"), "epoch": state.get("epoch"),
+    return {"run": Path(path).parent.name, "path": Path(path), "epoch": state.get("epoch"),
+            "model_name": state.get("model_name"), "data_kind": state.get("data_kind"),
             "val_score": score if math.isfinite(score) else math.inf,
             "error": error or unknown_model(state, path)}
 
@@ -143,11 +141,9 @@ def _nothing_fits(found, matches, wanted, runs, data_kind) -> str:
 
 
 def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
-    """The checkpoint to submit with: a find_checkpoints entry plus 'reason' (why this one).
-
-    ``wanted`` (05 passes DESCAN_CHECKPOINT): a .pt file or a run folder; a run folder's name;
-    else a model name. Without it, those trained on ``data_kind`` ('demo' | 'real'; None: any)
-    are the candidates. The lowest recorded validation score wins, ``data_kind`` first."""
+    """The checkpoint to submit with, the lowest recorded validation score of those trained on
+    ``data_kind`` ('demo', 'real'; None: any), or ``wanted`` (DESCAN_CHECKPOINT): a file or run
+    folder; a run folder's name; else a model name. A find_checkpoints entry plus 'reason'."""
     runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
     path = Path(wanted).expanduser()
     by_path = wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file())

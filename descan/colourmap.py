@@ -1,8 +1,6 @@
 """The classical baseline every model must beat: one global affine colour map for all images,
 clean RGB ~ M @ scan RGB + b (12 numbers), fitted by least squares on pixels of training pairs. It
 corrects global fading and colour casts, the error the metric sees, and nothing local."""
-from __future__ import annotations
-
 import numpy as np
 import torch
 

@@ -1,6 +1,4 @@
 """Running a model on whole images (restore, evaluate), with mixed precision and torch.compile."""
-from __future__ import annotations
-
 import contextlib
 import time
 
@@ -41,8 +39,8 @@ def autocast(device, amp="auto"):
 
 
 class CompiledOrEager(nn.Module):
-    """``model`` through torch.compile or, where compiling fails (no C++ compiler, an old GPU), as
-    it is, after one line saying why. A wrapper: the model's state_dict keys stay the same."""
+    """``model`` through torch.compile, or as it is after one line saying why compiling failed (no
+    C++ compiler, an old GPU). A wrapper: the model's state_dict keys stay the same."""
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -1,6 +1,4 @@
 """Figures beside the competition score (helpers.competition_score): pixel Y MAE and PSNR."""
-from __future__ import annotations
-
 import numpy as np
 
 from helpers import check_image, competition_score, mean_y, y_channel

@@ -1,13 +1,11 @@
 """The notebooks' figures. Each function draws one figure, closes it (so a notebook shows it once,
 as the cell's value) and returns it. No torch."""
-from __future__ import annotations
-
 import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from helpers import check_image, mean_y, y_channel
+from helpers import mean_y, y_channel
 from descan.files import atomic_path
 
 
@@ -24,20 +22,19 @@ def plot_history(history, path=None, title=""):
     (or its rows), best.pt starred, "do nothing" dashed; saved to ``path`` when given."""
     import pandas as pd
     df = pd.DataFrame(history)
+    best = df["val_score"].idxmin()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (col, label, nothing) in zip(axes, (
-            ("train_loss", "training loss", None),
-            ("val_score", "validation score (lower is better)", "do_nothing_score"),
-            ("val_psnr", "validation PSNR (dB, higher is better)", "do_nothing_psnr"))):
-        if len(df):
-            best = df["val_score"].idxmin()
-            ax.plot(df["step"], df[col], marker="o", ms=3, label="run")
-            ax.plot(df["step"][best], df[col][best], "*", ms=14, color="tab:red", label="best.pt")
-            if nothing in df:
-                ax.axhline(df[nothing].iloc[-1], color="0.4", ls="--", lw=1, label="do nothing")
-            ax.legend(fontsize=8)
+    panels = {"train_loss": "training loss", "val_score": "validation score (lower is better)",
+              "val_psnr": "validation PSNR (dB, higher is better)"}
+    for ax, (col, label) in zip(axes, panels.items()):
+        ax.plot(df["step"], df[col], marker="o", ms=3, label="run")
+        ax.plot(df["step"][best], df[col][best], "*", ms=14, color="tab:red", label="best.pt")
+        nothing = col.replace("val_", "do_nothing_")
+        if nothing != col and nothing in df:
+            ax.axhline(df[nothing].iloc[-1], color="0.4", ls="--", lw=1, label="do nothing")
         ax.set(xlabel="optimiser step", title=label)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig = _done(fig, title)
     if path is not None:
         with atomic_path(path) as tmp:
@@ -95,32 +92,28 @@ def show_pairs(rows, titles=None, zoom=None, suptitle=None, cell=3.0):
     """A grid of RGB images, one list per row (e.g. [clean, scan]), ``titles`` of the same shape.
     ``zoom``: None; a size (zoom_box of each row's first two images); or one (top, left, size) per
     row: then each image gets a boxed area and, beside it, that area enlarged."""
-    rows = [list(r) for r in rows]
     step = 1 if zoom is None else 2
-    ncols = max(len(r) for r in rows) * step
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(cell * ncols, cell * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(rows[0]) * step, squeeze=False,
+                             figsize=(cell * len(rows[0]) * step, cell * len(rows)))
     for i, images in enumerate(rows):
         box = zoom[i] if isinstance(zoom, (list, tuple)) else None
         if isinstance(zoom, int):
             box = zoom_box(images[0], images[min(1, len(images) - 1)], zoom)
         for j, img in enumerate(images):
-            _show(axes[i, j * step], img, titles[i][j] if titles is not None else "")
+            ax = axes[i, j * step]
+            _show(ax, img, titles[i][j] if titles is not None else "")
             if box:
                 top, left, size = box
-                axes[i, j * step].add_patch(Rectangle((left - 0.5, top - 0.5), size, size,
-                                                      fill=False, ec="yellow", lw=1.5))
-                zoomed = img[top:top + size, left:left + size]
-                _show(axes[i, j * step + 1], zoomed, f"zoom ({size} px)", interpolation="nearest")
-    for ax in axes.flat:
-        if not ax.images:
-            ax.axis("off")
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False,
+                                       ec="yellow", lw=1.5))
+                _show(axes[i, j * step + 1], img[top:top + size, left:left + size],
+                      f"zoom ({size} px)", interpolation="nearest")
     return _done(fig, suptitle)
 
 
 def show_error_maps(rows, suptitle=None, cell=3.0):
     """One row per (label, clean, other): clean, other, the signed difference other - clean (RGB
-    mean) and the Y error |Y(other) - Y(clean)| the metric is built on, scales shared by all rows."""
+    mean) and the Y error |Y(other) - Y(clean)| the metric is built on; one scale for all rows."""
     signed = [o.mean(axis=2) - c.mean(axis=2) for _, c, o in rows]
     yerr = [np.abs(y_channel(o).astype(np.int16) - y_channel(c)) for _, c, o in rows]
     lim = max(1.0, max(float(np.percentile(np.abs(s), 95)) for s in signed))
@@ -143,7 +136,6 @@ def show_colour_histograms(groups, suptitle=None):
     for k, (label, images) in enumerate(groups.items()):
         hist = np.zeros((3, 256))
         for img in images:
-            check_image(img)
             hist += np.stack([np.bincount(img[..., c].ravel(), minlength=256) for c in range(3)])
         for ax, h, colour in zip(axes, hist / max(1.0, hist[0].sum()), ("red", "green", "blue")):
             ax.plot(h, color=colour, ls=["-", "--", ":", "-."][k % 4], label=label)

@@ -1,7 +1,5 @@
 """From restored images to the file uploaded to Kaggle, and a local leaderboard on validation.
 The CSV's values are computed as the course's code does: the mean Y of each restored uint8 PNG."""
-from __future__ import annotations
-
 import csv
 import math
 import re
@@ -109,10 +107,8 @@ def read_submission(path, expected_ids=None) -> list[tuple[str, float]]:
 
 def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, ensemble=False,
                    show_progress=True, chunk=None) -> list[Path]:
-    """Restore the scans, ``chunk`` at a time, into out_dir/<scan's stem>.png; return those paths.
-
-    ``out_dir`` then holds exactly these PNGs: they are written to ``.<name>.new`` beside it, which
-    then replaces it, so an interrupted run (or a full disk) leaves the previous folder whole."""
+    """Restore the scans, ``chunk`` at a time, into out_dir/<stem>.png, then its only files, and
+    return those paths. ``.<name>.new`` beside it then replaces it: a failure leaves the old one."""
     from descan.inference import restore
     scan_paths, out_dir = [Path(p) for p in scan_paths], Path(out_dir)
     if not scan_paths:
@@ -150,8 +146,7 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
 
 
 def make_submission(restored_dir, test_scan_dir, csv_path):
-    """Write the submission CSV of the restored PNGs (write_submission: checked, atomic) and
-    return it, read back and checked again, as a pandas DataFrame."""
+    """Write the CSV of the restored PNGs (write_submission); return it, read back, as a table."""
     import pandas as pd
     test = list_images(test_scan_dir)
     if not test:
@@ -184,9 +179,8 @@ def score_restored(restored_dir, clean) -> dict:
 
 def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8,
                       ensembles=(False, True), show_progress=True):
-    """A validation estimate of the leaderboard, through the submission's own code path: each
-    {entry: model}, in each of ``ensembles``, restored into out_root/<entry>[_x8] and scored
-    (score_restored). Models without parameters get no x8 row. A DataFrame, best score first."""
+    """A validation estimate of the leaderboard by the submission's own path: each {entry: model}
+    restored into out_root/<entry>[_x8] and scored (score_restored), as a DataFrame, best first."""
     import pandas as pd
     rows = []
     for name, model in models.items():
@@ -204,20 +198,16 @@ def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8,
 
 
 def leaderboard_candidates(found, chosen, model, device=None):
-    """{entry: model} for a local leaderboard: "do nothing", each usable checkpoint of ``found``
-    by run, and ``model`` of the ``chosen`` entry; and the chosen one's entry name."""
+    """({entry: model}, the chosen one's entry) for local_leaderboard: "do nothing", the other
+    usable checkpoints of ``found`` by run, and ``model``, the ``chosen`` one's."""
     from descan.checkpoints import model_from_checkpoint
     from descan.models import Identity
-    out, mine = {"do nothing": Identity()}, chosen["path"].resolve()
-    for e in found:
-        if e["error"] is None:
-            same = e["path"].resolve() == mine
-            out[e["run"]] = model if same else model_from_checkpoint(e["path"], device)
-    name = chosen["run"]
-    if name in out and out[name] is not model:
-        name = f"{name} (DESCAN_CHECKPOINT)"
-    out[name] = model
-    return out, name
+    mine = chosen["path"].resolve()
+    out = {"do nothing": Identity(), **{e["run"]: model_from_checkpoint(e["path"], device)
+                                        for e in found if e["error"] is None
+                                        and e["path"].resolve() != mine}}
+    name = chosen["run"] + (" (DESCAN_CHECKPOINT)" if chosen["run"] in out else "")
+    return {**out, name: model}, name
 
 
 def leaderboard_notes(board, chosen: str) -> list[str]:
@@ -243,13 +233,9 @@ def decide_ensemble(board, entry: str, ensemble="auto", min_gain: float = 0.05):
         raise ValueError(f"ensemble={ensemble!r} must be 'auto', True or False")
     mine = board[board["entry"] == entry]
     single, x8 = (float(mine.loc[mine["ensemble"] == e, "score"].min()) for e in (False, True))
-    gain = single - x8  # nan when a row is missing
+    gain = single - x8  # nan when a row is missing: then "auto" keeps the single pass
+    use = bool(gain > min_gain) if ensemble == "auto" else ensemble
+    how = f"x8 is used for a gain above {min_gain:g}" if ensemble == "auto" else "as asked"
     measured = ("x8 not measured" if math.isnan(gain) else
-                f"single pass {single:.4f}, x8 {x8:.4f} on validation")
-    if ensemble != "auto":
-        return ensemble, f"{'x8 self-ensemble' if ensemble else 'single pass'} as asked ({measured})"
-    if math.isnan(gain):
-        return False, f"single pass ({measured})"
-    use = gain > min_gain
-    return use, (f"{'x8 self-ensemble' if use else 'single pass'}: x8 gains {gain:+.4f} "
-                 f"({measured}); x8 is used only for a gain above {min_gain:g}")
+                f"x8 gains {gain:+.4f} on validation: {single:.4f} -> {x8:.4f}")
+    return use, f"{'x8 self-ensemble' if use else 'single pass'} ({measured}; {how})"

@@ -1,12 +1,8 @@
 """Checkpoints: WORKSPACE/runs/<run>/best.pt (the weights of the best validation score) and last.pt
 (all that resuming needs), dicts written atomically and read with weights_only=True."""
-from __future__ import annotations
-
 import math
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from helpers import DataError
@@ -15,12 +11,11 @@ from descan.files import atomic_path
 
 FORMAT = "descanning-checkpoint-v1"
 RUNS, BEST, LAST = "runs", "best.pt", "last.pt"
-SCHEMAS = {  # the keys of best.pt (what notebook 05 needs) and last.pt (for resuming)
-    "best": ("kind", "model_name", "model_kwargs", "model_code", "model", "val", "epoch", "step",
-             "config", "data_kind"),
-    "last": ("kind", "model_name", "model_kwargs", "model_code", "model", "ema", "optimizer",
-             "scaler", "epoch", "item", "step", "seconds", "history", "config", "data_kind",
-             "data_id", "rng")}
+MODEL_KEYS = ("kind", "model_name", "model_kwargs", "model_code", "model", "epoch", "step",
+              "config", "data_kind")
+SCHEMAS = {"best": {*MODEL_KEYS, "val"},  # best.pt: what notebook 05 needs; last.pt: resuming
+           "last": {*MODEL_KEYS, "ema", "optimizer", "scaler", "item", "seconds", "history",
+                    "data_id", "rng"}}
 RUN_FIRST = "Run notebook 03 or 04 first, or set DESCAN_CHECKPOINT to a checkpoint file."
 
 
@@ -40,27 +35,27 @@ def best_path(workspace, run: str) -> Path:
 
 
 def save_checkpoint(state: dict, path) -> Path:
-    """Check ``state`` against the schema of state['kind'] ('best' or 'last'), then torch.save it
-    through a temporary file: an interruption never replaces a good checkpoint."""
+    """Check ``state``'s keys against its kind ('best' or 'last'), then torch.save it through a
+    temporary file: an interruption never replaces a good checkpoint."""
     kind = state.get("kind")
     if kind not in SCHEMAS:
         raise ValueError(f"a checkpoint's 'kind' must be 'best' or 'last', got {kind!r}")
-    missing, extra = set(SCHEMAS[kind]) - set(state), set(state) - set(SCHEMAS[kind])
-    if missing or extra:
-        raise ValueError(f"{kind} checkpoint: missing keys {sorted(missing)}, "
-                         f"unknown keys {sorted(extra)}")
+    keys = SCHEMAS[kind]
+    if keys != set(state):
+        raise ValueError(f"{kind} checkpoint: missing keys {sorted(keys - set(state))}, "
+                         f"unknown keys {sorted(set(state) - keys)}")
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return Path(path)
 
 
-def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
+def load_checkpoint(path, kind: str | None = None) -> dict:
     """One of our checkpoints (of ``kind``, when given), or CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}. {RUN_FIRST}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e)[:200]}); move it aside and train again (nothing was "
@@ -77,10 +72,10 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
 
 
 def unknown_model(state: dict, where) -> str | None:
-    """Why the model of a loaded checkpoint cannot be rebuilt here, or None when it can: it
-    carries the model's code, or names a model of the kit (or of an older version of it)."""
-    known, gone = (*models.SHARED, *models.LEGACY), [k for k in models.GONE
-                                                   if (state.get("model_kwargs") or {}).get(k)]
+    """Why the model of a loaded checkpoint cannot be rebuilt, or None: it can when the checkpoint
+    carries the model's code or names a model of the kit (or of an older version of it)."""
+    known = (*models.SHARED, *models.LEGACY)
+    gone = [k for k in models.GONE if (state.get("model_kwargs") or {}).get(k)]
     if gone:
         return f"{where} uses {gone}, which the kit no longer has: train that model again"
     if state.get("model_code") is not None or state.get("model_name") in known:
@@ -99,8 +94,8 @@ def model_from_checkpoint(path_or_state, device="cpu") -> torch.nn.Module:
     try:
         return models.model_from_state(state).to(device)
     except Exception as e:  # the model's code, arguments and weights do not fit together
-        raise CheckpointError(f"the model of {where} ({state.get('model_name')}) cannot be rebuilt: "
-                              f"{type(e).__name__}: {str(e)[:300]}. Train it again.") from e
+        raise CheckpointError(f"the model of {where} ({state.get('model_name')}) cannot be rebuilt"
+                              f": {type(e).__name__}: {str(e)[:300]}. Train it again.") from e
 
 
 def best_models(workspace, runs: dict, device="cpu") -> dict:
@@ -109,38 +104,22 @@ def best_models(workspace, runs: dict, device="cpu") -> dict:
             for label, run in runs.items() if best_path(workspace, run).is_file()}
 
 
-def rng_state() -> dict:
-    """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
-    name, keys, *rest = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-
-
 def _entry(path) -> dict:
     """What find_checkpoints reports about one file; 'error' says why it cannot be used."""
-    entry = {"run": Path(path).parent.name, "path": Path(path), "model_name": None,
-             "data_kind": None, "val_score": math.inf, "epoch": None, "error": None}
     try:
-        state = load_checkpoint(path)
+        state, error = load_checkpoint(path), None
     except CheckpointError as e:
-        return {**entry, "error": str(e)}
+        state, error = {}, str(e)
     score = float((state.get("val") or {}).get("score", math.inf))
-    return {**entry, "model_name": state.get("model_name"), "data_kind": state.get("data_kind"),
-            "epoch": state.get("epoch"), "val_score": score if math.isfinite(score) else math.inf,
-            "error": unknown_model(state, path)}
+    return {"run": Path(path).parent.name, "path": Path(path), "epoch": state.get("epoch"),
+            "model_name": state.get("model_name"), "data_kind": state.get("data_kind"),
+            "val_score": score if math.isfinite(score) else math.inf,
+            "error": error or unknown_model(state, path)}
 
 
 def find_checkpoints(workspace, data_kind=None) -> list[dict]:
-    """Every WORKSPACE/runs/*/best.pt (of ``data_kind``, when given), usable ones first, by
-    recorded validation score: dicts of run, path, model_name, data_kind, val_score (inf when
-    none was recorded), epoch and error (None, or why the file cannot be used)."""
+    """Every WORKSPACE/runs/*/best.pt (of ``data_kind``, when given) as an _entry (val_score: inf
+    when none was recorded), usable ones first, by recorded validation score."""
     entries = [_entry(p) for p in sorted(Path(workspace).glob(f"{RUNS}/*/{BEST}"))]
     entries = [e for e in entries if data_kind in (None, e["data_kind"])]
     return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
@@ -165,32 +144,28 @@ def _nothing_fits(found, matches, wanted, runs, data_kind) -> str:
 
 
 def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
-    """The checkpoint to submit with: a find_checkpoints entry plus 'reason' (why this one).
-
-    ``wanted`` (05 passes DESCAN_CHECKPOINT): a .pt file or a run folder; a run folder's name;
-    else a model name. Without it, those trained on ``data_kind`` ('demo' | 'real'; None: any)
-    are the candidates. The lowest recorded validation score wins, ``data_kind`` first."""
+    """The checkpoint to submit with, the lowest recorded validation score of those trained on
+    ``data_kind`` ('demo', 'real'; None: any), or ``wanted`` (DESCAN_CHECKPOINT): a file or run
+    folder; a run folder's name; else a model name. A find_checkpoints entry plus 'reason'."""
     runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
     path = Path(wanted).expanduser()
-    if wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file()):
-        entry = _entry(path / BEST if path.is_dir() else path)
-        if entry["error"]:
-            raise CheckpointError(entry["error"])
-        return {**entry, "reason": f"asked for by path (DESCAN_CHECKPOINT={wanted})"}
-    found = matches = find_checkpoints(workspace)
-    if wanted:  # a run folder's name, else a model name
+    by_path = wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file())
+    found = [] if by_path else find_checkpoints(workspace)
+    matches = found
+    if by_path:
+        matches = [_entry(path / BEST if path.is_dir() else path)]
+    elif wanted:  # a run folder's name, else a model name
         matches = ([e for e in found if e["run"] == wanted]
                    or [e for e in found if e["model_name"] == wanted])
     usable = [e for e in matches if e["error"] is None]
     candidates = [e for e in usable if data_kind in (None, e["data_kind"])]
-    if wanted:  # asked for: whatever its data
-        candidates = candidates or usable
+    candidates = candidates or (usable if wanted else [])  # asked for: whatever its data
     if not candidates:
         raise CheckpointError(_nothing_fits(found, matches, wanted, runs, data_kind))
-    best, kind = candidates[0], "" if data_kind is None else f" trained on {data_kind} data"
+    best = candidates[0]
     if wanted:
-        how = "run folder" if best["run"] == wanted else "model name"
+        how = "path" if by_path else "run folder" if best["run"] == wanted else "model name"
         return {**best, "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
-    which = (f"lowest recorded validation score of the {len(candidates)} checkpoints"
-             if len(candidates) > 1 else "the only checkpoint")
-    return {**best, "reason": f"{which}{kind} under {runs}"}
+    kind = "" if data_kind is None else f" trained on {data_kind} data"
+    reason = f"the lowest recorded validation score of {len(candidates)} checkpoint(s){kind}"
+    return {**best, "reason": f"{reason} under {runs}"}

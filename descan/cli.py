@@ -172,13 +172,14 @@ def run_notebooks(paths=None, timeout=1800) -> list[Path]:
 
 
 def _score(args) -> None:
-    from descan.submit import score_folders
-    r = score_folders(args.pred_dir, args.clean_dir)
-    print(f"competition score (mean |mean Y diff|) over {r['n_images']} images: {r['score']:.4f}")
-    for group in ("seen", "unseen"):
-        if group in r:
-            print(f"  {group} scanners: competition score over {r[group][0]} images: "
-                  f"{r[group][1]:.4f}")
+    from descan.submit import score_restored
+    r = score_restored(args.pred_dir, args.clean_dir)
+    seen = r["images"] - r.get("unseen_images", 0)
+    print(f"competition score (mean |mean Y diff|) over {seen} images: {r['score']:.4f}"
+          + (" (the seen scanners')" if "unseen_score" in r else ""))
+    if "unseen_score" in r:
+        print(f"  unseen scanners: competition score over {r['unseen_images']} images: "
+              f"{r['unseen_score']:.4f}")
 
 
 def _add_train_parser(sub) -> None:

@@ -1,18 +1,13 @@
-"""The classical baseline every model must beat: one global affine colour map for all images.
-
-clean RGB ~ M @ scan RGB + b (12 numbers), fitted by least squares on pixels of the training
-pairs: it corrects global fading and colour casts, the error the metric sees, and nothing local.
-Notebook 02 saves it as WORKSPACE/runs/colour_map/best.pt, submittable like any checkpoint.
-"""
-from __future__ import annotations
-
+"""The classical baseline every model must beat: one global affine colour map for all images,
+clean RGB ~ M @ scan RGB + b (12 numbers), fitted by least squares on pixels of training pairs. It
+corrects global fading and colour casts, the error the metric sees, and nothing local."""
 import numpy as np
 import torch
 
 from helpers import read_rgb
-from descan.files import progress_bar
 from descan import checkpoints
-from descan.data import scanner_group
+from descan.data import sample_items, scanner_group
+from descan.files import progress_bar
 from descan.inference import evaluate
 from descan.models import ColourMap
 
@@ -24,28 +19,19 @@ def fit_affine(scan_pixels: np.ndarray, clean_pixels: np.ndarray):
     return coef[:3].T, coef[3]
 
 
-def sample_pixels(pairs, per_image=4096, max_images=2000, seed=0, show_progress=True):
-    """(scan, clean) pixel arrays (N, 3) in [0, 1]: ``per_image`` random aligned pixels from each
-    of up to ``max_images`` pairs (a fixed random subset)."""
-    rng = np.random.default_rng(seed)
-    pairs = list(pairs)
-    if len(pairs) > max_images:
-        pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), max_images, replace=False))]
-    scans, cleans = [], []
-    for p in progress_bar(pairs, "sampling pixels", enabled=show_progress, unit="pair"):
+def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run="colour_map",
+                   device="cpu", show_progress=True, pixels_per_image=4096, max_images=2000):
+    """Fit the map on random pixels of (up to ``max_images``) ``train_pairs`` and score it on the
+    whole ``val_pairs`` images as training validates; with a ``workspace``, save it as
+    WORKSPACE/runs/<run>/best.pt (notebook 02 does). Returns (model, validation figures)."""
+    rng, scans, cleans = np.random.default_rng(0), [], []
+    for p in progress_bar(sample_items(train_pairs, max_images), "sampling pixels",
+                          enabled=show_progress, unit="pair"):
         clean, scan = read_rgb(p.clean).reshape(-1, 3), read_rgb(p.scan).reshape(-1, 3)
-        idx = rng.choice(len(clean), min(per_image, len(clean)), replace=False)
+        idx = rng.choice(len(clean), min(pixels_per_image, len(clean)), replace=False)
         scans.append(scan[idx] / 255.0)
         cleans.append(clean[idx] / 255.0)
-    return np.concatenate(scans), np.concatenate(cleans)
-
-
-def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run="colour_map",
-                   device="cpu", show_progress=True):
-    """Fit the map on ``train_pairs`` and score it on the whole ``val_pairs`` images as training
-    validates (with unseen_* figures for pairs of unseen scanners); with a ``workspace``, save it
-    as WORKSPACE/runs/<run>/best.pt. Returns (model, validation figures)."""
-    matrix, offset = fit_affine(*sample_pixels(train_pairs, show_progress=show_progress))
+    matrix, offset = fit_affine(np.concatenate(scans), np.concatenate(cleans))
     model = ColourMap()
     with torch.no_grad():
         model.matrix.copy_(torch.as_tensor(matrix, dtype=torch.float32))

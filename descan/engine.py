@@ -22,7 +22,7 @@ from descan.models import Identity, build, count_parameters
 from descan.notebook import seed_everything
 from descan.optim import lr_factor, make_optimizer, update_ema
 from descan.plots import plot_history
-from descan.resume import resume, split_id
+from descan.resume import resume, rng_state, split_id
 
 
 class Trainer:
@@ -90,7 +90,7 @@ class Trainer:
                  "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
-                 "data_id": self.data_id(), "rng": ckpt.rng_state()}
+                 "data_id": self.data_id(), "rng": rng_state()}
         ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
 
     def save_best(self, val: dict):

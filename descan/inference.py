@@ -1,6 +1,4 @@
 """Running a model on whole images (restore, evaluate), with mixed precision and torch.compile."""
-from __future__ import annotations
-
 import contextlib
 import time
 
@@ -9,24 +7,22 @@ import torch
 from torch import nn
 
 from helpers import read_rgb
-from descan.metrics import group_figures, image_metrics
-from descan.files import progress_bar
 from descan.data import scanner_group
+from descan.metrics import group_figures, image_metrics
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-DIHEDRAL = [(flip, k) for flip in (False, True) for k in range(4)]  # the 8 flips and rotations
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 def amp_dtype(amp="auto"):
-    """The CUDA mixed-precision dtype for ``amp`` (one of AMP_CHOICES), None for fp32 ("off").
-    "auto": bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 before (Colab's T4)."""
+    """The CUDA mixed-precision dtype of ``amp`` ("auto", "bf16", "fp16"; None for "off"). "auto":
+    bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 before (Colab's T4)."""
     choice = str(amp).strip().lower()
-    if choice not in AMP_CHOICES:
-        raise ValueError(f"amp={amp!r} is not one of {', '.join(AMP_CHOICES)}")
     if choice == "auto":
         old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
-        return torch.float16 if old_gpu else torch.bfloat16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
+        choice = "fp16" if old_gpu else "bf16"
+    if choice not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r} is not one of auto, {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[choice]
 
 
 def use_grad_scaler(device, amp="auto") -> bool:
@@ -43,8 +39,8 @@ def autocast(device, amp="auto"):
 
 
 class CompiledOrEager(nn.Module):
-    """``model`` through torch.compile, or, where compiling fails (no C++ compiler, an old GPU),
-    as it is, after one line saying why. It wraps: the model's state_dict keys stay the same."""
+    """``model`` through torch.compile, or as it is after one line saying why compiling failed (no
+    C++ compiler, an old GPU). A wrapper: the model's state_dict keys stay the same."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -55,16 +51,14 @@ class CompiledOrEager(nn.Module):
             return self.model(x) if self.compiled is None else self.compiled(x)
         self.first_call, t0 = False, time.perf_counter()
         try:  # torch.compile compiles on the first call
-            if self.compiled is None:
-                self.compiled = torch.compile(self.model)
+            self.compiled = self.compiled or torch.compile(self.model)
             out = self.compiled(x)
         except Exception as e:  # noqa: BLE001 - any compiler failure: go on without it
             self.compiled = None
             first = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"torch.compile failed ({type(e).__name__}: {first}); going on without it")
             return self.model(x)
-        print(f"torch.compile: first call {time.perf_counter() - t0:.0f} s (compiling, once per "
-              "process); later calls run the compiled model")
+        print(f"torch.compile: first call {time.perf_counter() - t0:.0f} s (compiling, once)")
         return out
 
 
@@ -74,8 +68,8 @@ def compile_model(model: nn.Module, enabled=False) -> nn.Module:
 
 
 def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
-    """(N, 3, H, W) float in [0, 1] -> RGB uint8 arrays, rounded like helpers.to_uint8().
-    The clamp matters: a trained model puts some pixels above 1.0, and uint8 would wrap them."""
+    """(N, 3, H, W) float in [0, 1] -> RGB uint8 arrays, rounded like helpers.to_uint8(). The
+    clamp matters: a trained model puts some pixels above 1.0, and uint8 would wrap them."""
     out = batch.detach().float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return list(out.permute(0, 2, 3, 1).cpu().numpy())
 
@@ -83,46 +77,42 @@ def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:
 def _self_ensemble(model, x):
     """The mean of the model's outputs on the 8 flips and rotations of ``x``, turned back."""
     total = 0
-    for flip, k in DIHEDRAL:
-        y = model(torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))).float()
-        y = torch.rot90(y, -k, (-2, -1))
-        total = total + (y.flip(-1) if flip else y)
-    return total / len(DIHEDRAL)
+    for flip in (False, True):
+        for k in range(4):
+            y = model(torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))).float()
+            y = torch.rot90(y, -k, (-2, -1))
+            total = total + (y.flip(-1) if flip else y)
+    return total / 8
 
 
 @torch.no_grad()
-def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=False,
-            show_progress=False, amp="auto"):
+def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=False, amp="auto"):
     """Restore RGB uint8 images of any sizes: ``images_per_pass`` whole images of one size go
     through the model at once (channels-last, mixed precision on CUDA); ``ensemble``: x8."""
     if device is None:  # the model's own device (the CPU for a model without parameters)
         device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    by_size = {}
+    by_size, out = {}, {}
     for i, img in enumerate(images):
         by_size.setdefault(img.shape[:2], []).append(i)
-    passes = [group[i:i + images_per_pass] for group in by_size.values()
-              for i in range(0, len(group), images_per_pass)]
-    out = {}
-    for idx in progress_bar(passes, "restoring", enabled=show_progress):
-        x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device).permute(0, 3, 1, 2)
-        x = x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            y = _self_ensemble(model, x) if ensemble else model(x)
-        out.update(zip(idx, tensor_to_images(y)))
+    for group in by_size.values():
+        for idx in (group[i:i + images_per_pass] for i in range(0, len(group), images_per_pass)):
+            x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device).permute(0, 3, 1, 2)
+            x = x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                y = _self_ensemble(model, x) if ensemble else model(x)
+            out.update(zip(idx, tensor_to_images(y)))
     model.train(was_training)
     return [out[i] for i in range(len(images))]
 
 
-def evaluate(model, pairs, device=None, images_per_pass=8, ensemble=False, show_progress=False,
-             groups=None, amp="auto") -> dict:
+def evaluate(model, pairs, device=None, images_per_pass=8, groups=None, amp="auto") -> dict:
     """metrics.group_figures of the model on whole (clean, scan) RGB uint8 pairs; ``groups``: one
     'seen' or 'unseen' per pair (data.scanner_group), all 'seen' when None."""
-    scans = [scan for _, scan in pairs]
-    restored = restore(model, scans, device, images_per_pass, ensemble, show_progress, amp)
+    restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, amp=amp)
     per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
-    return group_figures(per, groups if groups is not None else ["seen"] * len(per))
+    return group_figures(per, groups or ["seen"] * len(per))
 
 
 def validation_table(models: dict, pairs, device=None, images_per_pass=8):
@@ -130,5 +120,5 @@ def validation_table(models: dict, pairs, device=None, images_per_pass=8):
     import pandas as pd
     images = [(read_rgb(p.clean), read_rgb(p.scan)) for p in pairs]
     groups = [scanner_group(p.name) for p in pairs]
-    return pd.DataFrame({name: evaluate(m, images, device, images_per_pass, groups=groups)
+    return pd.DataFrame({name: evaluate(m, images, device, images_per_pass, groups)
                          for name, m in models.items()}).T

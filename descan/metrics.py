@@ -1,6 +1,4 @@
 """Figures beside the competition score (helpers.competition_score): pixel Y MAE and PSNR."""
-from __future__ import annotations
-
 import numpy as np
 
 from helpers import check_image, competition_score, mean_y, y_channel
@@ -25,22 +23,18 @@ def image_metrics(restored: np.ndarray, clean: np.ndarray) -> dict:
             "pixel_y_mae": pixel_y_mae(restored, clean), "psnr": psnr(restored, clean)}
 
 
-def _summary(per: list) -> dict:
-    score = competition_score([p["mean_y"] for p in per], [p["mean_y_clean"] for p in per])
-    return {"score": score,
-            "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in per])),
-            "psnr": float(np.mean([min(p["psnr"], 100.0) for p in per]))}
-
-
 def group_figures(per: list, groups) -> dict:
-    """Competition score, mean pixel Y MAE and mean PSNR (capped at 100 dB) of image_metrics
-    dicts: those of the 'seen' images (of all, when none is), and, when some ``groups`` entry is
-    'unseen' (data.scanner_group), those images' figures too as unseen_images, unseen_score,
-    unseen_pixel_y_mae and unseen_psnr."""
-    seen = [p for p, g in zip(per, groups) if g != "unseen"]
+    """The competition score, mean pixel Y MAE and mean PSNR (capped at 100 dB) of image_metrics
+    dicts of the 'seen' images (of all, when none is); and those of the 'unseen' ones, if any
+    (data.scanner_group), as unseen_images, unseen_score, unseen_pixel_y_mae and unseen_psnr."""
+    def figures(ps):
+        return {"score": competition_score([p["mean_y"] for p in ps],
+                                           [p["mean_y_clean"] for p in ps]),
+                "pixel_y_mae": float(np.mean([p["pixel_y_mae"] for p in ps])),
+                "psnr": float(np.mean([min(p["psnr"], 100.0) for p in ps]))}
     unseen = [p for p, g in zip(per, groups) if g == "unseen"]
-    out = _summary(seen or per)
+    out = figures([p for p, g in zip(per, groups) if g != "unseen"] or per)
     if unseen:
-        out["unseen_images"] = len(unseen)
-        out.update({f"unseen_{k}": v for k, v in _summary(unseen).items()})
+        out.update({"unseen_images": len(unseen),
+                    **{f"unseen_{k}": v for k, v in figures(unseen).items()}})
     return out

@@ -1,9 +1,13 @@
-"""Resuming a run: what changed since its last.pt, whether it may go on, and going on."""
+"""Resuming a run: what changed since its last.pt, whether it may go on, going on, RNG states."""
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 from dataclasses import asdict
+
+import numpy as np
+import torch
 
 from descan import checkpoints as ckpt
 from descan.checkpoints import CheckpointError
@@ -46,6 +50,21 @@ def split_id(train_pairs, val_pairs) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
+def rng_state() -> dict:
+    """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
+    name, keys, *rest = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Set the global RNG states saved by rng_state()."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+
+
 def resume(trainer) -> bool:
     """Go on from last.pt when there is one. A run trained with other settings stops with what
     changed and the ways out: a new DESCAN_RUN_NAME, or DESCAN_RESUME=continue (not for settings
@@ -69,7 +88,7 @@ def resume(trainer) -> bool:
     trainer.epoch, trainer.item, trainer.step = state["epoch"], state["item"], state["step"]
     trainer.seconds = state["seconds"]
     trainer.history = list(state["history"])
-    ckpt.set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     if diffs:
         trainer.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
         print(f"DESCAN_RESUME=continue: going on with changed settings ({trainer.pending_change})")

@@ -1,10 +1,5 @@
 """From restored images to the file uploaded to Kaggle, and a local leaderboard on validation.
-
-The CSV holds, as the course's code computes it, the mean Y of each restored uint8 PNG read with
-OpenCV, one row per test scan in sorted order. Only the functions that run a model import torch.
-"""
-from __future__ import annotations
-
+The CSV's values are computed as the course's code does: the mean Y of each restored uint8 PNG."""
 import csv
 import math
 import re
@@ -15,10 +10,10 @@ from pathlib import Path
 
 import cv2
 
-from helpers import DataError, by_stem, competition_score, examples, list_images, read_rgb
-from descan.metrics import group_figures, image_metrics
-from descan.files import progress_bar, write_png, atomic_path
+from helpers import DataError, by_stem, examples, list_images, read_rgb
 from descan.data import scanner_group
+from descan.files import atomic_path, progress_bar, write_png
+from descan.metrics import group_figures, image_metrics
 
 CSV_HEADER = ("Image File", "Y Channel Value")
 
@@ -39,23 +34,20 @@ def submission_rows(restored_dir) -> list[tuple[str, float]]:
     return [(p.stem, csv_mean_y(p)) for p in files]
 
 
-def _is_value(v) -> bool:
-    """A finite number in [0, 255], or its text without underscores (Python reads '1_0' as 10)."""
-    try:
-        return not (isinstance(v, str) and "_" in v) and 0.0 <= float(v) <= 255.0
-    except (TypeError, ValueError):
-        return False
-
-
 def validate_submission(rows, expected_ids) -> None:
     """ValueError unless ``rows`` (in any order) hold one finite value in [0, 255] per id."""
+    def is_value(v):  # text with underscores is refused: Python reads '1_0' as 10
+        try:
+            return not (isinstance(v, str) and "_" in v) and 0.0 <= float(v) <= 255.0
+        except (TypeError, ValueError):
+            return False
     ids, expected = [r[0] for r in rows], set(expected_ids)
     missing, extra = sorted(expected - set(ids)), sorted(set(ids) - expected)
     problems = [f"{what}: {examples(found)}" for what, found in (
         ("duplicate ids", sorted(i for i, n in Counter(ids).items() if n > 1)),
         (f"{len(missing)} test images have no row", missing),
         (f"{len(extra)} rows are not test images", extra),
-        ("values not finite numbers in [0, 255]", [f"{i}={v}" for i, v in rows if not _is_value(v)])
+        ("values not finite numbers in [0, 255]", [f"{i}={v}" for i, v in rows if not is_value(v)])
     ) if found]
     if problems:
         raise ValueError("invalid submission: " + "; ".join(problems))
@@ -113,55 +105,10 @@ def read_submission(path, expected_ids=None) -> list[tuple[str, float]]:
     return rows
 
 
-def score_folders(pred_dir, clean_dir) -> dict:
-    """n_images and competition score of restored images against the clean ones of the same
-    names (others are ignored); with other scanners' images, "seen" and "unseen" (images, score)."""
-    pred = by_stem(list_images(pred_dir), pred_dir)
-    clean = by_stem(list_images(clean_dir), clean_dir)
-    if not pred:
-        raise DataError(f"no images in {pred_dir}")
-    missing = sorted(set(pred) - set(clean))
-    if missing:
-        raise DataError(f"{len(missing)} restored images have no clean image in {clean_dir}: "
-                        f"{examples(missing)}")
-    names = sorted(pred)
-    a, b = {n: csv_mean_y(pred[n]) for n in names}, {n: csv_mean_y(clean[n]) for n in names}
-
-    def score(ns):
-        return competition_score([a[n] for n in ns], [b[n] for n in ns]) if ns else math.nan
-    out = {"n_images": len(names), "score": score(names)}
-    groups = {g: [n for n in names if scanner_group(n) == g] for g in ("seen", "unseen")}
-    if groups["unseen"]:  # the demo's other scanners: each group's figure too
-        out.update({g: (len(ns), score(ns)) for g, ns in groups.items()})
-    return out
-
-
-def _files_to_keep(out_dir: Path) -> list[Path]:
-    """The files of ``out_dir`` to carry over: all but restored PNGs and partial files.
-    DataError when ``out_dir`` is a file or holds folders (then it is not ours)."""
-    if not out_dir.exists():
-        return []
-    if not out_dir.is_dir():
-        raise DataError(f"{out_dir} is a file, not a folder; restore into another folder")
-    entries = sorted(out_dir.iterdir())
-    folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
-    if folders:
-        raise DataError(f"{out_dir} holds folders ({examples(folders)}), so it is not a folder of "
-                        "restored images; restore into a folder of its own (nothing was changed).")
-
-    def ours(p):  # a restored PNG, or the partial file of an interrupted write
-        hidden = p.name.startswith(".")
-        return (p.suffix == ".png" and p.is_file() and not hidden) or (
-            hidden and p.name.endswith(".partial"))
-    return [p for p in entries if not ours(p)]
-
-
 def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, ensemble=False,
                    show_progress=True, chunk=None) -> list[Path]:
-    """Restore the scans, ``chunk`` at a time, into out_dir/<scan's stem>.png; return those paths.
-
-    The PNGs are written to ``.<name>.new`` beside ``out_dir``, which then replaces it, other
-    files carried over: an interrupted run (or a full disk) leaves the previous folder as it was."""
+    """Restore the scans, ``chunk`` at a time, into out_dir/<stem>.png, then its only files, and
+    return those paths. ``.<name>.new`` beside it then replaces it: a failure leaves the old one."""
     from descan.inference import restore
     scan_paths, out_dir = [Path(p) for p in scan_paths], Path(out_dir)
     if not scan_paths:
@@ -173,29 +120,23 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
     new, old = out_dir.parent / f".{out_dir.name}.new", out_dir.parent / f".{out_dir.name}.old"
     if not out_dir.exists() and old.is_dir():  # a swap cut short: the previous folder comes back
         old.rename(out_dir)
-    keep = _files_to_keep(out_dir)
+    folders = sorted(p.name for p in out_dir.glob("[!.]*") if p.is_dir())
+    if folders:
+        raise DataError(f"{out_dir} holds folders ({examples(folders)}), so it is not a folder of "
+                        "restored images; restore into a folder of its own (nothing was changed).")
     shutil.rmtree(new, ignore_errors=True)  # left by an earlier run cut short
     new.mkdir(parents=True)
     chunk = max(1, chunk or 4 * images_per_pass)
-    bar = progress_bar(total=len(scan_paths), desc="restoring (x8)" if ensemble else "restoring",
-                       unit="img", enabled=show_progress)
     try:
-        for i in range(0, len(scan_paths), chunk):
+        for i in progress_bar(range(0, len(scan_paths), chunk), f"restoring {chunk} scans at a "
+                              f"time{' (x8)' if ensemble else ''}", enabled=show_progress):
             paths = scan_paths[i:i + chunk]
-            images = [read_rgb(p) for p in paths]
-            for p, img in zip(paths, restore(model, images, device, images_per_pass, ensemble)):
+            images = restore(model, [read_rgb(p) for p in paths], device, images_per_pass, ensemble)
+            for p, img in zip(paths, images):
                 write_png(new / f"{p.stem}.png", img)
-            bar.update(len(paths))
-        for p in keep:  # copied: the old folder stays whole until the swap
-            if p.is_dir() and not p.is_symlink():
-                shutil.copytree(p, new / p.name, symlinks=True)
-            else:
-                shutil.copy2(p, new / p.name, follow_symlinks=False)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
-    finally:
-        bar.close()
     if out_dir.exists():  # the swap: two renames; a kill between them is undone by the next run
         shutil.rmtree(old, ignore_errors=True)
         out_dir.rename(old)
@@ -205,8 +146,7 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
 
 
 def make_submission(restored_dir, test_scan_dir, csv_path):
-    """Write the submission CSV of the restored PNGs (write_submission: checked, atomic) and
-    return it, read back and checked again, as a pandas DataFrame."""
+    """Write the CSV of the restored PNGs (write_submission); return it, read back, as a table."""
     import pandas as pd
     test = list_images(test_scan_dir)
     if not test:
@@ -216,25 +156,31 @@ def make_submission(restored_dir, test_scan_dir, csv_path):
     return pd.DataFrame(read_submission(csv_path, expected), columns=list(CSV_HEADER))
 
 
-def score_restored(restored_dir, pairs) -> dict:
-    """images and metrics.group_figures of restored validation PNGs, one per pair (else
-    ValueError), with the CSV's mean Ys (csv_mean_y), as ``python -m descan score`` reads them."""
+def score_restored(restored_dir, clean) -> dict:
+    """images and metrics.group_figures of restored PNGs, with the CSV's mean Ys (csv_mean_y).
+    ``clean``: validation pairs, one PNG each (else ValueError); or a folder with a clean image of
+    each PNG's name (others are ignored), as ``python -m descan score`` passes it."""
     rows = submission_rows(restored_dir)
-    by_name = {p.name: p for p in pairs}
-    validate_submission(rows, list(by_name))
+    if isinstance(clean, (str, Path)):
+        found = by_stem(list_images(clean), clean)
+        missing = [name for name, _ in rows if name not in found]
+        if missing:
+            raise DataError(f"{len(missing)} restored images have no clean image in {clean}: "
+                            f"{examples(missing)}")
+    else:
+        found = {p.name: p.clean for p in clean}
+        validate_submission(rows, list(found))
     per = []
     for name, value in rows:
-        clean = by_name[name].clean
-        figures = image_metrics(read_rgb(Path(restored_dir) / f"{name}.png"), read_rgb(clean))
-        per.append({**figures, "mean_y": value, "mean_y_clean": csv_mean_y(clean)})
+        figures = image_metrics(read_rgb(Path(restored_dir) / f"{name}.png"), read_rgb(found[name]))
+        per.append({**figures, "mean_y": value, "mean_y_clean": csv_mean_y(found[name])})
     return {"images": len(per), **group_figures(per, [scanner_group(n) for n, _ in rows])}
 
 
 def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8,
                       ensembles=(False, True), show_progress=True):
-    """A validation estimate of the leaderboard, through the submission's own code path: each
-    {entry: model}, in each of ``ensembles``, restored into out_root/<entry>[_x8] and scored
-    (score_restored). Models without parameters get no x8 row. A DataFrame, best score first."""
+    """A validation estimate of the leaderboard by the submission's own path: each {entry: model}
+    restored into out_root/<entry>[_x8] and scored (score_restored), as a DataFrame, best first."""
     import pandas as pd
     rows = []
     for name, model in models.items():
@@ -252,20 +198,16 @@ def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8,
 
 
 def leaderboard_candidates(found, chosen, model, device=None):
-    """{entry: model} for a local leaderboard: "do nothing", each usable checkpoint of ``found``
-    by run, and ``model`` of the ``chosen`` entry; and the chosen one's entry name."""
+    """({entry: model}, the chosen one's entry) for local_leaderboard: "do nothing", the other
+    usable checkpoints of ``found`` by run, and ``model``, the ``chosen`` one's."""
     from descan.checkpoints import model_from_checkpoint
     from descan.models import Identity
-    out, mine = {"do nothing": Identity()}, chosen["path"].resolve()
-    for e in found:
-        if e["error"] is None:
-            same = e["path"].resolve() == mine
-            out[e["run"]] = model if same else model_from_checkpoint(e["path"], device)
-    name = chosen["run"]
-    if name in out and out[name] is not model:
-        name = f"{name} (DESCAN_CHECKPOINT)"
-    out[name] = model
-    return out, name
+    mine = chosen["path"].resolve()
+    out = {"do nothing": Identity(), **{e["run"]: model_from_checkpoint(e["path"], device)
+                                        for e in found if e["error"] is None
+                                        and e["path"].resolve() != mine}}
+    name = chosen["run"] + (" (DESCAN_CHECKPOINT)" if chosen["run"] in out else "")
+    return {**out, name: model}, name
 
 
 def leaderboard_notes(board, chosen: str) -> list[str]:
@@ -281,13 +223,6 @@ def leaderboard_notes(board, chosen: str) -> list[str]:
         notes.append(f"note: on these images {best['entry']}{' (x8)' if best['ensemble'] else ''} "
                      f"scores better ({best['score']:.4f}); set DESCAN_CHECKPOINT={best['entry']} "
                      "to submit with it")
-    if "unseen_score" in board and board["unseen_score"].notna().any():
-        other = board[board["entry"] != "do nothing"].sort_values("unseen_score").iloc[0]
-        if other["entry"] != chosen and other["unseen_score"] < mine["unseen_score"]:
-            notes.append(f"note: on the scanners never trained on, {other['entry']} scores better "
-                         f"({other['unseen_score']:.4f} against {mine['unseen_score']:.4f}); the "
-                         "test set's other-scanner images may favour it: "
-                         f"DESCAN_CHECKPOINT={other['entry']} submits with it")
     return notes
 
 
@@ -296,19 +231,11 @@ def decide_ensemble(board, entry: str, ensemble="auto", min_gain: float = 0.05):
     it beats the single pass on validation by more than ``min_gain`` (less is noise)."""
     if ensemble not in ("auto", True, False):
         raise ValueError(f"ensemble={ensemble!r} must be 'auto', True or False")
-
-    def score(with_x8):
-        found = board.loc[(board["entry"] == entry) & (board["ensemble"] == with_x8), "score"]
-        return float(found.iloc[0]) if len(found) else math.nan
-    single, x8 = score(False), score(True)
-    measured = f"single pass {single:.4f}" + (
-        f", x8 {x8:.4f} on validation" if math.isfinite(x8) else " on validation; x8 not measured")
-    if ensemble != "auto":
-        what = "x8 self-ensemble" if ensemble else "single pass"
-        return ensemble, f"{what} as asked ({measured})"
-    if not math.isfinite(x8):
-        return False, f"single pass ({measured})"
-    gain = single - x8
-    use = gain > min_gain
-    return use, (f"{'x8 self-ensemble' if use else 'single pass'}: x8 gains {gain:+.4f} "
-                 f"({measured}); x8 is used only for a gain above {min_gain:g}")
+    mine = board[board["entry"] == entry]
+    single, x8 = (float(mine.loc[mine["ensemble"] == e, "score"].min()) for e in (False, True))
+    gain = single - x8  # nan when a row is missing: then "auto" keeps the single pass
+    use = bool(gain > min_gain) if ensemble == "auto" else ensemble
+    how = f"x8 is used for a gain above {min_gain:g}" if ensemble == "auto" else "as asked"
+    measured = ("x8 not measured" if math.isnan(gain) else
+                f"x8 gains {gain:+.4f} on validation: {single:.4f} -> {x8:.4f}")
+    return use, f"{'x8 self-ensemble' if use else 'single pass'} ({measured}; {how})"

@@ -474,7 +474,7 @@ def test_why_resuming_needs_no_rng_state_every_crop_has_its_own_seed(demo_pairs,
     full.fit()
     with pytest.raises(Crash):
         engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu").fit(on_step=crash_at(3))
-    monkeypatch.setattr(engine, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(resume, "set_rng_state", lambda state: None)
     resumed = engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu")
     scramble_rngs()
     resumed.fit()

@@ -20,7 +20,6 @@ from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
 from descan.zips import ZIP_NAMES
 
-MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
 MANIFEST_FILE = "manifest.csv"
 
 
@@ -55,9 +54,8 @@ def check_pairs(items, show_progress=True) -> dict:
 
 
 def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict:
-    """Check the layout: train/clean paired with train/scan by name, every image readable, pairs of
-    equal size; return a summary. A passed check is recorded in the workspace (the data folder may
-    be read-only) with the files' names and sizes: reused while they are the same, unless ``force``.
+    """Check that train/clean and train/scan pair up by name and every image reads, pairs of equal
+    size; a summary. Recorded in the workspace (never in ``data``) until a file changes or ``force``.
     """
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
@@ -67,21 +65,18 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     by_stem(test, data / SPLITS["test_scan"])
     files = [p for pair in pairs for p in (pair.clean, pair.scan)] + test
     sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
-    fingerprint = hashlib.sha256(sizes.encode()).hexdigest()[:20]
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    stamp = Path(workspace or workspace_dir(data)) / "data_checks" / f"{key}.json"
-    if stamp.is_file() and not force:
-        saved = json.loads(stamp.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            return saved["summary"]
+    fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
+    stamp = Path(workspace or workspace_dir(data)) / "data_check.json"
+    saved = json.loads(stamp.read_text()) if stamp.is_file() and not force else {}
+    if saved.get("fingerprint") == fingerprint:
+        return saved["summary"]
     summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),
                "extensions": sorted({p.suffix.lower() for p in files}),
                "train_sizes": check_pairs(pairs, show_progress),
                "test_sizes": check_pairs(test, show_progress),
                "checked": time.strftime("%Y-%m-%d %H:%M")}
     with atomic_path(stamp) as tmp:
-        tmp.write_text(json.dumps({"data": str(data.resolve()), "fingerprint": fingerprint,
-                                   "summary": summary}))
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}))
     return summary
 
 
@@ -94,11 +89,9 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
                         "data is never mixed into it. Use another folder, e.g. "
                         "bash data_download.sh ./data/real")
     if has_data(data):
-        print(f"Competition data found in {data}; checking it (pairing, readability, sizes) ...")
         try:
             summary = check_dataset(data, workspace)
-            print(f"Done: competition data already in place in {data} (nothing downloaded or "
-                  "unpacked).")
+            print(f"Competition data already in place in {data}: nothing downloaded or unpacked.")
             return summary
         except DataError as e:
             print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
@@ -142,8 +135,8 @@ def warn_if_demo(data) -> str:
 
 
 def make_manifest(data, val_fraction=0.1, seed=0):
-    """The training pairs as a DataFrame: MANIFEST_COLUMNS (paths relative to ``data``, split by
-    page) and scanners (scanner_group; unseen ones always in validation), sorted by name."""
+    """The training pairs as a DataFrame: name, page, clean and scan (relative to ``data``), split
+    (by page) and scanners (scanner_group: unseen ones always in validation), sorted by name."""
     import pandas as pd
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
@@ -159,8 +152,7 @@ def make_manifest(data, val_fraction=0.1, seed=0):
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
                           "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],
-                          "scanners": scanner_group(p.name)}
-                         for p in pairs], columns=[*MANIFEST_COLUMNS, "scanners"])
+                          "scanners": scanner_group(p.name)} for p in pairs])
 
 
 def write_manifest(manifest, workspace) -> Path:
@@ -172,18 +164,13 @@ def write_manifest(manifest, workspace) -> Path:
 
 
 def read_manifest(path):
-    """Read the manifest CSV written by notebook 01; DataError when it is missing or malformed."""
+    """The manifest that notebook 01 wrote (make_manifest); DataError when there is none."""
     import pandas as pd
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no manifest at {path}. Run notebook 01 first (it writes the manifest), "
                         "or set DESCAN_WORKSPACE to the workspace that holds it.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing or df.empty or not set(df["split"]) <= {"train", "val"}:
-        raise DataError(f"{path} is not a manifest made by notebook 01 (missing columns {missing}, "
-                        "no rows, or unknown split names). Run notebook 01 again.")
-    return df
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def manifest_pairs(manifest, data, split=None) -> list[Pair]:
@@ -236,5 +223,4 @@ def pair_stats(pairs, show_progress=True):
         rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
                      "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
                      "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
-    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan",
-                                       "abs_mean_y_diff", "pixel_y_mae", "psnr"])
+    return pd.DataFrame(rows)

@@ -28,12 +28,8 @@ OFFLINE = re.compile(r"name or service not known|failed to resolve|temporary fai
 
 
 def zip_cache_dir(data, workspace) -> Path:
-    """$DESCAN_ZIP_CACHE; in Colab the workspace on Drive (a new runtime unpacks instead of
-    downloading again); else DATA/zips."""
-    path = env_path("DESCAN_ZIP_CACHE")
-    if path is not None:
-        return path
-    return Path(workspace) / "zips" if is_colab() else Path(data) / "zips"
+    """$DESCAN_ZIP_CACHE; in Colab in the workspace on Drive (kept for a new runtime)."""
+    return env_path("DESCAN_ZIP_CACHE") or Path(workspace if is_colab() else data) / "zips"
 
 
 def has_data(data) -> bool:
@@ -65,17 +61,6 @@ def refused(cache, drive_id, why="") -> DataError:
         drive_id)
 
 
-def run_streaming(cmd, folder) -> tuple[int, str]:
-    """Run ``cmd`` in ``folder``, showing its output as it comes; its exit status and output."""
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = []
-    while chunk := proc.stdout.read1(4096):
-        out.append(chunk.decode(errors="replace"))
-        sys.stdout.write(out[-1])
-        sys.stdout.flush()
-    return proc.wait(), "".join(out)
-
-
 def recorded(cache) -> dict:
     """{Drive id: zip name} of earlier downloads."""
     path = Path(cache) / RECORD
@@ -84,8 +69,7 @@ def recorded(cache) -> dict:
 
 
 def keep(cache, drive_id, path) -> bool:
-    """Move a download into the cache under the name of what it is (unless that zip is there).
-    False when it is not a complete zip (it is deleted with its folder)."""
+    """Move a download into the cache under the name of what it is; False when it is broken."""
     try:
         check_zip(path)
     except BrokenZip as e:
@@ -113,8 +97,7 @@ def keep(cache, drive_id, path) -> bool:
 
 
 def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
-    """Download one id into the cache with gdown (or ``downloader``, which works as it does),
-    without -O so that the file gets Drive's name; each try in a folder of its own."""
+    """Download one id into the cache with gdown (or ``downloader``), named by Drive (no -O)."""
     exe = shutil.which(str(downloader or "gdown"))
     if exe is None:
         raise cannot_download(cache, f"the downloader '{downloader or 'gdown'}' is not "
@@ -123,23 +106,27 @@ def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
     opts = ["--timeout", str(timeout)] if "--timeout" in helps else []  # gdown < 5.2 has none
     for n in range(1, tries + 1):
         print(f"Downloading Google Drive id {drive_id} (attempt {n} of {tries}) ...", flush=True)
-        folder = Path(tempfile.mkdtemp(prefix=".download.", dir=cache))
-        try:
-            status, log = run_streaming([os.path.abspath(exe), *opts, drive_id], folder)
+        with tempfile.TemporaryDirectory(prefix=".download.", dir=cache) as folder:
+            proc = subprocess.Popen([os.path.abspath(exe), *opts, drive_id], cwd=folder,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = []
+            while chunk := proc.stdout.read1(4096):  # shown as it comes
+                out.append(chunk.decode(errors="replace"))
+                sys.stdout.write(out[-1])
+                sys.stdout.flush()
+            status, log = proc.wait(), "".join(out)
             if status and QUOTA.search(log):
                 raise refused(cache, drive_id)
             if status and OFFLINE.search(log):
                 raise cannot_download(cache, "could not reach Google Drive: no network connection "
                                       "(the name lookup or the connection failed).", "check the "
                                       "internet connection, then run the download again", drive_id)
-            files = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".part")]
+            files = [p for p in Path(folder).iterdir() if not p.name.endswith(".part")]
             if status or len(files) != 1:
                 print(f"Id {drive_id}: the download failed (exit status {status}, "
                       f"{len(files)} files written, not one zip).")
             elif keep(cache, drive_id, files[0]):
                 return
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
         if n < tries:
             print(f"Retrying in {wait} s ...", flush=True)
             time.sleep(wait)
@@ -150,9 +137,8 @@ def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
 
 
 def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
-    """Make sure that the cache holds the three zips, complete: check those there (a broken one is
-    moved aside), then download ids while one is missing: $DESCAN_DRIVE_IDS (any order), else
-    DRIVE_IDS and FALLBACK_TEST_ID, skipping ids known to be a zip in the cache."""
+    """Make sure the cache holds the three zips, complete: download ids while one is missing,
+    $DESCAN_DRIVE_IDS (any order) or else DRIVE_IDS and FALLBACK_TEST_ID."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     for path in [cache / n for n in ZIP_NAMES if (cache / n).is_file()]:
@@ -182,8 +168,7 @@ def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
 
 
 def unpack(data, cache, **options) -> None:
-    """Unpack the three zips of the zip cache into ``data``, once they hold what their names say;
-    fetch_zips (with ``options``) gets those the cache lacks."""
+    """Unpack the zip cache's three zips (fetch_zips with ``options``) into ``data``."""
     print(f"Competition data -> {data} (zip cache: {cache})")
     fetch_zips(cache, **options)
     print("Checking that the three zips hold what their names say ...")
@@ -193,18 +178,12 @@ def unpack(data, cache, **options) -> None:
         raise DataError(f"{e}\nThe zips in {cache} do not hold what their names say; nothing "
                         "was unpacked.") from None
     for name in ZIP_NAMES:
-        path, folder = Path(cache) / name, Path(data) / FOLDERS[name]
-        try:
-            r = unpack_zip(path, folder)
-        except DataError as e:
-            raise DataError(f"unpacking {path} failed: {e}\nDelete {path} and run the download "
-                            "again.") from None
-        print(f"{name} -> {folder}: {r['written']} written, {r['skipped']} already there")
+        r = unpack_zip(Path(cache) / name, Path(data) / FOLDERS[name])
+        print(f"{name} -> {FOLDERS[name]}: {r['written']} written, {r['skipped']} already there")
 
 
 def get_demo(data, **settings) -> bool:
-    """Make the demo set in ``data`` (DEMO_DEFAULTS, ``settings`` changing some) unless the same
-    one is there; True when made. Never into a folder of real data (no demo marker)."""
+    """Make the demo set in ``data`` (DEMO_DEFAULTS updated by ``settings``); True when made."""
     data, settings = Path(data), {**DEMO_DEFAULTS, **settings}
     marker = data / DEMO_MARKER
     if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():

@@ -2,7 +2,6 @@
 list) and unpack them flat, safely and idempotently. No torch."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import re
 import stat
@@ -41,8 +40,7 @@ def check_zip(path) -> int:
             raise DataError(f"cannot read {path} ({e}); it was not judged and is kept as it is. "
                             "Check the file's permissions and the disk (or Drive) it is on, then "
                             "try again.") from None
-        head = b""
-        with contextlib.suppress(OSError), open(path, "rb") as f:
+        with open(path, "rb") as f:
             head = f.read(200).lower()
         hint = (" It looks like a web page (Google Drive quota or sign-in page), not a zip."
                 if b"<html" in head or b"<!doctype" in head else "")
@@ -81,7 +79,8 @@ def unpack_zip(zip_path, dest, show_progress=True) -> dict:
     written), each file atomically, skipping those there with the right size."""
     entries = image_entries(zip_path)
     if not entries:
-        raise DataError(f"{zip_path} holds no images ({', '.join(IMAGE_EXTS)})")
+        raise DataError(f"{zip_path} holds no images ({', '.join(IMAGE_EXTS)}): delete it and "
+                        "put the right zip there.")
     Path(dest).mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     with zipfile.ZipFile(zip_path) as zf:
@@ -102,13 +101,10 @@ def identify_zip(path) -> str:
     """Which of ZIP_NAMES a download is: by its name ('test', 'clean', or the 'scan' that is not
     the competition's 'descanning'), else a small zip is the test set."""
     path = Path(path)
-    name = path.name.lower()
-    if "test" in name:
-        return "test_scan.zip"
-    if "clean" in name:
-        return "train_clean.zip"
-    if re.search(r"(?<!de)scan", name):
-        return "train_scan.zip"
+    for pattern, name in (("test", "test_scan.zip"), ("clean", "train_clean.zip"),
+                          (r"(?<!de)scan", "train_scan.zip")):
+        if re.search(pattern, path.name.lower()):
+            return name
     n = len(image_entries(path))
     if n < TEST_MAX_IMAGES:
         return "test_scan.zip"

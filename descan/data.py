@@ -15,7 +15,7 @@ from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem, 
                      dataset_kind, examples, list_images, page_id, pair_files, read_rgb,
                      smoke_mode, split_names, workspace_dir)
 from descan import download
-from descan.download import has_data, zip_cache_dir  # noqa: F401 (the notebooks use both here)
+from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
 from descan.zips import ZIP_NAMES
@@ -24,8 +24,7 @@ MANIFEST_FILE = "manifest.csv"
 
 
 def scanner_group(name: str) -> str:
-    """'unseen' for a file named like another scanner's scanner03_142 (validation only, never
-    training), 'seen' for the rest (title.page.crop)."""
+    """'unseen' for another scanner's file (scanner03_142: validation only), else 'seen'."""
     stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
     return "unseen" if re.fullmatch(r"scanner\d+_\d+", stem) else "seen"
 
@@ -45,18 +44,16 @@ def check_pairs(items, show_progress=True) -> dict:
             mismatched.append(f"{item.name} (clean {shapes[0]}, scan {shapes[1]})")
         elif shapes:
             sizes["x".join(map(str, shapes[0]))] += 1
-    problems = [f"{len(unreadable)} unreadable images: {examples(unreadable)}"] if unreadable else []
-    if mismatched:
-        problems.append(f"{len(mismatched)} pairs whose sizes differ: {examples(mismatched)}")
+    found = {"unreadable images": unreadable, "pairs whose sizes differ": mismatched}
+    problems = [f"{len(v)} {what}: {examples(v)}" for what, v in found.items() if v]
     if problems:
         raise DataError("; ".join(problems) + ". Delete the data folder and unpack it again.")
     return dict(sizes)
 
 
 def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict:
-    """Check that train/clean and train/scan pair up by name and every image reads, pairs of equal
-    size; a summary. Recorded in the workspace (never in ``data``) until a file changes or ``force``.
-    """
+    """Check that every image reads and train/clean pairs with train/scan by name and size; the
+    summary is kept in the workspace (never in ``data``) until a file changes, or ``force``."""
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
     test = list_images(data / SPLITS["test_scan"])
@@ -97,7 +94,6 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
             print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
     cache = Path(cache or zip_cache_dir(data, workspace))
     download.unpack(data, cache, **options)
-    print("Checking the data (pairing, readability, sizes) ...")
     try:
         return check_dataset(data, workspace)
     except DataError as e:
@@ -119,18 +115,18 @@ def ensure_data(data, workspace) -> dict:
     else:
         summary = get_competition_data(data, workspace, cache)
     print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "
-          f"{summary['test_scans']} test scans (checked {summary['checked']}; {time.time() - t0:.1f} s)")
+          f"{summary['test_scans']} test scans (checked {summary['checked']}; "
+          f"{time.time() - t0:.1f} s)")
     return summary
 
 
 def warn_if_demo(data) -> str:
     """Return data_label(data); outside smoke mode, print a loud warning for the demo set."""
     if dataset_kind(data) == "demo" and not smoke_mode():
-        bar = "!" * 78
-        lines = [f"WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.",
-                 "Every number and figure below describes the demo set. For the real data, run",
-                 "notebook 01 in full mode (or `bash data_download.sh`), with DESCAN_DATA set."]
-        print("\n".join([bar, *("!! " + line for line in lines), bar]))
+        print(f"{'!' * 78}\n!! WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition "
+              "data.\n!! Every number and figure below describes the demo set. For the real data,"
+              " run\n!! notebook 01 in full mode (or `bash data_download.sh`), with DESCAN_DATA "
+              f"set.\n{'!' * 78}")
     return data_label(data)
 
 
@@ -143,7 +139,7 @@ def make_manifest(data, val_fraction=0.1, seed=0):
     seen = [p for p in pairs if scanner_group(p.name) == "seen"]
     split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed)
     split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})
-    if set(split[p.name] for p in seen) != {"train", "val"}:
+    if {split[p.name] for p in seen} != {"train", "val"}:
         pages = sorted({page_id(p.name) for p in seen})
         raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source "
                         f"page ({examples(pages)}), so the split (val_fraction={val_fraction}) "
@@ -187,17 +183,9 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
 
 
 def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
-    """(train_pairs, val_pairs) of the workspace's manifest; one that trains on a pair from an
-    unseen scanner is refused."""
-    path = Path(workspace) / MANIFEST_FILE
-    manifest = read_manifest(path)
-    train = manifest_pairs(manifest, data, "train")
-    unseen = [p.name for p in train if scanner_group(p.name) == "unseen"]
-    if unseen:
-        raise DataError(f"{path} puts {len(unseen)} pairs from unseen scanners "
-                        f"({examples(unseen)}) in training; they are for validation only. It was "
-                        "made by an older version: run notebook 01 again.")
-    return train, manifest_pairs(manifest, data, "val")
+    """(train_pairs, val_pairs) of the manifest that notebook 01 saved in the workspace."""
+    manifest = read_manifest(Path(workspace) / MANIFEST_FILE)
+    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
 
 
 def title_of(name: str) -> str:

@@ -109,9 +109,9 @@ def identify_zip(path) -> str:
     if n < TEST_MAX_IMAGES:
         return "test_scan.zip"
     raise DataError(f"'{path.name}' (Google Drive's name) holds {n} images, so it is a training "
-                    "zip, but its name does not say whether it holds the clean images or the scans. "
-                    "Look inside it, then rename it to train_clean.zip or train_scan.zip in the "
-                    "zip cache and run the download again.")
+                    "zip, but its name does not say whether it holds the clean images or the "
+                    "scans. Look inside it, then rename it to train_clean.zip or train_scan.zip in "
+                    "the zip cache and run the download again.")
 
 
 def check_zip_set(zips: dict) -> None:

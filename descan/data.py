@@ -18,7 +18,7 @@ from descan import download
 from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
-from descan.zips import ZIP_NAMES
+from descan.zips import ZIP_NAMES, check_zip_set, unpack_zip
 
 MANIFEST_FILE = "manifest.csv"
 
@@ -79,7 +79,7 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
 
 def get_competition_data(data, workspace, cache=None, **options) -> dict:
     """The competition data in ``data``, checked: as it is when it passes (nothing is written into
-    ``data``), else unpacked from the zip cache (download.unpack with ``options``)."""
+    ``data``), else unpacked from the zip cache (download.fetch_zips with ``options``)."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         raise DataError(f"{data} holds the synthetic demo data (its marker file says so). Real "
@@ -93,7 +93,14 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
         except DataError as e:
             print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
     cache = Path(cache or zip_cache_dir(data, workspace))
-    download.unpack(data, cache, **options)
+    print(f"Competition data -> {data} (zip cache: {cache})")
+    download.fetch_zips(cache, **options)
+    print("Checking that the three zips hold what their names say ...")
+    check_zip_set({n: cache / n for n in ZIP_NAMES})
+    for name in ZIP_NAMES:
+        folder = data / SPLITS[name.removesuffix(".zip")]
+        r = unpack_zip(cache / name, folder)
+        print(f"{name} -> {folder}: {r['written']} written, {r['skipped']} already there")
     try:
         return check_dataset(data, workspace)
     except DataError as e:

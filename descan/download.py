@@ -14,12 +14,11 @@ from pathlib import Path
 from helpers import DEMO_MARKER, SPLITS, DataError, env_path, is_colab, list_images
 from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
 from descan.files import atomic_path
-from descan.zips import ZIP_NAMES, BrokenZip, check_zip, check_zip_set, identify_zip, unpack_zip
+from descan.zips import ZIP_NAMES, BrokenZip, check_zip, identify_zip
 
 DRIVE_IDS = ("16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD", "1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea",
              "1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj")
 FALLBACK_TEST_ID = "1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"  # the test zip, replaced in the competition
-FOLDERS = {name: SPLITS[name.removesuffix(".zip")] for name in ZIP_NAMES}  # train/scan ...
 RECORD = ".drive_ids"  # in the zip cache: lines "<Drive id> <zip name>" of earlier downloads
 QUOTA = re.compile(r"too many users|quota|cannot retrieve the public link|uc-error", re.I)
 OFFLINE = re.compile(r"name or service not known|failed to resolve|temporary failure in name "
@@ -165,21 +164,6 @@ def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
             "for what each id gave).", "set DESCAN_DRIVE_IDS to the ids your course hands out "
             '(space-separated, any order), e.g.\n      DESCAN_DRIVE_IDS="ID1 ID2 ID3" bash '
             "data_download.sh")
-
-
-def unpack(data, cache, **options) -> None:
-    """Unpack the zip cache's three zips (fetch_zips with ``options``) into ``data``."""
-    print(f"Competition data -> {data} (zip cache: {cache})")
-    fetch_zips(cache, **options)
-    print("Checking that the three zips hold what their names say ...")
-    try:
-        check_zip_set({n: Path(cache) / n for n in ZIP_NAMES})
-    except DataError as e:
-        raise DataError(f"{e}\nThe zips in {cache} do not hold what their names say; nothing "
-                        "was unpacked.") from None
-    for name in ZIP_NAMES:
-        r = unpack_zip(Path(cache) / name, Path(data) / FOLDERS[name])
-        print(f"{name} -> {FOLDERS[name]}: {r['written']} written, {r['skipped']} already there")
 
 
 def get_demo(data, **settings) -> bool:

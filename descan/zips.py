@@ -15,7 +15,8 @@ ZIP_NAMES = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
 TEST_MAX_IMAGES = 2000  # a nameless zip with fewer images is the test set (~500; training ~10,000)
 UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENXIO,
               errno.ESTALE)
-REDO = " Delete the wrong zip from the zip cache (or rename it) and run the download again."
+REDO = (" Delete the wrong zip from the zip cache (or rename it) and run the download again "
+        "(nothing was unpacked).")
 
 
 class BrokenZip(DataError):

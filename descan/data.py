@@ -30,8 +30,7 @@ def scanner_group(name: str) -> str:
 
 
 def check_pairs(items, show_progress=True) -> dict:
-    """Read every image of ``items`` (Pairs, or paths of single images); DataError naming the
-    unreadable ones and pairs of unequal size. Returns size counts, e.g. {'512x512': 10000}."""
+    """Read every image of ``items`` (Pairs or single paths); size counts, e.g. {'512x512': 10}."""
     unreadable, mismatched, sizes = [], [], Counter()
     for item in progress_bar(items, "checking images", enabled=show_progress):
         shapes = []
@@ -109,8 +108,7 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
 
 
 def ensure_data(data, workspace) -> dict:
-    """Make sure the checked data is in ``data`` (a fast no-op when it is, the usual case); else the
-    demo set (demo or smoke mode, no zips in the cache) or get_competition_data. The summary."""
+    """Make sure the checked data is in ``data`` (demo or competition data); the summary."""
     t0, data = time.time(), Path(data)
     cache = zip_cache_dir(data, workspace)
     how = "already in place" if has_data(data) else "prepared"

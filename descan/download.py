@@ -136,8 +136,7 @@ def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
 
 
 def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
-    """Make sure the cache holds the three zips, complete: download ids while one is missing,
-    $DESCAN_DRIVE_IDS (any order) or else DRIVE_IDS and FALLBACK_TEST_ID."""
+    """Make sure the cache holds the three zips, complete, downloading ids while one is missing."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     for path in [cache / n for n in ZIP_NAMES if (cache / n).is_file()]:
@@ -152,7 +151,8 @@ def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
     for drive_id in ids:
         if not missing(cache):
             return
-        known = recorded(cache).get(drive_id)
+        fallback = "test_scan.zip" if drive_id == FALLBACK_TEST_ID else None
+        known = recorded(cache).get(drive_id, fallback)
         if known and (cache / known).is_file():
             print(f"Id {drive_id} is {known}, already in the cache: not downloading it again.")
             continue

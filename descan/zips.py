@@ -13,8 +13,7 @@ from descan.files import atomic_path, progress_bar
 
 ZIP_NAMES = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
 TEST_MAX_IMAGES = 2000  # a nameless zip with fewer images is the test set (~500; training ~10,000)
-UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENXIO,
-              errno.ESTALE)
+UNREADABLE = (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.ENXIO, errno.ESTALE)
 REDO = (" Delete the wrong zip from the zip cache (or rename it) and run the download again "
         "(nothing was unpacked).")
 
@@ -50,8 +49,7 @@ def check_zip(path) -> int:
 
 
 def image_entries(zip_path) -> dict:
-    """{file name: ZipInfo} of the images in a checked zip, whatever its folders; DataError for an
-    entry that would escape the target folder, a link, or two images of the same name."""
+    """{file name: ZipInfo} of the images in a checked zip, whatever its folders, all safe."""
     check_zip(zip_path)
     out = {}
     with zipfile.ZipFile(zip_path) as zf:
@@ -76,8 +74,7 @@ def image_entries(zip_path) -> dict:
 
 
 def unpack_zip(zip_path, dest, show_progress=True) -> dict:
-    """Unpack the images of a zip flat into ``dest`` (every entry checked before anything is
-    written), each file atomically, skipping those there with the right size."""
+    """Unpack a zip's images flat into ``dest``, skipping those there with the right size."""
     entries = image_entries(zip_path)
     if not entries:
         raise DataError(f"{zip_path} holds no images ({', '.join(IMAGE_EXTS)}): delete it and "
@@ -116,8 +113,7 @@ def identify_zip(path) -> str:
 
 
 def check_zip_set(zips: dict) -> None:
-    """DataError unless the zips ({name: path}) hold what their names say: the same image names in
-    both training zips, and test_scan.zip no copy of either."""
+    """DataError unless the zips ({name: path}) hold what their names say."""
     names = {k: {Path(n).stem for n in image_entries(p)} for k, p in zips.items()}
     clean, scan, test = names["train_clean.zip"], names["train_scan.zip"], names["test_scan.zip"]
     for which in ("train_clean.zip", "train_scan.zip"):

@@ -1,15 +1,12 @@
-"""The data folder: make sure it is there, check it once, fix the split (the manifest). No torch.
-
-Flow: ``ensure_data`` (every notebook's start; descan.download gets the data) -> ``check_dataset``
-(reads every image once per data folder; a stamp in the workspace records it) -> notebook 01's
-``make_manifest`` (the page-grouped split) -> ``load_split`` (02-05 read it).
-"""
+"""The data folder: ensure_data gets it and checks it once (recorded in the workspace), notebook
+01's make_manifest fixes the page-grouped split, load_split reads it back. No torch."""
 from __future__ import annotations
 
 import hashlib
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,147 +18,107 @@ from descan import download
 from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
-from descan.zips import ZIP_NAMES
+from descan.zips import ZIP_NAMES, check_zip_set, unpack_zip
 
-MANIFEST_COLUMNS = ("name", "page", "clean", "scan", "split")
 MANIFEST_FILE = "manifest.csv"
-# Files named like the competition's other-scanner test files (scanner01_100): the demo's pairs
-# from scanners that training never sees. The real training data has none; real test scans do.
-OTHER_SCANNER_NAME = re.compile(r"scanner\d+_\d+")
 
 
 def scanner_group(name: str) -> str:
-    """'unseen' for a file named like scanner03_142 (another scanner: validation only, never
-    training), 'seen' for the rest (title.page.crop: the training scanners)."""
+    """'unseen' for another scanner's file (scanner03_142: validation only), else 'seen'."""
     stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
-    return "unseen" if OTHER_SCANNER_NAME.fullmatch(stem) else "seen"
+    return "unseen" if re.fullmatch(r"scanner\d+_\d+", stem) else "seen"
 
 
-# ---- The full check, once per data folder
-
-def check_pairs(pairs, show_progress=True) -> dict:
-    """Read both images of every pair; DataError naming unreadable files and size mismatches.
-    Returns counts of image sizes, e.g. {'512x512': 10000}."""
-    unreadable, mismatched, sizes = [], [], {}
-    for pair in progress_bar(pairs, "checking pairs", enabled=show_progress, unit="pair"):
+def check_pairs(items, show_progress=True) -> dict:
+    """Read every image of ``items`` (Pairs or single paths); size counts, e.g. {'512x512': 10}."""
+    unreadable, mismatched, sizes = [], [], Counter()
+    for item in progress_bar(items, "checking images", enabled=show_progress):
         shapes = []
-        for path in (pair.clean, pair.scan):
+        for path in (item.clean, item.scan) if isinstance(item, Pair) else (item,):
             try:
                 shapes.append(read_rgb(path).shape[:2])
             except DataError:
                 unreadable.append(path)
-        if len(shapes) == 2:
-            if shapes[0] != shapes[1]:
-                mismatched.append(f"{pair.name} (clean {shapes[0]}, scan {shapes[1]})")
-            key = f"{shapes[0][0]}x{shapes[0][1]}"
-            sizes[key] = sizes.get(key, 0) + 1
-    problems = []
-    if unreadable:
-        problems.append(f"{len(unreadable)} unreadable images: {examples(unreadable)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} pairs whose sizes differ: {examples(mismatched)}")
+        if len(set(shapes)) > 1:
+            mismatched.append(f"{item.name} (clean {shapes[0]}, scan {shapes[1]})")
+        elif shapes:
+            sizes["x".join(map(str, shapes[0]))] += 1
+    found = {"unreadable images": unreadable, "pairs whose sizes differ": mismatched}
+    problems = [f"{len(v)} {what}: {examples(v)}" for what, v in found.items() if v]
     if problems:
         raise DataError("; ".join(problems) + ". Delete the data folder and unpack it again.")
-    return sizes
-
-
-def fingerprint(data) -> str:
-    """A hash of every image's name and byte size in the three folders: changes when files do."""
-    h = hashlib.sha256()
-    for sub in SPLITS.values():
-        for p in list_images(Path(data) / sub):
-            h.update(f"{sub}/{p.name}:{p.stat().st_size}\n".encode())
-    return h.hexdigest()[:20]
+    return dict(sizes)
 
 
 def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict:
-    """Check the unpacked layout: train/clean paired with train/scan by name, every image readable,
-    pairs of equal size, test scans readable. Returns a summary; DataError on any problem.
-
-    A passed check is recorded in the workspace (never in the data folder, which may be read-only)
-    with the files' fingerprint: while they are unchanged, later calls return the recorded summary
-    at once (``summary['checked']`` says when). ``force`` reads everything again.
-    """
+    """Check that every image reads and train/clean pairs with train/scan by name and size; the
+    summary is kept in the workspace (never in ``data``) until a file changes, or ``force``."""
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
     test = list_images(data / SPLITS["test_scan"])
     if not test:
         raise DataError(f"no test scans in {data / SPLITS['test_scan']}")
     by_stem(test, data / SPLITS["test_scan"])
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    stamp = Path(workspace or workspace_dir(data)) / "data_checks" / f"{key}.json"
-    print_ = fingerprint(data)
-    if stamp.is_file() and not force:
-        saved = json.loads(stamp.read_text())
-        if saved.get("fingerprint") == print_:
-            return saved["summary"]
     files = [p for pair in pairs for p in (pair.clean, pair.scan)] + test
+    sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
+    fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
+    stamp = Path(workspace or workspace_dir(data)) / "data_check.json"
+    saved = json.loads(stamp.read_text()) if stamp.is_file() and not force else {}
+    if saved.get("fingerprint") == fingerprint:
+        return saved["summary"]
     summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),
                "extensions": sorted({p.suffix.lower() for p in files}),
-               "train_sizes": check_pairs(pairs, show_progress)}
-    test_sizes, unreadable = {}, []
-    for p in progress_bar(test, "checking test scans", enabled=show_progress, unit="img"):
-        try:
-            h, w = read_rgb(p).shape[:2]
-            test_sizes[f"{h}x{w}"] = test_sizes.get(f"{h}x{w}", 0) + 1
-        except DataError:
-            unreadable.append(p)
-    if unreadable:
-        raise DataError(f"{len(unreadable)} unreadable test scans: {examples(unreadable)}. "
-                        "Delete the data folder and unpack it again.")
-    summary.update(test_sizes=test_sizes, checked=time.strftime("%Y-%m-%d %H:%M"))
+               "train_sizes": check_pairs(pairs, show_progress),
+               "test_sizes": check_pairs(test, show_progress),
+               "checked": time.strftime("%Y-%m-%d %H:%M")}
     with atomic_path(stamp) as tmp:
-        tmp.write_text(json.dumps({"data": str(data.resolve()), "fingerprint": print_,
-                                   "summary": summary}))
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}))
     return summary
 
 
-# ---- Getting the data: every notebook's first step
-
 def get_competition_data(data, workspace, cache=None, **options) -> dict:
-    """The competition data in ``data``, checked (check_dataset's summary): used as it is when it
-    passes the check (nothing is written into ``data``, which may be read-only); else unpacked from
-    the zip cache, downloading what it lacks (download.unpack_missing with ``options``)."""
+    """The competition data in ``data``, checked: as it is when it passes (nothing is written into
+    ``data``), else unpacked from the zip cache (download.fetch_zips with ``options``)."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         raise DataError(f"{data} holds the synthetic demo data (its marker file says so). Real "
                         "data is never mixed into it. Use another folder, e.g. "
                         "bash data_download.sh ./data/real")
     if has_data(data):
-        print(f"Competition data found in {data}; checking it (pairing, readability, sizes) ...")
         try:
             summary = check_dataset(data, workspace)
-            print(f"Done: competition data already in place in {data} (nothing downloaded or "
-                  "unpacked).")
+            print(f"Competition data already in place in {data}: nothing downloaded or unpacked.")
             return summary
         except DataError as e:
             print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
     cache = Path(cache or zip_cache_dir(data, workspace))
-    download.unpack_missing(data, cache, has_data(data), **options)
-    print("Checking the data (pairing, readability, sizes) ...")
+    print(f"Competition data -> {data} (zip cache: {cache})")
+    download.fetch_zips(cache, **options)
+    print("Checking that the three zips hold what their names say ...")
+    check_zip_set({n: cache / n for n in ZIP_NAMES})
+    for name in ZIP_NAMES:
+        folder = data / SPLITS[name.removesuffix(".zip")]
+        r = unpack_zip(cache / name, folder)
+        print(f"{name} -> {folder}: {r['written']} written, {r['skipped']} already there")
     try:
         return check_dataset(data, workspace)
     except DataError as e:
-        raise DataError(f"{e}\n{download.start_again(data, cache)}") from None
+        raise DataError(f"{e}\nTo start again: delete {data / 'train'} and {data / 'test'}, then "
+                        f"run the download again (complete zips in {cache} are reused).") from None
 
 
 def ensure_data(data, workspace) -> dict:
-    """Make sure the checked data is in ``data``; return check_dataset's summary. A fast no-op when
-    it is there and was checked (the usual case). Else, as in a fresh Colab runtime: the demo set
-    (demo data, or smoke mode, and no zips in the cache), or get_competition_data."""
-    t0 = time.time()
-    data = Path(data)
+    """Make sure the checked data is in ``data`` (demo or competition data); the summary."""
+    t0, data = time.time(), Path(data)
+    cache = zip_cache_dir(data, workspace)
+    how = "already in place" if has_data(data) else "prepared"
     if has_data(data):
         summary = check_dataset(data, workspace)
-        how = "already in place"
-    else:  # zips in the cache mean the competition data, even in smoke mode
-        cache = zip_cache_dir(data, workspace)
-        if dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES):
-            fresh = download.get_demo(data)
-            summary = check_dataset(data, workspace, show_progress=False, force=fresh)
-        else:
-            summary = get_competition_data(data, workspace, cache)
-        how = "prepared"
+    elif dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES):
+        fresh = download.get_demo(data)
+        summary = check_dataset(data, workspace, show_progress=False, force=fresh)
+    else:
+        summary = get_competition_data(data, workspace, cache)
     print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "
           f"{summary['test_scans']} test scans (checked {summary['checked']}; "
           f"{time.time() - t0:.1f} s)")
@@ -171,39 +128,32 @@ def ensure_data(data, workspace) -> dict:
 def warn_if_demo(data) -> str:
     """Return data_label(data); outside smoke mode, print a loud warning for the demo set."""
     if dataset_kind(data) == "demo" and not smoke_mode():
-        bar = "!" * 78
-        lines = [f"WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition data.",
-                 "Every number and figure below describes the demo set. For the real data, run",
-                 "notebook 01 in full mode (or `bash data_download.sh`), with DESCAN_DATA set."]
-        print("\n".join([bar, *("!! " + line for line in lines), bar]))
+        print(f"{'!' * 78}\n!! WARNING: {data} holds the SYNTHETIC DEMO DATA, not the competition "
+              "data.\n!! Every number and figure below describes the demo set. For the real data,"
+              " run\n!! notebook 01 in full mode (or `bash data_download.sh`), with DESCAN_DATA "
+              f"set.\n{'!' * 78}")
     return data_label(data)
 
 
-# ---- The manifest: one fixed, page-grouped split for the whole series
-
 def make_manifest(data, val_fraction=0.1, seed=0):
-    """The training pairs as a pandas DataFrame with columns MANIFEST_COLUMNS: name, page (page_id),
-    clean and scan paths relative to ``data`` (POSIX style), split ('train' | 'val', by page, from
-    split_names) and scanners ('seen' | 'unseen', scanner_group). Pairs from unseen scanners (the
-    demo's scanner03_000 ...) are always validation. Sorted by name. DataError when a side would be
-    empty: a split needs at least two source pages from the training scanners, one on each side."""
+    """The training pairs as a DataFrame: name, page, clean and scan (relative to ``data``), split
+    (by page) and scanners (scanner_group: unseen ones always in validation), sorted by name."""
     import pandas as pd
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
     seen = [p for p in pairs if scanner_group(p.name) == "seen"]
     split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed)
-    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})  # never train
-    if set(split[p.name] for p in seen) != {"train", "val"}:
+    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})
+    if {split[p.name] for p in seen} != {"train", "val"}:
         pages = sorted({page_id(p.name) for p in seen})
         raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source "
-                        f"page ({examples(pages)}), so the split (val_fraction="
-                        f"{val_fraction}) cannot put a page on each side: training "
-                        "and validation need at least two pages.")
+                        f"page ({examples(pages)}), so the split (val_fraction={val_fraction}) "
+                        "cannot put a page on each side: training and validation need at least "
+                        "two pages.")
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
                           "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],
-                          "scanners": scanner_group(p.name)}
-                         for p in pairs], columns=[*MANIFEST_COLUMNS, "scanners"])
+                          "scanners": scanner_group(p.name)} for p in pairs])
 
 
 def write_manifest(manifest, workspace) -> Path:
@@ -215,24 +165,17 @@ def write_manifest(manifest, workspace) -> Path:
 
 
 def read_manifest(path):
-    """Read the manifest CSV written by notebook 01; DataError when it is missing or malformed."""
+    """The manifest that notebook 01 wrote (make_manifest); DataError when there is none."""
     import pandas as pd
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no manifest at {path}. Run notebook 01 first (it writes the manifest), "
                         "or set DESCAN_WORKSPACE to the workspace that holds it.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing or df.empty or not set(df["split"]) <= {"train", "val"}:
-        raise DataError(f"{path} is not a manifest made by notebook 01 (missing columns {missing}, "
-                        "no rows, or unknown split names). Run notebook 01 again.")
-    return df
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def manifest_pairs(manifest, data, split=None) -> list[Pair]:
-    """The Pairs of a manifest (optionally of one split), with paths under ``data``.
-
-    Raises DataError naming examples when files are missing (data moved or not downloaded)."""
+    """The Pairs of a manifest (or of one split) under ``data``; DataError for missing files."""
     data = Path(data)
     rows = manifest if split is None else manifest[manifest["split"] == split]
     pairs = [Pair(r.name, data / r.clean, data / r.scan) for r in rows.itertuples(index=False)]
@@ -245,20 +188,10 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
 
 
 def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
-    """(train_pairs, val_pairs) from the manifest that notebook 01 saved in the workspace. Training
-    never gets a pair from an unseen scanner (scanner_group): such a manifest is refused."""
-    path = Path(workspace) / MANIFEST_FILE
-    manifest = read_manifest(path)
-    train = manifest_pairs(manifest, data, "train")
-    unseen = [p.name for p in train if scanner_group(p.name) == "unseen"]
-    if unseen:
-        raise DataError(f"{path} puts {len(unseen)} pairs from unseen scanners "
-                        f"({examples(unseen)}) in training; they are for validation only. It was "
-                        "made by an older version: run notebook 01 again.")
-    return train, manifest_pairs(manifest, data, "val")
+    """(train_pairs, val_pairs) of the manifest that notebook 01 saved in the workspace."""
+    manifest = read_manifest(Path(workspace) / MANIFEST_FILE)
+    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
 
-
-# ---- Statistics (notebook 02)
 
 def title_of(name: str) -> str:
     """The magazine title of an image name: 'BookOfMaking.00012.02' -> 'BookOfMaking'."""
@@ -266,8 +199,7 @@ def title_of(name: str) -> str:
 
 
 def sample_items(items, n: int, seed: int = 0) -> list:
-    """A deterministic random subset of ``n`` items, kept in their original order; n <= 0 or
-    n >= len(items) returns all of them."""
+    """``n`` of ``items`` picked at random (deterministic), in their order; all for n <= 0."""
     items = list(items)
     if n <= 0 or n >= len(items):
         return items
@@ -276,8 +208,7 @@ def sample_items(items, n: int, seed: int = 0) -> list:
 
 
 def pair_stats(pairs, show_progress=True):
-    """Per-pair statistics of the scans against the clean images, as a pandas DataFrame: name,
-    title, mean_y_clean, mean_y_scan, abs_mean_y_diff (what the metric sees), pixel_y_mae, psnr."""
+    """Per-pair statistics of the scans against the clean images (notebook 02), as a DataFrame."""
     import pandas as pd
     rows = []
     for p in progress_bar(pairs, "per-image statistics", enabled=show_progress, unit="pair"):
@@ -285,5 +216,4 @@ def pair_stats(pairs, show_progress=True):
         rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
                      "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
                      "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
-    return pd.DataFrame(rows, columns=["name", "title", "mean_y_clean", "mean_y_scan",
-                                       "abs_mean_y_diff", "pixel_y_mae", "psnr"])
+    return pd.DataFrame(rows)

@@ -1,13 +1,10 @@
 """Getting the data: the competition's zips from Google Drive into the zip cache, unpacked flat
-into the data folder, or the synthetic demo set. No torch. data.ensure_data and
-``bash data_download.sh`` (``python -m descan download``) run these steps and check the result.
-"""
+into the data folder (data.ensure_data, ``bash data_download.sh``), or the demo set. No torch."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,28 +14,21 @@ from pathlib import Path
 from helpers import DEMO_MARKER, SPLITS, DataError, env_path, is_colab, list_images
 from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
 from descan.files import atomic_path
-from descan.zips import ZIP_NAMES, BrokenZip, check_zip, check_zip_set, identify_zip, unpack_zip
+from descan.zips import ZIP_NAMES, BrokenZip, check_zip, identify_zip
 
 DRIVE_IDS = ("16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD", "1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea",
              "1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj")
 FALLBACK_TEST_ID = "1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"  # the test zip, replaced in the competition
-FOLDERS = {name: SPLITS[name.removesuffix(".zip")] for name in ZIP_NAMES}  # train/scan ...
 RECORD = ".drive_ids"  # in the zip cache: lines "<Drive id> <zip name>" of earlier downloads
 QUOTA = re.compile(r"too many users|quota|cannot retrieve the public link|uc-error", re.I)
 OFFLINE = re.compile(r"name or service not known|failed to resolve|temporary failure in name "
                      r"resolution|nodename nor servname|getaddrinfo|network is unreachable|"
                      r"no route to host|NameResolutionError", re.I)
-OFFLINE_TEXT = ("could not reach Google Drive (drive.google.com:443): no network connection (the "
-                "name lookup or the connection failed).")
 
 
 def zip_cache_dir(data, workspace) -> Path:
-    """Where the downloaded zips are kept: $DESCAN_ZIP_CACHE; in Colab the workspace on Drive (so
-    a new runtime unpacks instead of downloading again); else DATA/zips."""
-    path = env_path("DESCAN_ZIP_CACHE")
-    if path is not None:
-        return path
-    return Path(workspace) / "zips" if is_colab() else Path(data) / "zips"
+    """$DESCAN_ZIP_CACHE; in Colab in the workspace on Drive (kept for a new runtime)."""
+    return env_path("DESCAN_ZIP_CACHE") or Path(workspace if is_colab() else data) / "zips"
 
 
 def has_data(data) -> bool:
@@ -48,75 +38,37 @@ def has_data(data) -> bool:
 
 
 def missing(cache) -> list[Path]:
-    """The paths of the zips that the cache lacks."""
     return [Path(cache) / n for n in ZIP_NAMES if not (Path(cache) / n).is_file()]
 
 
-def cannot_download(cache, drive_id, why, first) -> DataError:
-    """The error for a download that cannot succeed now: ``why``, and what to do, ``first`` and
-    else: put the zips into the cache by hand."""
+def cannot_download(cache, why, first, drive_id="ID") -> DataError:
+    """The error for a download that cannot succeed now: ``why``, then what to do."""
     return DataError(
-        f"{why}\nWhat to do:\n  - {first};\n"
-        "  - or put the zips into the cache by hand, each under its name:"
-        + "".join(f"\n      {p}" for p in missing(cache)) + "\n"
-        f"    e.g. downloaded in a browser (https://drive.google.com/uc?id={drive_id}), or\n"
-        "    copied from your own Google Drive (open the file there, File > Make a copy; in\n"
-        "    Colab, mount Drive first); then run the download again: zips in the cache are\n"
-        "    checked and used;\n"
-        "  - to try the notebooks without the competition data: bash data_download.sh --demo")
+        f"{why}\nWhat to do:\n  - {first};\n  - or put the zips into the cache by hand (from a "
+        f"browser, https://drive.google.com/uc?id={drive_id}, or copied in your own Google Drive: "
+        "File > Make a copy), each under its name, and run the download again:"
+        + "".join(f"\n      {p}" for p in missing(cache))
+        + "\n  - to try the notebooks without the competition data: bash data_download.sh --demo")
 
 
 def refused(cache, drive_id, why="") -> DataError:
-    """The error for Google Drive's 'Too many users' (a used-up quota, or a sign-in page)."""
+    """Google Drive's 'Too many users' (a used-up quota, or a sign-in page)."""
     return cannot_download(
-        cache, drive_id, f"{why}Google Drive refused to send the file with id {drive_id}: \"Too "
-        "many users have viewed or downloaded this file recently\" (its download quota is used up "
-        "for now, or Drive sent a sign-in page).",
-        "wait (up to 24 hours) and retry later: run the download again; complete zips are kept")
-
-
-def find_downloader(cache, drive_id, downloader=None) -> str:
-    """The downloader's full path. The default, gdown, only once Drive is known to be reachable
-    (fail at once, not after timeouts; a proxy or another downloader may find another way)."""
-    exe = shutil.which(str(downloader or "gdown"))
-    if exe is None:
-        raise cannot_download(cache, drive_id, f"the downloader '{downloader or 'gdown'}' is not "
-                              "installed.", "install it: pip install gdown")
-    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-    if downloader is None and not any(os.environ.get(v) for v in proxies):
-        try:
-            socket.create_connection(("drive.google.com", 443), timeout=5).close()
-        except OSError:
-            raise cannot_download(cache, drive_id, OFFLINE_TEXT, "check the internet connection, "
-                                  "then run the download again") from None
-    return os.path.abspath(exe)
-
-
-def run_downloader(exe, drive_id, folder, timeout) -> tuple[int, str]:
-    """Run the downloader on one id in ``folder`` without -O, so that the file gets the name Drive
-    gives it; show its output as it comes. Returns its exit status and its output."""
-    helps = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
-    opts = ["--timeout", str(timeout)] if "--timeout" in helps else []
-    proc = subprocess.Popen([exe, *opts, drive_id], cwd=folder, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    out = []
-    while chunk := proc.stdout.read1(4096):
-        out.append(chunk.decode(errors="replace"))
-        sys.stdout.write(out[-1])
-        sys.stdout.flush()
-    return proc.wait(), "".join(out)
+        cache, f"{why}Google Drive refused to send the file with id {drive_id}: \"Too many users "
+        "have viewed or downloaded this file recently\" (its quota is used up for now, or Drive "
+        "sent a sign-in page).", "wait (up to 24 hours) and retry later; complete zips are kept",
+        drive_id)
 
 
 def recorded(cache) -> dict:
     """{Drive id: zip name} of earlier downloads."""
     path = Path(cache) / RECORD
     lines = path.read_text().splitlines() if path.is_file() else []
-    return {line.split()[0]: line.split()[1] for line in lines if len(line.split()) == 2}
+    return dict(line.split() for line in lines if len(line.split()) == 2)
 
 
 def keep(cache, drive_id, path) -> bool:
-    """Check a download, name it by what it is and move it into the cache (unless the cache has
-    that zip already). False when it is not a complete zip (it is deleted)."""
+    """Move a download into the cache under the name of what it is; False when it is broken."""
     try:
         check_zip(path)
     except BrokenZip as e:
@@ -131,8 +83,8 @@ def keep(cache, drive_id, path) -> bool:
         kept = cache / path.name
         os.replace(path, kept)
         raise DataError(f"{e}\nThe download (id {drive_id}) is kept as {kept}.") from None
-    ids = {**recorded(cache), drive_id: name}
     with atomic_path(cache / RECORD) as tmp:
+        ids = {**recorded(cache), drive_id: name}
         tmp.write_text("".join(f"{i} {n}\n" for i, n in ids.items()))
     if (cache / name).is_file():
         print(f"Id {drive_id} ('{path.name}') is {name}, which is already in the cache: "
@@ -143,51 +95,51 @@ def keep(cache, drive_id, path) -> bool:
     return True
 
 
-def attempt(cache, drive_id, exe, timeout) -> bool:
-    """One download of ``drive_id`` into a folder of its own in the cache. True when it is in the
-    cache; False for a failure worth another try; DataError for one that is not."""
-    folder = Path(tempfile.mkdtemp(prefix=".download.", dir=cache))
-    try:
-        status, log = run_downloader(exe, drive_id, folder, timeout)
-        if status != 0:
-            if QUOTA.search(log):
-                raise refused(cache, drive_id)
-            if OFFLINE.search(log):
-                raise cannot_download(cache, drive_id, OFFLINE_TEXT, "check the internet "
-                                      "connection, then run the download again")
-            print(f"Id {drive_id}: the download failed (exit status {status}).")
-            return False
-        files = sorted(p for p in folder.iterdir() if not p.name.endswith(".part"))
-        if len(files) > 1:
-            raise DataError(f"the downloader wrote {len(files)} files for id {drive_id} "
-                            f"({', '.join(p.name for p in files)}), not one zip; none of them was "
-                            f"used. Check DESCAN_DRIVE_IDS (is {drive_id} a folder?).")
-        if not files or not files[0].is_file():
-            print(f"Id {drive_id}: the downloader exited without writing a file.")
-            return False
-        return keep(cache, drive_id, files[0])
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def download_id(cache, drive_id, exe, tries=3, wait=10, timeout=30) -> None:
-    """Download one id into the cache, named by what it is, trying up to ``tries`` times."""
+def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
+    """Download one id into the cache with gdown (or ``downloader``), named by Drive (no -O)."""
+    exe = shutil.which(str(downloader or "gdown"))
+    if exe is None:
+        raise cannot_download(cache, f"the downloader '{downloader or 'gdown'}' is not "
+                              "installed.", "install it: pip install gdown", drive_id)
+    helps = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+    opts = ["--timeout", str(timeout)] if "--timeout" in helps else []  # gdown < 5.2 has none
     for n in range(1, tries + 1):
         print(f"Downloading Google Drive id {drive_id} (attempt {n} of {tries}) ...", flush=True)
-        if attempt(cache, drive_id, exe, timeout):
-            return
+        with tempfile.TemporaryDirectory(prefix=".download.", dir=cache) as folder:
+            proc = subprocess.Popen([os.path.abspath(exe), *opts, drive_id], cwd=folder,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = []
+            while chunk := proc.stdout.read1(4096):  # shown as it comes
+                out.append(chunk.decode(errors="replace"))
+                sys.stdout.write(out[-1])
+                sys.stdout.flush()
+            status, log = proc.wait(), "".join(out)
+            if status and QUOTA.search(log):
+                raise refused(cache, drive_id)
+            if status and OFFLINE.search(log):
+                raise cannot_download(cache, "could not reach Google Drive: no network connection "
+                                      "(the name lookup or the connection failed).", "check the "
+                                      "internet connection, then run the download again", drive_id)
+            files = [p for p in Path(folder).iterdir() if not p.name.endswith(".part")]
+            if status or len(files) != 1:
+                print(f"Id {drive_id}: the download failed (exit status {status}, "
+                      f"{len(files)} files written, not one zip).")
+            elif keep(cache, drive_id, files[0]):
+                return
         if n < tries:
             print(f"Retrying in {wait} s ...", flush=True)
             time.sleep(wait)
-    raise cannot_download(cache, drive_id, f"the file with id {drive_id} could not be downloaded "
-                          f"after {tries} attempts (see the messages above; nothing incomplete "
-                          "was kept).", "run the download again later (a timeout or a broken "
-                          "connection is often temporary)")
+    raise cannot_download(cache, f"the file with id {drive_id} could not be downloaded after "
+                          f"{tries} attempts (see the messages above; nothing incomplete was "
+                          "kept).", "run the download again later (a timeout or a broken "
+                          "connection is often temporary)", drive_id)
 
 
-def check_cached(cache) -> None:
-    """Check the zips already in the cache; move one that is not a complete zip aside (.bad)."""
-    for path in [Path(cache) / n for n in ZIP_NAMES if (Path(cache) / n).is_file()]:
+def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
+    """Make sure the cache holds the three zips, complete, downloading ids while one is missing."""
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    for path in [cache / n for n in ZIP_NAMES if (cache / n).is_file()]:
         try:
             check_zip(path)
             print(f"{path.name}: complete zip already in the cache, not downloading it again.")
@@ -195,87 +147,27 @@ def check_cached(cache) -> None:
             os.replace(path, f"{path}.bad")
             print(f"{path.name}: the copy in the cache is not a complete zip; moved it aside to "
                   f"{path}.bad and downloading it again. ({e})")
-
-
-def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
-    """Make sure that the cache holds the three zips, complete: check those there, then download
-    from Google Drive while one is missing. The ids: $DESCAN_DRIVE_IDS (any order), else DRIVE_IDS
-    and, while test_scan.zip is missing, FALLBACK_TEST_ID. An id known to be a zip already in the
-    cache is skipped. ``downloader``: a program that works as gdown does (default: gdown)."""
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    check_cached(cache)
-    ids = os.environ.get("DESCAN_DRIVE_IDS", "").split()
-    fallback = [] if ids else [FALLBACK_TEST_ID]
-    exe = None
-    for drive_id in (ids or list(DRIVE_IDS)) + fallback:
-        if not missing(cache) or (drive_id in fallback and (cache / "test_scan.zip").is_file()):
-            continue
-        known = recorded(cache).get(drive_id)
+    ids = os.environ.get("DESCAN_DRIVE_IDS", "").split() or [*DRIVE_IDS, FALLBACK_TEST_ID]
+    for drive_id in ids:
+        if not missing(cache):
+            return
+        fallback = "test_scan.zip" if drive_id == FALLBACK_TEST_ID else None
+        known = recorded(cache).get(drive_id, fallback)
         if known and (cache / known).is_file():
             print(f"Id {drive_id} is {known}, already in the cache: not downloading it again.")
             continue
-        exe = exe or find_downloader(cache, drive_id, downloader)
-        download_id(cache, drive_id, exe, tries, wait, timeout)
+        download_id(cache, drive_id, tries, wait, timeout, downloader)
     if missing(cache):
-        tried = " ".join((ids or list(DRIVE_IDS)) + fallback)
-        names = " ".join(p.name for p in missing(cache))
-        raise DataError(
-            f"still missing from the zip cache after trying the Google Drive ids {tried}:\n"
-            f"  {names}\n(none of those downloads turned out to be that zip; see "
-            f"{cache / RECORD} for what each id gave).\nWhat to do:\n"
-            "  - set DESCAN_DRIVE_IDS to the ids your course hands out (space-separated, any "
-            'order), e.g.\n      DESCAN_DRIVE_IDS="ID1 ID2 ID3" bash data_download.sh\n'
-            "  - or put the missing zip into the cache by hand under its name:"
-            + "".join(f"\n      {p}" for p in missing(cache)) + "\n    then run it again.")
-
-
-def start_again(data, cache) -> str:
-    """What to do when the unpacked data does not pass the check."""
-    return (f"To start again: delete {Path(data) / 'train'}, {Path(data) / 'test'} and "
-            f"{Path(data) / '.unpacked'}, then run the download again (complete zips in {cache} "
-            "are reused).")
-
-
-def unpack_missing(data, cache, check_failed=False, **options) -> None:
-    """Unpack into ``data`` the zips not unpacked there yet (DATA/.unpacked holds a stamp for each
-    one done) from the zip cache, downloading what it lacks (fetch_zips with ``options``) and
-    checking first that the three zips hold what their names say."""
-    print(f"Competition data -> {data} (zip cache: {cache})")
-    names = []
-    for name in ZIP_NAMES:
-        stamp, folder = Path(data) / ".unpacked" / f"{name}.done", Path(data) / FOLDERS[name]
-        if stamp.is_file() and folder.is_dir():
-            print(f"{name}: already unpacked into {folder} (delete {stamp} to unpack again).")
-        else:
-            names.append(name)
-    if not names and check_failed:
-        raise DataError(f"the data in {data} does not pass the check and every zip is marked as "
-                        "unpacked, so there is nothing to unpack again.\n"
-                        + start_again(data, cache))
-    if names:
-        fetch_zips(cache, **options)
-        print("Checking that the three zips hold what their names say ...")
-        try:
-            check_zip_set({n: Path(cache) / n for n in ZIP_NAMES})
-        except DataError as e:
-            raise DataError(f"{e}\nThe zips in {cache} do not hold what their names say; nothing "
-                            "was unpacked.") from None
-    for name in names:
-        path, folder = Path(cache) / name, Path(data) / FOLDERS[name]
-        try:
-            r = unpack_zip(path, folder)
-        except DataError as e:
-            raise DataError(f"unpacking {path} failed: {e}\nDelete {path} and run the download "
-                            "again.") from None
-        with atomic_path(Path(data) / ".unpacked" / f"{name}.done") as tmp:
-            tmp.write_text(f"{name} unpacked into {FOLDERS[name]}\n")
-        print(f"{name} -> {folder}: {r['written']} written, {r['skipped']} already there")
+        raise cannot_download(
+            cache, f"still missing from the zip cache after trying the Google Drive ids "
+            f"{' '.join(ids)}: {' '.join(p.name for p in missing(cache))} (see {cache / RECORD} "
+            "for what each id gave).", "set DESCAN_DRIVE_IDS to the ids your course hands out "
+            '(space-separated, any order), e.g.\n      DESCAN_DRIVE_IDS="ID1 ID2 ID3" bash '
+            "data_download.sh")
 
 
 def get_demo(data, **settings) -> bool:
-    """Make the demo set in ``data`` (DEMO_DEFAULTS, ``settings`` changing some) unless the same one
-    is there. True when it was made. DataError for a folder of real data (no demo marker)."""
+    """Make the demo set in ``data`` (DEMO_DEFAULTS updated by ``settings``); True when made."""
     data, settings = Path(data), {**DEMO_DEFAULTS, **settings}
     marker = data / DEMO_MARKER
     if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():

@@ -6,7 +6,6 @@ is ``Pair(name, clean, scan)`` (clean always before scan). No torch here.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -172,7 +171,7 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
     return [Pair(n, clean[n], scan[n]) for n in sorted(clean)]
 
 
-# ---- Cropping and the train/validation split -----------------------------------------------------
+# ---- Cropping ------------------------------------------------------------------------------------
 
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
     """The same random size x size window from both images of a pair, as new arrays (clean, scan).
@@ -189,30 +188,6 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
     top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     window = (slice(top, top + size), slice(left, left + size))
     return clean[window].copy(), scan[window].copy()
-
-
-def page_id(name: str) -> str:
-    """The source page of a crop: 'BookOfMaking.00012.02' -> 'BookOfMaking.00012'. Names without a
-    title.page.crop pattern (e.g. 'scanner01_100') are their own page."""
-    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
-    parts = stem.split(".")
-    return ".".join(parts[:-1]) if len(parts) >= 3 else ".".join(parts)
-
-
-def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
-    """Deterministic train/validation split by source page: {name: 'train' | 'val'}. All crops of a
-    page land on one side, whatever the order of ``names``; with two pages or more, each side has
-    one."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
-    names = sorted(set(names))
-    pages = sorted({page_id(n) for n in names})
-    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    n_val = int(round(val_fraction * len(pages)))
-    if len(pages) >= 2:
-        n_val = min(max(n_val, 1), len(pages) - 1)
-    val_pages = set(ranked[:n_val])
-    return {n: ("val" if page_id(n) in val_pages else "train") for n in names}
 
 
 # ---- The metric, exactly as the course scores it -------------------------------------------------

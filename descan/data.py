@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem, data_label,
-                     dataset_kind, examples, list_images, page_id, pair_files, read_rgb,
-                     smoke_mode, split_names, workspace_dir)
+                     dataset_kind, examples, list_images, pair_files, read_rgb,
+                     smoke_mode, workspace_dir)
 from descan import download
 from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
@@ -135,6 +135,30 @@ def warn_if_demo(data) -> str:
     return data_label(data)
 
 
+def page_id(name: str) -> str:
+    """The source page of a crop: 'BookOfMaking.00012.02' -> 'BookOfMaking.00012'. Names without a
+    title.page.crop pattern (e.g. 'scanner01_100') are their own page."""
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
+    parts = stem.split(".")
+    return ".".join(parts[:-1]) if len(parts) >= 3 else ".".join(parts)
+
+
+def split_names(names, val_fraction=0.1, seed=0) -> dict[str, str]:
+    """Deterministic train/validation split by source page: {name: 'train' | 'val'}. All crops of a
+    page land on one side, whatever the order of ``names``; with two pages or more, each side has
+    one."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    names = sorted(set(names))
+    pages = sorted({page_id(n) for n in names})
+    ranked = sorted(pages, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    n_val = int(round(val_fraction * len(pages)))
+    if len(pages) >= 2:
+        n_val = min(max(n_val, 1), len(pages) - 1)
+    val_pages = set(ranked[:n_val])
+    return {n: ("val" if page_id(n) in val_pages else "train") for n in names}
+
+
 def make_manifest(data, val_fraction=0.1, seed=0):
     """The training pairs as a DataFrame: name, page, clean and scan (relative to ``data``), split
     (by page) and scanners (scanner_group: unseen ones always in validation), sorted by name."""
@@ -171,7 +195,12 @@ def read_manifest(path):
     if not path.is_file():
         raise DataError(f"no manifest at {path}. Run notebook 01 first (it writes the manifest), "
                         "or set DESCAN_WORKSPACE to the workspace that holds it.")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    splits = set(manifest["split"]) if "split" in manifest else set()
+    if not {"name", "clean", "scan", "split"} <= set(manifest) or not splits <= {"train", "val"}:
+        raise DataError(f"{path} is not a manifest made by notebook 01 (its columns or split names "
+                        "differ). Run notebook 01 again.")
+    return manifest
 
 
 def manifest_pairs(manifest, data, split=None) -> list[Pair]:
@@ -189,8 +218,14 @@ def manifest_pairs(manifest, data, split=None) -> list[Pair]:
 
 def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
     """(train_pairs, val_pairs) of the manifest that notebook 01 saved in the workspace."""
-    manifest = read_manifest(Path(workspace) / MANIFEST_FILE)
-    return manifest_pairs(manifest, data, "train"), manifest_pairs(manifest, data, "val")
+    path = Path(workspace) / MANIFEST_FILE
+    manifest = read_manifest(path)
+    train = manifest_pairs(manifest, data, "train")
+    unseen = [p.name for p in train if scanner_group(p.name) == "unseen"]
+    if unseen:
+        raise DataError(f"{path} puts pairs of unseen scanners in training ({examples(unseen)}); "
+                        "they are for validation only. Run notebook 01 again.")
+    return train, manifest_pairs(manifest, data, "val")
 
 
 def title_of(name: str) -> str:

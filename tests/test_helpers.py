@@ -18,7 +18,7 @@ import helpers  # noqa: E402
 from descan import submit  # noqa: E402
 from helpers import DataError
 from builders import coord_image, files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
-from descan import files, metrics, notebook
+from descan import data, files, metrics, notebook
 
 
 # ---------------------------------------------------------------- the metric
@@ -292,9 +292,9 @@ def test_random_crop_pair_rejects_size_mismatch():
 
 
 def test_page_id():
-    assert helpers.page_id("BookOfMaking.00012.02") == "BookOfMaking.00012"
-    assert helpers.page_id("BookOfMaking.00012.02.tif") == "BookOfMaking.00012"
-    assert helpers.page_id("plain") == "plain"
+    assert data.page_id("BookOfMaking.00012.02") == "BookOfMaking.00012"
+    assert data.page_id("BookOfMaking.00012.02.tif") == "BookOfMaking.00012"
+    assert data.page_id("plain") == "plain"
 
 
 def _crop_names(n_pages=20, crops=3):
@@ -303,33 +303,33 @@ def _crop_names(n_pages=20, crops=3):
 
 def test_split_names_groups_pages_and_respects_fraction():
     names = _crop_names(20, 3)
-    split = helpers.split_names(names, val_fraction=0.2, seed=0)
+    split = data.split_names(names, val_fraction=0.2, seed=0)
     assert set(split) == set(names) and set(split.values()) == {"train", "val"}
     side = {}
     for n, s in split.items():
-        assert side.setdefault(helpers.page_id(n), s) == s  # all crops of a page on one side
+        assert side.setdefault(data.page_id(n), s) == s  # all crops of a page on one side
     assert sum(s == "val" for s in side.values()) == 4  # round(0.2 * 20) pages
     assert sum(s == "val" for s in split.values()) == 12
 
 
 def test_split_names_deterministic_order_independent_seeded():
     names = _crop_names(30, 2)
-    a = helpers.split_names(names, 0.1, seed=0)
+    a = data.split_names(names, 0.1, seed=0)
     shuffled = list(names)
     np.random.default_rng(5).shuffle(shuffled)
-    assert helpers.split_names(shuffled, 0.1, seed=0) == a
-    assert helpers.split_names(list(reversed(names)), 0.1, seed=0) == a
-    assert helpers.split_names(names, 0.1, seed=0) == a
-    others = [helpers.split_names(names, 0.1, seed=s) for s in (1, 2, 3)]
+    assert data.split_names(shuffled, 0.1, seed=0) == a
+    assert data.split_names(list(reversed(names)), 0.1, seed=0) == a
+    assert data.split_names(names, 0.1, seed=0) == a
+    others = [data.split_names(names, 0.1, seed=s) for s in (1, 2, 3)]
     assert any(o != a for o in others)
 
 
 def test_split_names_small_cases():
-    two = helpers.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.01)
+    two = data.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.01)
     assert sorted(two.values()) == ["train", "val"]
-    two = helpers.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.99)
+    two = data.split_names(["a.00001.01", "a.00002.01"], val_fraction=0.99)
     assert sorted(two.values()) == ["train", "val"]
-    assert helpers.split_names(["a.00001.01", "a.00001.02"]) == {"a.00001.01": "train",
+    assert data.split_names(["a.00001.01", "a.00001.02"]) == {"a.00001.01": "train",
                                                                  "a.00001.02": "train"}
 
 

@@ -51,7 +51,7 @@ def test_demo_names_follow_the_competition(demo_root):
     assert [n for n in train if n.startswith("scanner")] == others
     assert {n[:9] for n in test if n.startswith("scanner")} == {"scanner01", "scanner02"}
     assert any(n.startswith("Demo") for n in test)
-    assert helpers.page_id("scanner03_001") == "scanner03_001"  # its own page
+    assert data.page_id("scanner03_001") == "scanner03_001"  # its own page
     assert data.scanner_group("scanner03_001.png") == "unseen"
     assert data.scanner_group("DemoMag.00001.01") == "seen"
 

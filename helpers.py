@@ -1,11 +1,6 @@
-"""The kit's tiny shared module: paths, loading images and pairing them by name, random crops,
-the page-grouped split, and the competition's Y-channel metric. Everything else is in ``descan/``.
-
-An *image* is a numpy uint8 (H, W, 3) RGB array, never modified by the functions given it; a *pair*
-is ``Pair(name, clean, scan)`` (clean always before scan). No torch here.
-"""
-from __future__ import annotations
-
+"""The kit's tiny shared module: paths, loading images and pairing them by name, random crops and
+the competition's Y-channel metric. An *image* is a numpy uint8 (H, W, 3) RGB array, never changed
+by the functions given it; a *pair* is ``Pair(name, clean, scan)``. The rest is in ``descan/``."""
 import os
 import sys
 from dataclasses import dataclass
@@ -28,13 +23,10 @@ class DataError(Exception):
 def examples(items, n=5) -> str:
     """The first ``n`` items joined for a message, with how many more there are."""
     items = list(items)
-    more = f" (and {len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
+    return ", ".join(map(str, items[:n])) + (f" (and {len(items) - n} more)" if items[n:] else "")
 
 
-# ---- Paths and the smoke switch, from the environment --------------------------------------------
-
-def is_colab() -> bool:
+def is_colab() -> bool:  # Colab imports its own module before any cell runs
     return "google.colab" in sys.modules
 
 
@@ -59,8 +51,7 @@ def smoke_mode() -> bool:
 
 
 def data_dir() -> Path:
-    """The unpacked images: $DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab,
-    ./data/real elsewhere."""
+    """$DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab, else ./data/real."""
     if env_path("DESCAN_DATA") is not None:
         return env_path("DESCAN_DATA")
     if smoke_mode():
@@ -69,8 +60,7 @@ def data_dir() -> Path:
 
 
 def dataset_kind(data) -> str:
-    """'demo' when the folder holds the demo set (its marker) or is empty in smoke mode; else
-    'real'."""
+    """'demo' for a folder with the demo marker, or an empty one in smoke mode; else 'real'."""
     data = Path(data)
     if (data / DEMO_MARKER).exists():
         return "demo"
@@ -85,9 +75,8 @@ def data_label(data) -> str:
 
 
 def workspace_dir(data=None) -> Path:
-    """Where notebooks hand each other files (manifest, checkpoints, CSV), created if missing:
-    $DESCAN_WORKSPACE; else a folder per kind of data (``demo``/``real``) under Google Drive in
-    Colab (runtimes do not share /content), /content/workspace without Drive, else ./workspace."""
+    """Where notebooks hand each other files, created if missing: $DESCAN_WORKSPACE; else a folder
+    per kind of data under MyDrive/descanning in Colab (/content/workspace without Drive)."""
     path, drive = env_path("DESCAN_WORKSPACE"), Path("/content/drive/MyDrive")
     if path is None:
         colab = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
@@ -97,23 +86,18 @@ def workspace_dir(data=None) -> Path:
     return path
 
 
-# ---- Images: reading, pairing by name ------------------------------------------------------------
-
 def read_rgb(path) -> np.ndarray:
     """Read any image file as RGB uint8 (H, W, 3): grey, alpha and 16-bit files are converted
     (16-bit values scaled by 255/65535 and rounded; alpha dropped, not composited)."""
-    path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
     if img is None:
         raise DataError(f"cannot read image {path}: the file is missing, empty, truncated or not "
                         "an image. Delete it and download or unpack the data again.")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{path} holds {img.dtype} pixels; expected an 8- or 16-bit image.")
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
-        raise DataError(f"{path} holds floating-point pixels; expected an 8- or 16-bit image.")
-    elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
@@ -133,28 +117,24 @@ def list_images(folder) -> list[Path]:
 
 def by_stem(files, folder) -> dict[str, Path]:
     """{file name without extension: path}; DataError when two files share a name."""
-    out, dups = {}, []
-    for p in files:
-        if p.stem in out:
-            dups.append(f"{out[p.stem].name} / {p.name}")
-        out[p.stem] = p
-    if dups:
-        raise DataError(f"{folder}: {len(dups)} image names appear twice with different "
-                        f"extensions: {examples(dups)}. Keep one file per name.")
+    out = {p.stem: p for p in files}
+    if len(out) < len(files):
+        twice = sorted({p.name for p in files} - {p.name for p in out.values()})
+        raise DataError(f"{folder}: {len(twice)} image names appear twice with other extensions, "
+                        f"e.g. {examples(twice)}. Keep one file per name.")
     return out
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One training pair: its name, the clean image's path and the scan's."""
     name: str
     clean: Path
     scan: Path
 
 
 def pair_files(clean_dir, scan_dir) -> list[Pair]:
-    """Pair clean and scan images by file name (extension ignored), sorted by name. DataError with
-    examples when a folder is missing or empty, a name appears twice, or an image has no partner."""
+    """Pair clean and scan images by file name (extension ignored), sorted by name; DataError
+    naming examples for a missing or empty folder, a name twice, or an image with no partner."""
     clean_files, scan_files = list_images(clean_dir), list_images(scan_dir)
     for folder, files in ((clean_dir, clean_files), (scan_dir, scan_files)):
         if not files:
@@ -171,8 +151,6 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
     return [Pair(n, clean[n], scan[n]) for n in sorted(clean)]
 
 
-# ---- Cropping ------------------------------------------------------------------------------------
-
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
     """The same random size x size window from both images of a pair, as new arrays (clean, scan).
     Images smaller than ``size`` are first padded by reflection on the bottom/right."""
@@ -182,15 +160,12 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
         border = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
-        clean = cv2.copyMakeBorder(clean, 0, ph, 0, pw, border)
-        scan = cv2.copyMakeBorder(scan, 0, ph, 0, pw, border)
+        clean, scan = (cv2.copyMakeBorder(x, 0, ph, 0, pw, border) for x in (clean, scan))
         h, w = clean.shape[:2]
     top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     window = (slice(top, top + size), slice(left, left + size))
     return clean[window].copy(), scan[window].copy()
 
-
-# ---- The metric, exactly as the course scores it -------------------------------------------------
 
 def check_image(img, what="image"):
     """TypeError unless ``img`` is an RGB uint8 array of shape (H, W, 3)."""
@@ -219,8 +194,8 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)|; lower is better, 0 is perfect. Both
-    are equal-length sequences of RGB uint8 images (or of mean-Y values, as floats)."""
+    """Mean over images of |mean Y(restored) - mean Y(clean)| (lower is better) for two equal-length
+    sequences of RGB uint8 images or of mean-Y values (floats)."""
     a, b = ([x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in images]
             for images in (restored, clean))
     if len(a) != len(b) or not a:

@@ -119,7 +119,8 @@ def by_stem(files, folder) -> dict[str, Path]:
     """{file name without extension: path}; DataError when two files share a name."""
     out = {p.stem: p for p in files}
     if len(out) < len(files):
-        twice = sorted({p.name for p in files} - {p.name for p in out.values()})
+        stems = [p.stem for p in files]
+        twice = sorted(p.name for p in files if stems.count(p.stem) > 1)
         raise DataError(f"{folder}: {len(twice)} image names appear twice with other extensions, "
                         f"e.g. {examples(twice)}. Keep one file per name.")
     return out

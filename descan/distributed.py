@@ -1,25 +1,5 @@
-"""Several processes, one training run: torchrun's environment and DistributedDataParallel (the
-launcher that notebooks 03 and 04 use with more than one GPU is in descan/launch.py).
-
-``torchrun --nproc_per_node=N -m descan train ...`` starts N copies of the command; each finds its
-RANK, WORLD_SIZE and LOCAL_RANK in the environment and joins the process group (``init``). Process 0,
-the *main* process, is the only one that validates, writes best.pt, last.pt and the history, and
-prints (the others' stdout goes nowhere; their errors still reach stderr). Every step, each process
-trains on its share of the recipe's batch: process r takes items r, r+N, r+2N ... of the very
-sequence one process would draw (``shard``), so the global batch is the recipe's batch and the result
-does not depend on N beyond floating point; DDP averages the gradients. Time-based decisions (the
-budget, the learning-rate schedule, validation points) use process 0's clock, shared every step,
-so all processes stop at the same step.
-
-BatchNorm (DnCNN has it): on GPUs it becomes SyncBatchNorm, so its statistics are those of the whole
-batch, as in one process. PyTorch's SyncBatchNorm does not run on CPUs, so on CPUs (gloo) each
-process normalises with its own share's statistics: a small difference from one process, only
-for models with BatchNorm, and only on CPUs.
-
-Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op or returns its input.
-"""
-from __future__ import annotations
-
+"""Several processes, one training run (torchrun, DistributedDataParallel; docs/torchrun.md).
+Outside torchrun every function here is a no-op or returns its input."""
 import datetime
 import os
 import signal
@@ -31,13 +11,7 @@ import torch.distributed as tdist
 
 from helpers import DataError
 
-TIMEOUT_MINUTES = 60  # how long a process waits for the others (process 0 validates while they wait)
-_DEVICE = None        # this process's device, for the small tensors of the collectives
-
-
-def launched() -> bool:
-    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+_DEVICE = None  # this process's device, for the small tensors of the collectives
 
 
 def rank() -> int:
@@ -59,28 +33,29 @@ def is_main() -> bool:
 
 
 def _interrupt_once(signum, frame):
-    """Ctrl-C reaches every process, and torchrun passes it on once more: the first one interrupts
-    (process 0 then saves last.pt), later ones are ignored so that they cannot break that save."""
+    """Ctrl-C reaches every process, and torchrun passes it on again: the first one interrupts
+    (process 0 saves last.pt), later ones are ignored so that they cannot break that save."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def init(device) -> torch.device:
-    """Join torchrun's process group when started by it: NCCL with one GPU per process (by
-    LOCAL_RANK), gloo on CPUs. Returns this process's device (``device`` outside torchrun)."""
+    """Join torchrun's process group when started by it (WORLD_SIZE > 1): NCCL with one GPU per
+    process (by LOCAL_RANK), gloo on CPUs. Returns this process's device."""
     global _DEVICE
     device = torch.device(device)
-    if not launched() or tdist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or tdist.is_initialized():
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise DataError(f"torchrun started process {local} but only {torch.cuda.device_count()} GPUs are "
-                            "visible: give --nproc_per_node at most the number of GPUs (PROCESSES in the notebooks)")
+            raise DataError(f"torchrun started process {local} but only "
+                            f"{torch.cuda.device_count()} GPUs are visible: give --nproc_per_node "
+                            "at most the number of GPUs (PROCESSES in the notebooks)")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                             timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",  # others wait for
+                             timeout=datetime.timedelta(minutes=60))  # process 0's validation
     _DEVICE = device
     signal.signal(signal.SIGINT, _interrupt_once)
     if not is_main():  # one voice: only process 0 prints
@@ -95,105 +70,77 @@ def teardown() -> None:
 
 
 def peer_failed(error: BaseException) -> bool:
-    """True when ``error`` only says that another process of the run died (its own message is
-    printed by that process, so this one should not add a second traceback)."""
+    """True when ``error`` only says that another process of the run died (which printed why)."""
     if world_size() == 1 or isinstance(error, DataError):
         return False
-    text = str(error)
-    return isinstance(error, getattr(tdist, "DistError", ())) or any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+    return isinstance(error, getattr(tdist, "DistError", ())) or any(s in str(error) for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
-
-# ---- collectives (no-ops in one process) -----------------------------------------------------------
 
 def from_main(value: float) -> float:
     """Process 0's value of a number, in every process."""
-    if world_size() == 1:
-        return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=_DEVICE)
-    tdist.broadcast(t, src=0)
+    if world_size() > 1:
+        tdist.broadcast(t, src=0)
     return float(t.item())
 
 
 def average(value: float) -> float:
     """The mean of a number over the processes (e.g. each one's training loss on its share)."""
-    if world_size() == 1:
-        return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=_DEVICE)
-    tdist.all_reduce(t)
+    if world_size() > 1:
+        tdist.all_reduce(t)
     return float(t.item()) / world_size()
 
 
 def share(obj):
-    """Process 0's copy of a picklable object (the history, a validation result), in every process."""
-    if world_size() == 1:
-        return obj
+    """Process 0's copy of a picklable object (the history, a validation result), in every one."""
     box = [obj]
-    tdist.broadcast_object_list(box, src=0)
+    if world_size() > 1:
+        tdist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def main_first(fn):
-    """Run ``fn()`` in process 0 first and in the others only once it has succeeded there. A problem
-    that every process would meet (no data, a settings mismatch on resume) is then reported once,
-    by process 0; the others stop with it."""
-    if world_size() == 1:
-        return fn()
-    if is_main():
-        result = fn()
+    """``fn()`` in process 0, then in the others once it has succeeded there: a problem every
+    process would meet (no data, a settings mismatch on resume) is reported once."""
+    if world_size() > 1 and not is_main():
         tdist.barrier()
-        return result
-    tdist.barrier()
-    return fn()
+    result = fn()
+    if world_size() > 1 and is_main():
+        tdist.barrier()
+    return result
 
-
-# ---- the model and the data --------------------------------------------------------------------
 
 def wrap(model, device):
-    """The model to train with: ``model`` itself in one process; else DistributedDataParallel
-    around it (on GPUs, its BatchNorm layers become SyncBatchNorm, in place). ``model`` keeps its
-    parameters and state_dict keys, so checkpoints do not change."""
+    """``model`` in one process; else DistributedDataParallel around it (on GPUs, its BatchNorm
+    layers become SyncBatchNorm, in place). Parameters and state_dict keys stay as they are."""
     if world_size() == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
-    # channels-last weights of shape (1, C, 1, 1) have strides that DDP calls mismatched; for sizes of
-    # 1 both layouts are the same memory, so its warning says nothing here
+    # channels-last (1, C, 1, 1) weights: both layouts are the same memory; the warning is empty
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    device = torch.device(device)
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
-        return DistributedDataParallel(model, device_ids=[device.index])
+        return DistributedDataParallel(model, device_ids=[torch.device(device).index])
     return DistributedDataParallel(model)
 
 
 def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
     """ValueError unless every process gets whole pairs of every batch."""
     if batch_size % (crops_per_image * processes):
-        raise ValueError(f"batch_size={batch_size} must be a multiple of crops_per_image={crops_per_image}"
-                         f" x processes={processes}: each process takes whole pairs of every batch. Change "
-                         "the batch or the number of processes.")
+        raise ValueError(f"batch_size={batch_size} must be a multiple of crops_per_image="
+                         f"{crops_per_image} x processes={processes}: each process takes whole "
+                         "pairs of every batch. Change the batch or the number of processes.")
 
 
-class Shard(torch.utils.data.Dataset):
-    """Process r's items of a dataset: r, r+N, r+2N ... of its first whole batches. With batches of
-    ``pairs_per_batch / N`` items, step s of process r holds items s*B + r, s*B + r + N ... (B =
-    pairs_per_batch): together, exactly the items of step s in one process."""
-
-    def __init__(self, dataset, pairs_per_batch: int, rank_: int, processes: int):
-        self.dataset, self.rank, self.n = dataset, rank_, processes
-        self.per_rank = pairs_per_batch // processes
-        self.pairs_per_batch = pairs_per_batch
-
-    def __len__(self):
-        return len(self.dataset) // self.pairs_per_batch * self.per_rank
-
-    def __getitem__(self, i):
-        return self.dataset[i * self.n + self.rank]
-
-
-def shard(dataset, pairs_per_batch: int):
-    """This process's share of ``dataset`` (the dataset itself in one process)."""
-    if world_size() == 1:
+def shard(dataset, pairs_per_batch: int, rank_=None, processes: int = 0):
+    """Process r's share of ``dataset``: items r, r+N, r+2N ... of its first whole batches, so
+    that step s of the N processes together is step s of one process (N = 1: ``dataset``)."""
+    processes = processes or world_size()
+    if processes == 1:
         return dataset
-    check_batch(pairs_per_batch, 1, world_size())
-    return Shard(dataset, pairs_per_batch, rank(), world_size())
+    check_batch(pairs_per_batch, 1, processes)
+    whole = len(dataset) // pairs_per_batch * pairs_per_batch
+    rank_ = rank() if rank_ is None else rank_
+    return torch.utils.data.Subset(dataset, range(rank_, whole, processes))

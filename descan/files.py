@@ -1,9 +1,6 @@
-"""Writing files safely (atomically, with clear disk-full and read-only errors) and progress bars."""
-from __future__ import annotations
-
+"""Writing files safely (atomically; clear disk-full and read-only errors) and progress bars."""
 import contextlib
 import errno
-import importlib
 import importlib.util
 import os
 import re
@@ -17,63 +14,61 @@ import numpy as np
 from helpers import check_image
 
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
+PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")  # .<name>.<8 hex>.partial
+_PARTIALS: dict = {}  # folder -> the partial files in it when this process first wrote there
+_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)",
+                 errno.EROFS: "read-only", errno.EACCES: "read-only (permission denied)",
+                 errno.EPERM: "read-only (not permitted)"}
 
 
 def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
-    """A tqdm progress bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
-    if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter with ipywidgets
+    """A tqdm bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
+    if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter
         from tqdm.auto import tqdm
     else:  # text bars, without tqdm.auto's warning about the missing widgets
         from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
 
 
-
-_STALE: dict = {}  # atomic_path: {big folder: the .partial files found there when it was first listed}
-_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)", errno.EROFS: "read-only",
-                 errno.EACCES: "read-only (permission denied)", errno.EPERM: "read-only (not permitted)"}
-
-
 def _write_error(e, path):
     """The OSError saying "disk full" or "read-only" with the path for a failed write, or None."""
     code = getattr(e, "errno", None)
-    if code is None:  # numpy's short write and torch's zip writer carry no errno: the free space tells
+    if code is None:  # numpy's short write and torch's zip writer carry no errno: free space tells
         with contextlib.suppress(OSError):
             code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
-    todo = "Free some space (old runs, zips)" if code in (errno.ENOSPC, errno.EDQUOT) else "Use a writable folder"
-    return code in _WRITE_ERRORS and OSError(code, f"{_WRITE_ERRORS[code]}: could not write {path}. {todo}; "
-                                                   f"any previous {path.name} is unchanged.")
+    what = _WRITE_ERRORS.get(code)
+    todo = "Free some space (old runs, zips)" if "disk" in str(what) else "Use a writable folder"
+    return what and OSError(code, f"{what}: could not write {path}. {todo}; "
+                                  f"any previous {path.name} is unchanged.")
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the partial files of ``path`` that killed writers left (live writers hold a lock)."""
+    if path.parent not in _PARTIALS:  # listed once a process: unpacked folders hold 10,000 images
+        _PARTIALS[path.parent] = [n for n in os.listdir(path.parent) if PARTIAL.fullmatch(n)]
+    for name in [n for n in _PARTIALS[path.parent] if n.rsplit(".", 2)[0] == f".{path.name}"]:
+        _PARTIALS[path.parent].remove(name)
+        with contextlib.suppress(OSError, AttributeError), open(path.parent / name, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
+            os.remove(path.parent / name)
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
-    An exception (or a kill) before the end leaves any previous file at ``path`` untouched. The file
-    gets the permissions of a plain ``open(path, "w")``. A write that fails for want of space or
-    permission says "disk full" or "read-only" and the path. The ``.<name>.<8 hex>.partial`` files
-    that a killed writer of ``path`` left are removed first; a live writer's stays (it holds a lock).
-    """
+    An error (or a kill) before the end leaves any previous file untouched; a write that fails for
+    want of space or permission says "disk full" or "read-only" and the path."""
     path, fd = Path(path), None
-    tmp, folder = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial", str(path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        names = _STALE.get(folder)
-        if names is None:  # a big folder (unpacked images) is listed once a process, others each time
-            listing = os.listdir(folder)
-            names = [n for n in listing if re.fullmatch(r"\..+\.[0-9a-f]{8}\.partial", n)]
-            _STALE.update({folder: names} if len(listing) > 1000 else {})
-        for name in [n for n in names if fcntl and n.rsplit(".", 2)[0] == f".{path.name}"]:
-            names.remove(name)
-            with contextlib.suppress(OSError), open(path.parent / name, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
-                os.remove(path.parent / name)
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        _remove_stale(path)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # open(path, "w")'s mode
         with contextlib.suppress(OSError, AttributeError):
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end, so that no other process takes it for stale
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held to the end: no other process takes it for stale
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        os.fsync(fd)  # the data written through any handle of tmp
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         if not _write_error(e, path):
@@ -84,7 +79,6 @@ def atomic_path(path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
             os.close(fd)
-
 
 
 def write_png(path, rgb: np.ndarray) -> None:

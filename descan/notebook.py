@@ -3,8 +3,8 @@ attached data in place, the workspace in /kaggle/working), then seeds, versions 
 from __future__ import annotations
 
 import importlib.util
-import random
 import os
+import random
 import subprocess
 import sys
 import time
@@ -13,19 +13,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers import SPLITS, DataError, data_dir, env_flag, dataset_kind, env_path, is_colab, smoke_mode, workspace_dir
+from helpers import (SPLITS, DataError, data_dir, dataset_kind, env_flag, env_path, is_colab,
+                     smoke_mode, workspace_dir)
 from descan.data import has_data
 
-# import name -> pip name of what the notebooks need (nbval and pytest are for the tests only)
-NOTEBOOK_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "cv2": "opencv-python", "numpy": "numpy",
-                     "pandas": "pandas", "matplotlib": "matplotlib", "tqdm": "tqdm", "gdown": "gdown",
-                     "torchsummary": "torchsummary"}
-NO_DRIVE = ("!! The workspace (manifest, checkpoints, submission.csv) is now on this runtime's disk,\n"
-            "!! /content/workspace, and is LOST when the runtime ends. Download what you need, or run\n"
-            "!! the notebook again and allow Drive. To skip the question: DESCAN_DRIVE=0.")
+NOTEBOOK_PACKAGES = {"cv2": "opencv-python", **{name: name for name in (  # import -> pip name
+    "torch", "torchvision", "numpy", "pandas", "matplotlib", "tqdm", "gdown", "torchsummary")}}
+NO_DRIVE = ("!! The workspace is on this runtime's disk (/content/workspace), LOST when it ends:\n"
+            "!! download what you need, or run this again and allow Drive (or set DESCAN_DRIVE=0).")
+_CELL = {"source": None}  # the cell being run (IPython's pre_run_cell event), for this_cell()
 
-
-# ---- Kaggle ---------------------------------------------------------------------------------------
 
 def kaggle_root() -> Path:
     """Kaggle's top folder: /kaggle, or $DESCAN_KAGGLE_ROOT (the tests use a fake one)."""
@@ -33,31 +30,27 @@ def kaggle_root() -> Path:
 
 
 def is_kaggle() -> bool:
-    """True in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE, and has KAGGLE_ROOT/working."""
+    """A Kaggle notebook: KAGGLE_KERNEL_RUN_TYPE is set, or KAGGLE_ROOT/working exists."""
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()
 
 
 def find_data(inputs, depth: int = 3) -> Path | None:
-    """The first folder (by name) under ``inputs``, at most ``depth`` levels down, that holds the
-    competition's layout (train/clean, train/scan, test/scan with images); None when none does.
-    On Kaggle, ``inputs`` is /kaggle/input, where "Add Input" attaches the competition's files."""
+    """The first folder (by name) under ``inputs`` (Kaggle's /kaggle/input), at most ``depth``
+    levels down, with the competition's layout and images; None when none has."""
     level = [Path(inputs)] if Path(inputs).is_dir() else []
     for _ in range(depth + 1):
         for folder in level:
             if all((folder / sub).is_dir() for sub in SPLITS.values()) and has_data(folder):
                 return folder
-        level = sorted(d for f in level for d in f.iterdir() if d.is_dir() and not d.name.startswith(".")
-                       and d.name not in ("clean", "scan"))
+        level = sorted(d for f in level for d in f.iterdir() if d.is_dir()
+                       and not d.name.startswith(".") and d.name not in ("clean", "scan"))
     return None
 
 
 def hosted_defaults() -> dict:
-    """On Kaggle, the defaults of DESCAN_DATA and DESCAN_WORKSPACE (set in the environment, so that
-    helpers.data_dir and workspace_dir and the torchrun processes all see them), unless already set:
-    the data is the attached input folder with the competition's layout, used in place (read-only
-    is fine: nothing is written there), else KAGGLE/working/data (downloaded there); the workspace
-    is KAGGLE/working/workspace/<demo|real>. Smoke mode keeps its demo data. Elsewhere: nothing.
-    Returns {variable: value} of what it set."""
+    """On Kaggle, unless already set, DESCAN_DATA (the attached data, used in place, else
+    KAGGLE/working/data; smoke mode keeps its demo data) and DESCAN_WORKSPACE
+    (KAGGLE/working/workspace/<demo|real>), set in the environment. Returns what it set."""
     if not is_kaggle():
         return {}
     root, chosen = kaggle_root(), {}
@@ -70,57 +63,41 @@ def hosted_defaults() -> dict:
     return chosen
 
 
-def kaggle_split(data, workspace) -> bool:
-    """Kaggle gives every notebook its own /kaggle/working, so a notebook opened on its own finds no
-    manifest from notebook 01: with the data in place, make the split that 01 makes (the same one:
-    it is seeded by page). Returns True when it wrote it."""
+def ensure_split(data, workspace) -> None:
+    """Notebook 01's (seeded) split unless the workspace has a manifest: for a notebook or a
+    command run on its own (each Kaggle notebook has its own /kaggle/working)."""
     from descan.data import MANIFEST_FILE, make_manifest, write_manifest
-    if (Path(workspace) / MANIFEST_FILE).is_file() or not has_data(data):
-        return False
-    write_manifest(make_manifest(data), workspace)
-    print(f"Kaggle: no {MANIFEST_FILE} in {workspace}: made the page-grouped split as notebook 01 does")
-    return True
-
-
-def _kaggle_setup() -> None:
-    chosen = hosted_defaults()
-    data = Path(os.environ.get("DESCAN_DATA") or data_dir())
-    attached = data.is_relative_to(kaggle_root() / "input")
-    if "DESCAN_DATA" in chosen and not attached:
-        print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under {kaggle_root() / 'input'}; "
-              f"the data goes to {data} (downloaded: Internet must be on). To use the competition's files in place, "
-              "attach them with 'Add Input' and run this cell again.")
-    else:
-        print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if attached else ""))
-    workspace = Path(os.environ.get("DESCAN_WORKSPACE") or workspace_dir(data))
-    print(f"Kaggle: workspace {workspace} (saved with the notebook's version: Save Version, then its Output)")
-    if attached:
-        workspace.mkdir(parents=True, exist_ok=True)
-        kaggle_split(data, workspace)
-
-
-# ---- both ---------------------------------------------------------------------------------------
-
-def setup(seed: int = 0):
-    """Every notebook's first cell: the hosted setup (below), then seeds, versions, the device and
-    the mode (setup_notebook). Returns the torch device."""
-    hosted_setup()
-    return setup_notebook(seed)
+    if not (Path(workspace) / MANIFEST_FILE).is_file() and has_data(data):
+        print(f"no {MANIFEST_FILE} in {workspace}: making the page-grouped split as notebook 01 "
+              "does")
+        write_manifest(make_manifest(data), workspace)
 
 
 def hosted_setup() -> None:
-    """Nothing outside Colab and Kaggle. There: pip-install what the notebooks need and cannot
-    import. Then on Kaggle: the data and workspace defaults (hosted_defaults); in Colab: mount Google
-    Drive for the workspace unless DESCAN_DRIVE=0 (a refused or failed mount says what it means)."""
+    """In Colab and on Kaggle (elsewhere nothing): install what is missing; then Kaggle's paths,
+    or in Colab mount Google Drive for the workspace unless DESCAN_DRIVE=0."""
     if not (is_colab() or is_kaggle()):
         return
     t0 = time.time()
-    missing = [pip for mod, pip in NOTEBOOK_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+    missing = [pip for module, pip in NOTEBOOK_PACKAGES.items()
+               if importlib.util.find_spec(module) is None]
     if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
         print(f"installed {', '.join(missing)}")
-    if is_kaggle():
-        _kaggle_setup()
+    if is_kaggle():  # Kaggle's paths, said; with attached data, notebook 01's split
+        chosen, inputs = hosted_defaults(), kaggle_root() / "input"
+        data = data_dir()
+        workspace, attached = workspace_dir(data), data.is_relative_to(inputs)
+        if "DESCAN_DATA" in chosen and not attached:
+            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under "
+                  f"{inputs}; the data goes to {data} (downloaded: Internet must be on). To use "
+                  "the competition's files in place, attach them with 'Add Input', run this again.")
+        else:
+            where = " (the attached input, read in place)" if attached else ""
+            print(f"Kaggle: data {data}{where}")
+        print(f"Kaggle: workspace {workspace} (kept in the notebook's version: Save Version)")
+        if attached:
+            ensure_split(data, workspace)
     elif not env_flag("DESCAN_DRIVE", True):
         print(f"DESCAN_DRIVE=0: Google Drive not mounted.\n{NO_DRIVE}")
     elif not Path("/content/drive/MyDrive").is_dir():
@@ -128,35 +105,47 @@ def hosted_setup() -> None:
             from google.colab import drive
             drive.mount("/content/drive")
         except Exception as e:  # refused in the dialog, timed out, or no Drive for this account
-            print(f"Google Drive could not be mounted ({type(e).__name__}: {str(e)[:200]}).\n{NO_DRIVE}")
+            print(f"Google Drive could not be mounted ({type(e).__name__}: {str(e)[:200]}).\n"
+                  f"{NO_DRIVE}")
     print(f"{'Kaggle' if is_kaggle() else 'Colab'} setup done in {time.time() - t0:.0f} s")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's random, numpy and (when it is loaded or installed) torch, CPU and CUDA."""
-    random.seed(seed), np.random.seed(seed)
+    """Seed Python's random, numpy and (when it is installed) torch, CPU and CUDA."""
+    random.seed(seed)
+    np.random.seed(seed)
     if importlib.util.find_spec("torch") is not None:
         import torch
         torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def setup_notebook(seed: int = 0):
-    """Seed everything and report versions, the device and the mode. Returns the torch device."""
+def setup(seed: int = 0):
+    """Every notebook's first cell: the hosted setup (Colab, Kaggle), then seeds, versions, the
+    device and the mode; in IPython, this_cell() and the kit's errors shown without a traceback.
+    Returns the torch device."""
+    hosted_setup()
     import torch
     seed_everything(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv {cv2.__version__} "
-          f"| numpy {np.__version__}\ndevice: " + (f"cuda ({torch.cuda.get_device_name(0)})" if device.type == "cuda"
-          else "cpu" + ("" if smoke_mode() else "  -- no GPU found. In Colab: Runtime > Change runtime type > "
-                        "GPU (Kaggle: Settings > Accelerator), then run all again.")))
-    print("mode:", "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full")
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    where = f"cuda ({torch.cuda.get_device_name(0)})" if gpu else "cpu"
+    if not gpu and not smoke_mode():
+        where += ("  -- no GPU found. In Colab: Runtime > Change runtime type > GPU (Kaggle: "
+                  "Settings > Accelerator), then run all again.")
+    mode = "SMOKE (fast CPU run on demo data, DESCAN_SMOKE=1)" if smoke_mode() else "full"
+    print(f"python {sys.version.split()[0]} | torch {torch.__version__} | opencv "
+          f"{cv2.__version__} | numpy {np.__version__}\ndevice: {where}\nmode: {mode}")
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    if shell is not None and _remember_cell not in shell.events.callbacks["pre_run_cell"]:
-        shell.events.register("pre_run_cell", _remember_cell)
-    if shell is not None:  # in a notebook the kit's errors show their message, not a traceback (%tb shows it)
+    if shell is not None:
+        if _remember_cell not in shell.events.callbacks["pre_run_cell"]:
+            shell.events.register("pre_run_cell", _remember_cell)
         shell.set_custom_exc((DataError,), lambda sh, et, ev, tb, tb_offset=None: sh.showtraceback(
-            (et, ev, tb), tb_offset=tb_offset, exception_only=True))
+            (et, ev, tb), tb_offset=tb_offset, exception_only=True))  # the message; %tb: the rest
     return device
+
+
+def _remember_cell(info) -> None:
+    _CELL["source"] = info.raw_cell
 
 
 def this_cell() -> str:
@@ -166,10 +155,3 @@ def this_cell() -> str:
     if _CELL["source"] is None:
         raise RuntimeError("notebook.this_cell() works in a notebook cell, after notebook.setup()")
     return code_above(_CELL["source"], "notebook.this_cell()")
-
-
-_CELL = {"source": None}  # the cell being run (IPython's pre_run_cell event), for this_cell()
-
-
-def _remember_cell(info) -> None:
-    _CELL["source"] = info.raw_cell

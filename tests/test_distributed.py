@@ -173,7 +173,7 @@ def test_one_process_is_left_alone(monkeypatch):
 
 def test_the_shards_together_are_one_process_batches():
     items = list(range(22))  # 5 whole batches of 4 pairs, then 2 left over (dropped, as one process does)
-    shards = [distributed.Shard(items, 4, r, 2) for r in (0, 1)]
+    shards = [distributed.shard(items, 4, r, 2) for r in (0, 1)]
     steps = [[shards[r][2 * s + k] for r in (0, 1) for k in (0, 1)] for s in range(5)]
     assert [sorted(s) for s in steps] == [items[4 * s:4 * s + 4] for s in range(5)]
     assert len(shards[0]) == len(shards[1]) == 10

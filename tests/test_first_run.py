@@ -180,7 +180,7 @@ def test_in_a_notebook_the_kits_errors_show_their_message_not_a_traceback(tmp_pa
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom descan import notebook\n"
-                                          "notebook.setup_notebook()\nfrom descan import data"),
+                                          "notebook.setup()\nfrom descan import data"),
                 nbformat.v4.new_code_cell(f"data.read_manifest({str(tmp_path / 'manifest.csv')!r})")]
     with pytest.raises(CellExecutionError) as e:  # still an error: Run all stops there
         NotebookClient(nb, kernel_name="python3", extra_arguments=["--log-level=ERROR"]).execute()

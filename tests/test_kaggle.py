@@ -116,12 +116,12 @@ def test_the_notebooks_setup_cell_on_a_fake_kaggle(kaggle):
     assert f"WORKSPACE {kaggle / 'working' / 'workspace' / 'real'}" in r.stdout and "Drive" not in r.stdout
     assert "Kaggle setup done" in r.stdout and "device: cpu" in r.stdout
     # a notebook opened on its own (Kaggle does not share /kaggle/working) gets 01's split
-    assert "made the page-grouped split as notebook 01 does" in r.stdout
+    assert "making the page-grouped split as notebook 01 does" in r.stdout
     assert (kaggle / "working" / "workspace" / "real" / "manifest.csv").is_file()
 
 
-def test_the_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
+def test_the_hosted_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path))
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     notebook.hosted_setup()
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == "" and not (tmp_path / "working").exists()

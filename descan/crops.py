@@ -1,5 +1,6 @@
 """Training crops: several aligned crops per decoded pair, seeded per item, in worker processes."""
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -8,22 +9,16 @@ from helpers import DataError, random_crop_pair, read_rgb
 from descan.files import progress_bar
 
 
-def dihedral(img: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 flips/rotations (k in 0..7) of an (H, W, C) array."""
-    img = np.rot90(img, k % 4)
-    return np.ascontiguousarray(img[:, ::-1] if k >= 4 else img)
-
-
 class CropDataset(torch.utils.data.Dataset):
-    """Item j of an epoch: one pair, decoded once, cut into ``crops_per_image`` aligned crops.
-    Every random choice of item j is seeded with (seed, epoch, j), so the crops do not depend on
-    the worker count and a resumed run sees the same ones. ``degrade`` changes the input only."""
+    """Item j of an epoch: a pair (decoded, or from ``cache``) cut into ``crops_per_image`` aligned
+    crops, flipped or rotated at random (``augment``), inputs changed by ``degrade``. Seeded by
+    (seed, epoch, j): the crops do not depend on the workers; a resumed run sees the same ones."""
 
     def __init__(self, pairs, patch, crops_per_image, items_per_epoch, seed=0, augment=True,
                  cache=None, degrade=None):
         self.pairs, self.patch, self.crops_per_image = list(pairs), patch, crops_per_image
         self.items, self.seed, self.augment = items_per_epoch, seed, augment
-        self.cache, self.degrade = cache, degrade
+        self.cache, self.degrade = cache or {}, degrade
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0):
@@ -33,29 +28,23 @@ class CropDataset(torch.utils.data.Dataset):
     def __len__(self):
         return self.items - self.start
 
-    def load(self, i):
-        """Pair i decoded: (clean, scan), from the cache when it is there."""
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
-        pair = self.pairs[i]
-        clean, scan = read_rgb(pair.clean), read_rgb(pair.scan)
+    def __getitem__(self, idx):
+        j, n = idx + self.start, len(self.pairs)
+        i = int(np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)[j % n])
+        pair = self.pairs[i]  # the pairs in a new order on each pass
+        clean, scan = self.cache.get(i) or (read_rgb(pair.clean), read_rgb(pair.scan))
         if clean.shape != scan.shape:
             raise DataError(f"pair {pair.name}: clean {clean.shape[:2]} and scan {scan.shape[:2]} "
                             "differ in size; run notebook 01's check again")
-        return clean, scan
-
-    def __getitem__(self, idx):
-        j, n = idx + self.start, len(self.pairs)
-        order = np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)
-        clean, scan = self.load(int(order[j % n]))  # the pairs in a new order on each pass
         rng = np.random.default_rng([self.seed, self.epoch, j])
         rng_degrade = np.random.default_rng([self.seed, self.epoch, j, 1])  # crops stay the same
         cleans, scans = [], []
         for _ in range(self.crops_per_image):
             c, s = random_crop_pair(clean, scan, self.patch, rng)
-            if self.augment:
+            if self.augment:  # one of the 8 flips and rotations
                 k = int(rng.integers(0, 8))
-                c, s = dihedral(c, k), dihedral(s, k)
+                c, s = (np.ascontiguousarray(np.rot90(x, k)[:, ::-1] if k >= 4 else np.rot90(x, k))
+                        for x in (c, s))
             cleans.append(c)
             scans.append(s if self.degrade is None else self.degrade(c, s, rng_degrade))
         return torch.from_numpy(np.stack(cleans)), torch.from_numpy(np.stack(scans))
@@ -69,15 +58,11 @@ def collate(items):
 def build_cache(pairs, max_fraction=0.4, show_progress=True):
     """{i: (clean, scan)}: every pair decoded, when that takes under ``max_fraction`` of the
     available memory (Linux's MemAvailable); else None."""
-    if not pairs:
-        return None
     h, w = read_rgb(pairs[0].clean).shape[:2]
     need = len(pairs) * h * w * 3 * 2
-    try:
-        with open("/proc/meminfo") as f:
-            available = int(next(n for n in f if n.startswith("MemAvailable")).split()[1]) * 1024
-    except (OSError, StopIteration, ValueError):
-        available = 0
+    meminfo = Path("/proc/meminfo")  # Linux: Colab, Kaggle
+    lines = meminfo.read_text().splitlines() if meminfo.exists() else []
+    available = next((int(n.split()[1]) * 1024 for n in lines if n.startswith("MemAvailable")), 0)
     if need > max_fraction * available:
         print(f"decoded cache skipped: {need / 2**30:.1f} GiB would not fit; decoding per item")
         return None

@@ -1,46 +1,179 @@
-"""Synthetic data: procedural magazine pages, the demo set made from them by the scanners of
-descan/scanners.py, and the synthetic augmentation of training inputs.
-
-The demo set lets everything run without the competition data; a marker file in its folder labels
-it. No torch here.
-"""
+"""Synthetic data: scanner profiles, a print-and-scan simulator, the demo set, augmentation."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from helpers import DEMO_MARKER, SPLITS, to_uint8
+from helpers import DEMO_MARKER, SPLITS, check_image, to_uint8
 from descan.files import progress_bar, write_png
-from descan.scanners import (SCANNERS, SEEN_SCANNERS, TEST_SCANNERS, UNSEEN_VAL_SCANNERS,
-                             scanner_variant, simulate_scan)
 
-# The demo set's defaults: make_demo_dataset's and `python -m descan demo`'s.
-DEMO_DEFAULTS = {"train_pages": 40, "unseen_pages": 8, "test_pages": 4, "crops_per_page": 2,
-                 "crop": 256, "seed": 0}
+# The demo set's defaults (make_demo_dataset's and the demo command's), in the marker's order.
+DEMO_DEFAULTS = {"seed": 0, "train_pages": 40, "unseen_pages": 8, "test_pages": 4,
+                 "crops_per_page": 2, "crop": 256}
 DEMO_VERSION = 2  # 2: scanner profiles (seen, unseen validation, unseen test)
-MARKER_TEXT = ("SYNTHETIC DEMO DATA made by `bash data_download.sh --demo` "
-               "(descan.demo.make_demo_dataset).\n"
-               "Procedural pages with a simulated print-and-scan by named scanner profiles; "
-               "NOT the competition data.\n")
-
-
-def settings_line(s: dict) -> str:
-    """The line of the marker file that records the settings a demo folder was made with."""
-    keys = ("seed", "train_pages", "unseen_pages", "test_pages", "crops_per_page", "crop")
-    return f"version={DEMO_VERSION} " + " ".join(f"{k}={s[k]}" for k in keys)
-
-
-# ---- Pages ---------------------------------------------------------------------------------------
+FAMILIES = ("halftone", "bleed", "colour", "texture", "external", "internal")  # of degradation
+MARKER_TEXT = ("SYNTHETIC DEMO DATA made by `bash data_download.sh --demo` (descan.demo.make_demo_"
+               "dataset).\nProcedural pages with a simulated print-and-scan by named scanner "
+               "profiles; NOT the competition data.\n")
+DEMO_TITLES = ("DemoMaking", "DemoHack", "DemoFrame", "DemoMag")  # the demo's magazines
+SPLIT_SEEDS = {"train": 0, "test": 1, "unseen": 2, "test_unseen": 3}  # page i: rng (seed, split, i)
 _WORDS = ("raspberry pi make build code sensor robot light motor python game retro pixel "
           "circuit solder board camera screen sound wireless project guide maker hack").split()
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX,
           cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_PLAIN)
 
 
+def settings_line(s: dict) -> str:
+    """The line of the marker file that records the settings a demo folder was made with."""
+    return f"version={DEMO_VERSION} " + " ".join(f"{k}={s[k]}" for k in DEMO_DEFAULTS)
+
+
+# A scanner: tone curve (gamma of R, G, B), saturation, white and black points (R, G, B), blur
+# (sigma, pixels), sensor noise (of 255), halftone period (pixels), streak rate, JPEG quality.
+_FIELDS = ("gamma", "saturation", "white", "black", "blur", "noise", "period", "streaks", "jpeg")
+SCANNERS = {name: dict(zip(_FIELDS, row)) for name, row in {
+    "flatbed_warm": ((.95, 1.0, 1.1), .85, (.96, .94, .88), (.06, .05, .04), .7, 2.0, 5.0, .3, 92),
+    "flatbed_cool": ((1.1, 1.05, .95), 1.1, (.92, .95, .98), (.03, .04, .06), .9, 3.0, 6.0, .6, 85),
+    "sheetfed_dark": ((1.3, 1.25, 1.2), .75, (.86, .85, .82), (.09, .08, .08), 1, 3.5, 4.5, 1, 82),
+    "office_bright": ((.8, .82, .85), 1.25, (1.0, .99, .96), (.02, .02, .03), .6, 1.5, 6.5, .2, 94),
+    "aged_yellow": ((1.05, 1.1, 1.35), .7, (.95, .92, .8), (.08, .07, .05), .8, 2.5, 5.5, .5, 88),
+    "magenta_cast": ((1.0, 1.15, .95), 1.0, (.97, .9, .95), (.04, .05, .04), .75, 2.2, 5.2, .4, 90),
+}.items()}
+# Training pairs come from the SEEN scanners; validation also has pairs of the UNSEEN_VAL ones
+# (scanner03_000 ...); the test set adds scans of the TEST ones (scanner01_000 ...) as the real one.
+SEEN_SCANNERS = ("flatbed_warm", "flatbed_cool")
+UNSEEN_VAL_SCANNERS = {3: "sheetfed_dark", 4: "office_bright"}
+TEST_SCANNERS = {1: "aged_yellow", 2: "magenta_cast"}
+
+
+def scanner_variant(p: dict, rng: np.random.Generator) -> dict:
+    """One scan's settings: the profile ``p`` varied a little (the same scanner on another day)."""
+    return dict(p, gamma=tuple(g * float(np.exp(rng.normal(0, 0.04))) for g in p["gamma"]),
+                saturation=p["saturation"] * float(np.exp(rng.normal(0, 0.05))),
+                white=tuple(float(np.clip(w + rng.normal(0, 0.01), 0.5, 1.0)) for w in p["white"]),
+                black=tuple(float(np.clip(b + rng.normal(0, 0.008), 0, 0.3)) for b in p["black"]),
+                blur=p["blur"] * float(rng.uniform(0.85, 1.15)),
+                noise=p["noise"] * float(rng.uniform(0.8, 1.2)))
+
+
+# ---- The print-and-scan simulator: one function per family of degradation -----------------------
+def _tone(img, gamma, saturation, black, span):
+    """Tone curve per channel, saturation, then black point and span to white, on float RGB."""
+    img = np.clip(img, 0, 1) ** np.asarray(gamma, np.float32)
+    grey = img.mean(axis=2, keepdims=True)
+    return black + span * (grey + (img - grey) * saturation)
+
+
+def _random_colour(img, rng, strength):
+    """A random colour response: tone curve, saturation, per-channel gain, paper tint, faded ink."""
+    img = np.clip(img, 0, 1) ** np.exp(rng.uniform(-0.25, 0.25) * strength)
+    grey = img.mean(axis=2, keepdims=True)
+    sat = 1 + (rng.choice([rng.uniform(-0.5, -0.15), rng.uniform(0.15, 0.4)])) * strength
+    img = grey + (img - grey) * sat
+    gain = 1 + rng.uniform(-0.08, 0.08, 3) * strength
+    paper = 1 - rng.uniform(0.0, 0.08, 3) * strength  # paper is never pure white in a scan
+    lift = rng.uniform(0.0, 0.06) * strength  # blacks fade to grey
+    return lift + (paper - lift) * img * gain
+
+
+def _halftone(img, rng, strength, scanner):
+    """CMYK halftone: each ink screened with round dots at 15/75/0/45 degrees (classic angles)."""
+    period = scanner["period"] * rng.uniform(0.95, 1.05) if scanner else rng.uniform(4.0, 7.0)
+    rgb = (img * 255).astype(np.uint8).astype(np.float32) / 255.0
+    k = 1.0 - rgb.max(axis=2)
+    cmy = (1.0 - rgb - k[..., None]) / np.maximum(1.0 - k[..., None], 1e-6)
+    yy, xx = np.mgrid[0:k.shape[0], 0:k.shape[1]].astype(np.float32)
+    offset = rng.random(2) * period
+    out = []
+    for ink, angle in zip((cmy[..., 0], cmy[..., 1], cmy[..., 2], k), (15, 75, 0, 45)):
+        a = np.deg2rad(angle + rng.uniform(-2, 2))
+        u = (xx * np.cos(a) + yy * np.sin(a) + offset[0]) * (2 * np.pi / period)
+        v = (-xx * np.sin(a) + yy * np.cos(a) + offset[1]) * (2 * np.pi / period)
+        screen = (np.cos(u) * np.cos(v) + 1) / 2  # 0..1 dot profile
+        # A dot is printed where the screen lies under the ink coverage; soft edge ~1 px.
+        out.append(np.clip((ink - (1 - screen)) * 4 + 0.5, 0, 1) * 0.9 + ink * 0.1)
+    printed = np.stack([(1 - ink) * (1 - out[3]) for ink in out[:3]], axis=2)
+    return img * (1 - min(1.0, strength)) + printed * min(1.0, strength)
+
+
+def _paper_texture(img, rng, strength):
+    """Paper grain and fibres, and up to 2 wrinkles (soft shaded lines across the page)."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    grain = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.8)
+    fibres = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 6, sigmaY=0.7)
+    tex = 1 + strength * (0.025 * grain + 0.04 * fibres)
+    for _ in range(rng.integers(0, 3)):
+        line = np.zeros((h, w), np.float32)
+        p0, p1 = rng.integers(0, s, 2), rng.integers(0, s, 2)
+        cv2.line(line, (int(p0[0]), 0), (int(p1[0]), h - 1), 1.0, max(1, s // 100))
+        tex -= strength * 0.06 * cv2.GaussianBlur(line, (0, 0), max(1.0, s / 60))
+    return img * tex[..., None]
+
+
+def _stains_and_dust(img, rng, strength):
+    """Stains (soft brownish discs) and dust (small dark dots)."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    for _ in range(int(rng.integers(1, 4) * strength)):
+        stain = np.zeros((h, w), np.float32)
+        c = rng.integers(0, s, 2)
+        cv2.circle(stain, (int(c[0]), int(c[1])), int(rng.integers(s // 30, s // 8)), 1.0, -1)
+        stain = cv2.GaussianBlur(stain, (0, 0), s / 40)[..., None]
+        img = img * (1 - 0.3 * stain) + np.float32([0.85, 0.75, 0.55]) * img * 0.3 * stain
+    dots = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(5, 30) * strength * (s / 256) ** 2)):
+        centre = tuple(map(int, rng.integers(0, s, 2)))
+        cv2.circle(dots, centre, int(rng.integers(0, max(1, s // 150) + 1)), 255, -1)
+    dust = cv2.GaussianBlur(dots, (0, 0), 0.7).astype(np.float32)[..., None] / 255.0
+    return img * (1 - 0.8 * dust)
+
+
+def simulate_scan(clean: np.ndarray, rng: np.random.Generator, back: np.ndarray | None = None,
+                  families=FAMILIES, strength: float = 1.0, scanner: dict | None = None):
+    """Print and scan an RGB uint8 page into a new one. Families: 'halftone' CMYK dots; 'bleed'
+    the back page (or the page blurred) showing through; 'colour' tone and cast; 'texture' paper
+    grain and wrinkles; 'external' stains and dust; 'internal' streaks. Blur, noise and JPEG always
+    follow. A ``scanner`` (scanner_variant) fixes colour, dots, optics and streaks, else random."""
+    check_image(clean, "clean page")
+    img = clean.astype(np.float32) / 255.0
+    if "bleed" in families:  # the back page's ink darkens the paper
+        src = back if back is not None else cv2.GaussianBlur(clean, (0, 0), 3)
+        mirrored = cv2.resize(src[:, ::-1], clean.shape[1::-1]).astype(np.float32) / 255.0
+        alpha = rng.uniform(0.05, 0.15) * strength
+        img = img * (1 - alpha + alpha * cv2.GaussianBlur(mirrored, (0, 0), 1.5))
+    if "halftone" in families and strength > 0:
+        img = _halftone(img, rng, strength, scanner)
+    if "texture" in families:
+        img = _paper_texture(img, rng, strength)
+    if "colour" in families and scanner is not None:
+        black = np.asarray(scanner["black"], np.float32)
+        span = np.asarray(scanner["white"], np.float32) - black
+        img = _tone(img, scanner["gamma"], scanner["saturation"], black, span)
+    elif "colour" in families:
+        img = _random_colour(img, rng, strength)
+    if "external" in families:
+        img = _stains_and_dust(img, rng, strength)
+    if "internal" in families:  # scanner streaks ("laser" lines): mostly columns, some rows
+        rate = scanner["streaks"] if scanner else 1.0
+        for _ in range(int(rng.integers(1, 4) * strength * rate)):
+            color, a = rng.uniform(0.3, 1.0, 3).astype(np.float32), rng.uniform(0.2, 0.5)
+            lines = img.transpose(1, 0, 2) if rng.random() < 0.7 else img
+            i = int(rng.integers(0, lines.shape[0]))
+            lines[i] = lines[i] * (1 - a) + color * a
+    blur = scanner["blur"] if scanner else rng.uniform(0.5, 1.0)  # the optics
+    noise = scanner["noise"] if scanner else rng.uniform(1.5, 4.0)
+    img = cv2.GaussianBlur(np.clip(img, 0, 1), (0, 0), blur)
+    img = to_uint8(img + rng.normal(0, noise / 255.0, img.shape).astype(np.float32))
+    quality = scanner["jpeg"] + rng.integers(-2, 3) if scanner else rng.integers(80, 96)
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, int(np.clip(quality, 50, 100))]
+    _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), jpeg)
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+# ---- Pages and the demo set ----------------------------------------------------------------------
 def _smooth_field(rng, h, w, cells):
     """Random smooth RGB field in [0, 1]: coarse noise upsampled with cubic interpolation."""
     coarse = rng.random((cells, cells, 3)).astype(np.float32)
@@ -48,28 +181,8 @@ def _smooth_field(rng, h, w, cells):
     return np.clip(field, 0, 1).reshape(h, w, 3)
 
 
-def _text_block(page, rng):
-    """A block of 1 to 7 lines of words in one size, font and colour."""
-    height, width = page.shape[:2]
-    scale = float(rng.choice([0.3, 0.35, 0.45, 0.6, 0.9, 1.3])) * min(height, width) / 256
-    font = int(rng.choice(_FONTS))
-    dark = rng.random() < 0.75
-    color = tuple(int(c) for c in (rng.integers(0, 90, 3) if dark else rng.integers(0, 256, 3)))
-    thick = max(1, int(round(scale * (2 if rng.random() < 0.3 else 1))))
-    line_h = max(6, int(22 * scale))
-    x = int(rng.integers(0, max(1, width // 3)))
-    y = int(rng.integers(line_h, height))
-    for _ in range(rng.integers(1, 8)):
-        text = " ".join(rng.choice(_WORDS, rng.integers(2, 7)))
-        cv2.putText(page, text, (x, y), font, scale, color, thick, cv2.LINE_AA)
-        y += line_h
-        if y > height:
-            break
-
-
 def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A magazine-like RGB uint8 page: a white or coloured background, photo-like regions and
-    gradients, shapes, and blocks of text."""
+    """A magazine-like RGB uint8 page: background, photos and gradients, shapes, text blocks."""
     page = np.empty((height, width, 3), np.uint8)
     page[:] = np.array([255, 255, 255]) if rng.random() < 0.6 else rng.integers(150, 256, 3)
     s = min(height, width)
@@ -92,130 +205,89 @@ def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         else:
             dx, dy = int(rng.integers(5, s // 4)), int(rng.integers(3, s // 8))
             cv2.rectangle(page, corner, (corner[0] + dx, corner[1] + dy), color, -1)
-    for _ in range(rng.integers(2, 5)):
-        _text_block(page, rng)
+    for _ in range(rng.integers(2, 5)):  # blocks of lines in one size, font and colour
+        scale = float(rng.choice([0.3, 0.35, 0.45, 0.6, 0.9, 1.3])) * s / 256
+        font = int(rng.choice(_FONTS))
+        color = tuple(int(c) for c in rng.integers(0, 90 if rng.random() < 0.75 else 256, 3))
+        thick = max(1, int(round(scale * (2 if rng.random() < 0.3 else 1))))
+        line_h = max(6, int(22 * scale))
+        x, y = int(rng.integers(0, max(1, width // 3))), int(rng.integers(line_h, height))
+        for _ in range(rng.integers(1, 8)):
+            text = " ".join(rng.choice(_WORDS, rng.integers(2, 7)))
+            cv2.putText(page, text, (x, y), font, scale, color, thick, cv2.LINE_AA)
+            y += line_h
+            if y > height:
+                break
     return page
 
 
-# ---- The demo set --------------------------------------------------------------------------------
-DEMO_TITLES = ("DemoMaking", "DemoHack", "DemoFrame", "DemoMag")
-SPLIT_SEEDS = {"train": 0, "test": 1, "unseen": 2, "test_unseen": 3}
-
-
-def _pages(s: dict) -> list[tuple[str, int]]:
-    """Every demo page as (split, i). 'train': seen scanners; 'unseen': the unseen validation
-    scanners; 'test': seen scanners; 'test_unseen': the test-only scanners. A page depends only
-    on (seed, split, i), so changing one split's count leaves every other page as it was."""
-    counts = {"train": s["train_pages"], "unseen": s["unseen_pages"],
-              "test": s["test_pages"], "test_unseen": s["test_pages"]}
-    return [(split, i) for split, n in counts.items() for i in range(n)]
-
-
-def _page_scanner(split: str, i: int) -> tuple[int | None, dict]:
-    """(file number, profile) of page i: the number of other scanners' files (3 for
-    scanner03_000), None for the seen scanners' magazine-named files."""
-    if split in ("train", "test"):  # every title on both seen scanners
-        return None, SCANNERS[SEEN_SCANNERS[(i // len(DEMO_TITLES)) % 2]]
-    group = UNSEEN_VAL_SCANNERS if split == "unseen" else TEST_SCANNERS
-    number = sorted(group)[i % 2]
-    return number, SCANNERS[group[number]]
-
-
-def _crop_name(split: str, i: int, c: int, number: int | None, s: dict) -> str:
-    """The file stem of crop c of page i, like the competition's: scanner03_007 or
-    DemoMag.00012.01 (test pages are numbered after the training pages)."""
-    if number is not None:
-        return f"scanner{number:02d}_{(i // 2) * s['crops_per_page'] + c:03d}"
-    page = i if split == "train" else s["train_pages"] + i
-    return f"{DEMO_TITLES[i % len(DEMO_TITLES)]}.{page:05d}.{c + 1:02d}"
-
-
 def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
-    """Make page i of a split and write its crops: pairs as .png, test scans as .tif."""
-    crop, page_size = s["crop"], s["crop"] * 3 // 2
+    """Make page i of a split (from seed, split and i alone) and write its crops: pairs as .png,
+    test scans as .tif, named like the competition's (DemoMag.00012.01, scanner03_007)."""
+    n, crop, size = s["crops_per_page"], s["crop"], s["crop"] * 3 // 2
+    if split in ("train", "test"):  # every title on both seen scanners
+        stem = f"{DEMO_TITLES[i % 4]}.{i if split == 'train' else s['train_pages'] + i:05d}"
+        names = [f"{stem}.{c + 1:02d}" for c in range(n)]
+        profile = SCANNERS[SEEN_SCANNERS[(i // 4) % 2]]
+    else:
+        group = UNSEEN_VAL_SCANNERS if split == "unseen" else TEST_SCANNERS
+        number = sorted(group)[i % 2]
+        names = [f"scanner{number:02d}_{(i // 2) * n + c:03d}" for c in range(n)]
+        profile = SCANNERS[group[number]]
     rng = np.random.default_rng([s["seed"], SPLIT_SEEDS[split], i])
-    clean = make_page(rng, page_size, page_size)
-    back = make_page(rng, page_size, page_size)
-    number, profile = _page_scanner(split, i)
+    clean, back = make_page(rng, size, size), make_page(rng, size, size)
     scan = simulate_scan(clean, rng, back=back, scanner=scanner_variant(profile, rng))
-    for c in range(s["crops_per_page"]):
-        y, x = rng.integers(0, page_size - crop + 1, 2)
+    for name in names:
+        y, x = rng.integers(0, size - crop + 1, 2)
         win = (slice(y, y + crop), slice(x, x + crop))
-        name = _crop_name(split, i, c, number, s)
+        tif = root / SPLITS["test_scan"] / f"{name}.tif"
         if split in ("train", "unseen"):
             write_png(root / SPLITS["train_clean"] / f"{name}.png", clean[win])
             write_png(root / SPLITS["train_scan"] / f"{name}.png", scan[win])
-            continue
-        tif = root / SPLITS["test_scan"] / f"{name}.tif"
-        if not cv2.imwrite(str(tif), cv2.cvtColor(scan[win], cv2.COLOR_RGB2BGR)):
+        elif not cv2.imwrite(str(tif), cv2.cvtColor(scan[win], cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {tif}: is the disk full or the folder read-only?")
 
 
 def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop=256, seed=0,
-                      show_progress=True, workers=None, unseen_pages=8) -> dict:
-    """Generate the synthetic demo set in the competition's layout, deterministically from ``seed``.
-
-    Each page (1.5 x crop on a side) is printed and scanned by one of the SCANNERS, then
-    ``crops_per_page`` aligned crops are cut from clean and scan. Training pairs: ``train_pages``
-    pages from the seen scanners (named title.page.crop) and ``unseen_pages`` from the unseen
-    validation scanners (scanner03_000 ..., always validation). Test scans: ``test_pages`` pages
-    from the seen scanners and as many from the test-only scanners (scanner01_000 ...). The marker
-    file is written first. Pages are made in ``workers`` processes (default: one per CPU core, at
-    most 4); the files do not depend on it. Returns the counts of pairs and test scans.
-    """
+                      show_progress=True, unseen_pages=8) -> dict:
+    """The demo set in the competition's layout, from ``seed``: aligned crops of pages (1.5 x crop
+    on a side) scanned by the seen scanners (train and test pages), the unseen validation ones
+    (unseen pages, pairs) and the test-only ones (test pages again). Returns the counts."""
     root = Path(root)
     s = {"seed": seed, "train_pages": train_pages, "unseen_pages": unseen_pages,
          "test_pages": test_pages, "crops_per_page": crops_per_page, "crop": crop}
     for sub in SPLITS.values():
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / DEMO_MARKER).write_text(MARKER_TEXT + settings_line(s) + "\n")
-    pages = _pages(s)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    bar = progress_bar(total=len(pages), desc="making demo pages", enabled=show_progress)
-    if workers > 1 and len(pages) >= 8:
-        with ProcessPoolExecutor(workers) as pool:
-            for done in as_completed([pool.submit(_demo_page, root, *p, s) for p in pages]):
-                done.result()
-                bar.update(1)
-    else:
-        for split, i in pages:
-            _demo_page(root, split, i, s)
-            bar.update(1)
-    bar.close()
-    test_scans = sum(split.startswith("test") for split, _ in pages) * crops_per_page
+    counts = (train_pages, test_pages, unseen_pages, test_pages)  # in SPLIT_SEEDS' order
+    jobs = [(root, split, i, s) for split, n in zip(SPLIT_SEEDS, counts) for i in range(n)]
+    for job in progress_bar(jobs, "making demo pages", show_progress):
+        _demo_page(*job)
     return {"train_pairs": (train_pages + unseen_pages) * crops_per_page,
-            "unseen_pairs": unseen_pages * crops_per_page, "test_scans": test_scans,
-            "root": str(root)}
+            "unseen_pairs": unseen_pages * crops_per_page,
+            "test_scans": 2 * test_pages * crops_per_page}
 
 
 # ---- Input-only augmentation of training crops ---------------------------------------------------
-def colour_jitter(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """A random global colour response on an RGB uint8 image: tone curve, white and black points
-    and saturation, per channel around a common value. On training inputs, so that a model must
-    read the scanner's colour from the image instead of learning the training scanners'."""
-    gamma = np.exp(rng.normal(0, 0.15 * strength) + rng.normal(0, 0.05 * strength, 3))
-    white = 1 - np.abs(rng.normal(0, 0.06 * strength)) + rng.normal(0, 0.02 * strength, 3)
-    white = np.clip(white, 0.6, 1.05)
-    black = np.abs(rng.normal(0, 0.03 * strength)) + rng.normal(0, 0.01 * strength, 3)
-    black = np.clip(black, -0.02, 0.2)
-    img = np.clip(img.astype(np.float32) / 255.0, 0, 1) ** gamma.astype(np.float32)
-    grey = img.mean(axis=2, keepdims=True)
-    img = grey + (img - grey) * np.float32(np.exp(rng.normal(0, 0.12 * strength)))
-    return to_uint8(black.astype(np.float32) + (white - black).astype(np.float32) * img)
+def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random global colour response, so that a model must read a scan's colour from it."""
+    gamma = np.exp(rng.normal(0, 0.15) + rng.normal(0, 0.05, 3))
+    white = np.clip(1 - np.abs(rng.normal(0, 0.06)) + rng.normal(0, 0.02, 3), 0.6, 1.05)
+    black = np.clip(np.abs(rng.normal(0, 0.03)) + rng.normal(0, 0.01, 3), -0.02, 0.2)
+    saturation, span = np.float32(np.exp(rng.normal(0, 0.12))), (white - black).astype(np.float32)
+    img = img.astype(np.float32) / 255.0
+    return to_uint8(_tone(img, gamma, saturation, black.astype(np.float32), span))
 
 
 def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0):
-    """``augment(clean, scan, rng) -> new scan`` for training crops, or None when both
-    probabilities are 0: with ``degrade_prob`` the scan degraded further by a random subset of
-    the simulator's families, then with ``jitter_prob`` a colour_jitter. The target is never
-    changed."""
+    """``augment(clean, scan, rng) -> new scan`` (None if both are 0): with ``degrade_prob``
+    the scan degraded further by some families, then with ``jitter_prob`` colour-jittered."""
     if degrade_prob <= 0 and jitter_prob <= 0:
         return None
-    families = ("bleed", "colour", "texture", "external", "internal")
 
     def augment(clean, scan, rng):
         if degrade_prob > 0 and rng.random() < degrade_prob:
-            chosen = tuple(f for f in families if rng.random() < 0.5) or ("colour",)
+            chosen = tuple(f for f in FAMILIES[1:] if rng.random() < 0.5) or ("colour",)
             scan = simulate_scan(scan, rng, families=chosen, strength=float(rng.uniform(0.3, 1.0)))
         if jitter_prob > 0 and rng.random() < jitter_prob:
             scan = colour_jitter(scan, rng)
@@ -223,6 +295,4 @@ def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0):
     return augment
 
 
-def degradation_augment(prob: float):
-    """input_augment with the degradation alone (probability ``prob``)."""
-    return input_augment(degrade_prob=prob)
+degradation_augment = input_augment  # degradation_augment(prob): the degradation alone

@@ -16,7 +16,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 ORDER = ["files", "metrics", "scanners", "demo", "zips", "download", "data", "plots", "recipes",
          "notebook", "models", "inference", "crops", "losses", "checkpoints", "optim", "resume", "colourmap",
          "distributed", "engine", "launch", "submit", "cli"]
-NO_TORCH = ["helpers", "descan", "descan.scanners", "descan.demo", "descan.zips", "descan.data",
+NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data",
             "descan.plots",
             "descan.notebook", "descan.recipes", "descan.submit", "descan.cli"]
 KIT = [ROOT / "helpers.py", *sorted((ROOT / "descan").glob("*.py"))]

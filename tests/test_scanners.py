@@ -7,33 +7,33 @@ import torch
 
 import helpers
 from builders import notebook_model, notebook_run
-from descan import cli, data, demo, engine, inference, losses, models, scanners
+from descan import cli, data, demo, engine, inference, losses, models
 
 
 def scan_means(profile, page, n=6):
     """Mean RGB of ``n`` scans of one page by one scanner profile (each scan a variant of it)."""
-    variants = [scanners.scanner_variant(profile, np.random.default_rng([i, 2])) for i in range(n)]
-    scans = [scanners.simulate_scan(page, np.random.default_rng([i, 1]), scanner=variant)
+    variants = [demo.scanner_variant(profile, np.random.default_rng([i, 2])) for i in range(n)]
+    scans = [demo.simulate_scan(page, np.random.default_rng([i, 1]), scanner=variant)
              for i, variant in enumerate(variants)]
     return np.array([scan.reshape(-1, 3).astype(float).mean(0) for scan in scans])
 
 
 def test_scanner_profiles_differ_more_between_than_within():
     page = demo.make_page(np.random.default_rng(0), 96, 96)
-    means = {name: scan_means(profile, page) for name, profile in scanners.SCANNERS.items()}
+    means = {name: scan_means(profile, page) for name, profile in demo.SCANNERS.items()}
     centres = {name: m.mean(0) for name, m in means.items()}
     within = max(np.linalg.norm(m - centres[name], axis=1).max() for name, m in means.items())
     names = list(centres)
     between = min(np.linalg.norm(centres[a] - centres[b])
                   for i, a in enumerate(names) for b in names[i + 1:])
-    assert len(scanners.SCANNERS) >= 4
+    assert len(demo.SCANNERS) >= 4
     assert between > 2 * within, (between, within)
 
 
 def test_the_scanner_groups_are_disjoint():
-    used = [*scanners.SEEN_SCANNERS, *scanners.UNSEEN_VAL_SCANNERS.values(),
-            *scanners.TEST_SCANNERS.values()]
-    assert len(set(used)) == len(used) and set(used) <= set(scanners.SCANNERS)
+    used = [*demo.SEEN_SCANNERS, *demo.UNSEEN_VAL_SCANNERS.values(),
+            *demo.TEST_SCANNERS.values()]
+    assert len(set(used)) == len(used) and set(used) <= set(demo.SCANNERS)
 
 
 @pytest.fixture(scope="module")

@@ -69,11 +69,6 @@ def dataset_kind(data) -> str:
     return "demo" if smoke_mode() else "real"
 
 
-def data_label(data) -> str:
-    """For titles and prints: says plainly when the data is the synthetic demo set."""
-    return "DEMO DATA (synthetic)" if dataset_kind(data) == "demo" else "competition data"
-
-
 def workspace_dir(data=None) -> Path:
     """Where notebooks hand each other files, created if missing: $DESCAN_WORKSPACE; else a folder
     per kind of data under MyDrive/descanning in Colab (/content/workspace without Drive)."""

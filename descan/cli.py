@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import ROOT, DataError, data_dir, data_label, env_path, smoke_mode, workspace_dir
+from helpers import ROOT, DataError, data_dir, env_path, smoke_mode, workspace_dir
 from descan.files import atomic_path
 from descan.notebook import ensure_split, hosted_defaults
 
@@ -39,7 +39,7 @@ def _download(args) -> None:
         r = data.get_competition_data(folder, workspace_dir(folder), tries=args.tries,
                                       wait=args.retry_wait, timeout=args.timeout,
                                       downloader=args.downloader)
-    print(f"{data_label(folder)} in {folder}: {r['train_pairs']} training pairs, "
+    print(f"{data.data_label(folder)} in {folder}: {r['train_pairs']} training pairs, "
           f"{r['test_scans']} test scans (checked {r['checked']})")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem, data_label,
+from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem,
                      dataset_kind, examples, list_images, pair_files, read_rgb,
                      smoke_mode, workspace_dir)
 from descan import download
@@ -123,6 +123,11 @@ def ensure_data(data, workspace) -> dict:
           f"{summary['test_scans']} test scans (checked {summary['checked']}; "
           f"{time.time() - t0:.1f} s)")
     return summary
+
+
+def data_label(data) -> str:
+    """For titles and prints: says plainly when the data is the synthetic demo set."""
+    return "DEMO DATA (synthetic)" if dataset_kind(data) == "demo" else "competition data"
 
 
 def warn_if_demo(data) -> str:

@@ -154,7 +154,7 @@ def test_demo_dataset_layout_and_determinism(tmp_path):
     assert "train/clean/DemoMaking.00000.01.png" in a and "train/clean/scanner03_000.png" in a
     assert "test/scan/scanner01_000.tif" in a
     assert helpers.dataset_kind(tmp_path / "a") == "demo"
-    assert helpers.data_label(tmp_path / "a").startswith("DEMO DATA")
+    assert data.data_label(tmp_path / "a").startswith("DEMO DATA")
     summary = data.check_dataset(tmp_path / "a", show_progress=False)
     assert summary["train_sizes"] == {"64x64": 10} and summary["test_sizes"] == {"64x64": 4}
 

@@ -41,6 +41,25 @@ def execute(nb, saved: Path):
                      if out.get("output_type") == "stream")
 
 
+def check_the_edits_reached_the_run(run_dir: Path) -> int:
+    """The run folder records lr 3e-4 and width 24; returns the edited model's parameter count."""
+    saved = json.loads((run_dir / "run.json").read_text())
+    assert saved["config"]["lr"] == 3e-4 and saved["model"]["kwargs"]["width"] == 24
+    cfg = recipes.load_run(run_dir)["config"]
+    history = pd.read_csv(run_dir / "history.csv")
+    assert 0 < history["lr"].max() <= 3e-4  # warm-up and cosine: never above the edited lr
+    total = cfg.epochs * (cfg.crops_per_epoch // cfg.batch_size)
+    want = [cfg.lr * optim.lr_factor(cfg, step - 1, total, 0.0) for step in history["step"]]
+    assert history["lr"].tolist() == pytest.approx(want)  # the lr of each row's last step
+    best = checkpoints.load_checkpoint(run_dir / checkpoints.BEST, kind="best")
+    assert best["model_kwargs"]["width"] == 24 and best["config"]["lr"] == 3e-4
+    edited = models.count_parameters(checkpoints.model_from_checkpoint(best))
+    default = notebook_run("attention")["model"]
+    assert default["kwargs"]["width"] == 16
+    assert edited != models.count_parameters(models.build(default["code"], default["name"], default["kwargs"]))
+    return edited
+
+
 def test_a_student_edits_04_trains_with_two_processes_and_05_submits_it(tmp_path, monkeypatch):
     first_data, workspace = tmp_path / "data", tmp_path / "workspace"
     for name, value in {"DESCAN_SMOKE": "1", "DESCAN_DATA": str(first_data), "DESCAN_WORKSPACE": str(workspace)}.items():
@@ -58,20 +77,7 @@ def test_a_student_edits_04_trains_with_two_processes_and_05_submits_it(tmp_path
     assert "$ torchrun " in out and "x 2 processes (torchrun)" in out, out[-3000:]
 
     run_dir = checkpoints.run_dir(workspace, "attention_unet")
-    saved = json.loads((run_dir / "run.json").read_text())
-    assert saved["config"]["lr"] == 3e-4 and saved["model"]["kwargs"]["width"] == 24
-    cfg = recipes.load_run(run_dir)["config"]
-    history = pd.read_csv(run_dir / "history.csv")
-    assert 0 < history["lr"].max() <= 3e-4  # warm-up and cosine: never above the edited lr
-    total = cfg.epochs * (cfg.crops_per_epoch // cfg.batch_size)
-    want = [cfg.lr * optim.lr_factor(cfg, step - 1, total, 0.0) for step in history["step"]]
-    assert history["lr"].tolist() == pytest.approx(want)  # the lr of each row's last step
-    best = checkpoints.load_checkpoint(run_dir / checkpoints.BEST, kind="best")
-    assert best["model_kwargs"]["width"] == 24 and best["config"]["lr"] == 3e-4
-    edited = models.count_parameters(checkpoints.model_from_checkpoint(best))
-    default = notebook_run("attention")["model"]
-    assert default["kwargs"]["width"] == 16
-    assert edited != models.count_parameters(models.build(default["code"], default["name"], default["kwargs"]))
+    edited = check_the_edits_reached_the_run(run_dir)
 
     # notebook 05 in a fresh runtime: its data folder is empty (the demo data is made again), the
     # workspace is the same, and the student asks for the run by name
@@ -89,7 +95,7 @@ def test_a_student_edits_04_trains_with_two_processes_and_05_submits_it(tmp_path
     rebuilt = re.search(r"^REBUILT (\w+) (\d+) (.+)$", out, re.M)
     assert rebuilt, out[-3000:]
     assert rebuilt.groups() == ("AttentionUNet", str(edited), str(run_dir / checkpoints.BEST))
-    assert f"checkpoint: {run_dir / checkpoints.BEST}" in out
+    assert str(run_dir / checkpoints.BEST) in out.replace(rebuilt.group(0), "")  # 05 names it
 
     with open(workspace / "submission.csv", newline="") as f:
         rows = list(csv.reader(f))

@@ -27,7 +27,10 @@ def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, 
     saved = (state.get("model_name"), state.get("model_kwargs"), state.get("model_code"))
     if saved != (spec["name"], spec["kwargs"], spec["code"]):
         fixed.append(f"the model ({spec['name']}: its arguments or its code)")
-        diffs["model"] = (saved[0], spec["name"])
+        was = saved[1] or {}
+        diffs.update({k: (was.get(k), v) for k, v in spec["kwargs"].items() if was.get(k) != v})
+        if saved[0] != spec["name"] or saved[2] != spec["code"]:
+            diffs["model"] = (saved[0], spec["name"] if saved[0] != spec["name"] else "edited code")
     return diffs, fixed
 
 

@@ -1,9 +1,9 @@
 """Training under torchrun: 2 processes on the CPU (gloo), as CI can run it.
 
-The processes are started as the notebooks start them (distributed.launch, or its command), on a
-tiny demo set, with the attention recipe in smoke mode (batch 8 = 2 pairs x 4 crops: one pair per
-process per step). A ``my_models.py`` in the workspace (the kit's own plug-in point, imported by every
-process) saves each process's final weights, or makes one process fail on purpose.
+The processes are started as the notebooks start them (launch.train, launch.launch, or the torchrun
+command), on a tiny demo set, with notebook 04's recipe in smoke mode (batch 8 = 2 pairs x 4 crops:
+one pair per process per step). The model's code travels with the run and is run in every process,
+so test hooks ride in it: each process saves its final weights, or one process fails on purpose.
 """
 import os
 import signal
@@ -16,43 +16,49 @@ import pandas as pd
 import pytest
 import torch
 
-from descan import checkpoints, data, demo, distributed, engine, recipes
+from builders import notebook_run
+from descan import checkpoints, data, demo, distributed, engine, launch, recipes
 from helpers import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOOKS = '''
+
+# ---- test hooks, run in every process with the model's code
 import os
-import torch
 from descan import engine
 
-_fit, _step = engine.Trainer.fit, engine.Trainer.train_step
+if not hasattr(engine.Trainer, "test_hooked"):  # the code runs once per model built
+    _fit, _step = engine.Trainer.fit, engine.Trainer.train_step
 
+    def fit(self, *args, **kwargs):  # each process saves its own final weights
+        result = _fit(self, *args, **kwargs)
+        torch.save(self.model.state_dict(), self.run_dir / f"rank{os.environ['RANK']}.weights")
+        return result
 
-def fit(self, *args, **kwargs):  # each process saves its own final weights
-    result = _fit(self, *args, **kwargs)
-    torch.save(self.model.state_dict(), self.run_dir / f"rank{os.environ['RANK']}.weights")
-    return result
+    def train_step(self, *args, **kwargs):  # the process named by TEST_FAIL_RANK fails at step 2
+        if os.environ.get("TEST_FAIL_RANK") == os.environ["RANK"] and self.step == 2:
+            raise RuntimeError("deliberate failure " + "in process " + os.environ["RANK"])
+        return _step(self, *args, **kwargs)
 
-
-def train_step(self, *args, **kwargs):  # the process named by TEST_FAIL_RANK fails at step 2
-    if os.environ.get("TEST_FAIL_RANK") == os.environ["RANK"] and self.step == 2:
-        raise RuntimeError("deliberate failure " + "in process " + os.environ["RANK"])
-    return _step(self, *args, **kwargs)
-
-
-engine.Trainer.fit, engine.Trainer.train_step = fit, train_step
+    engine.Trainer.fit, engine.Trainer.train_step, engine.Trainer.test_hooked = fit, train_step, True
 '''
+
+
+def hooked_run(**settings):
+    """Notebook 04's recipe (smoke mode, CPU) with the hooks above in its model code."""
+    run = notebook_run("attention", **settings)
+    run["model"]["code"] += HOOKS
+    return run
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """(data, workspace): 6 demo pages x 2 crops of 64 px, the split, and the hooks above."""
+    """(data, workspace): 6 demo pages x 2 crops of 64 px and the split."""
     root = tmp_path_factory.mktemp("ddp")
     demo.make_demo_dataset(root / "data", train_pages=6, test_pages=1, crops_per_page=2, crop=64, show_progress=False)
     (root / "ws").mkdir()
     data.write_manifest(data.make_manifest(root / "data", 0.2), root / "ws")
-    (root / "ws" / "my_models.py").write_text(HOOKS)
     return root / "data", root / "ws"
 
 
@@ -72,13 +78,13 @@ def test_two_processes_match_one(folders, capsys):
     weights (a sharding bug) move the tensors by 2e-4 to 1.1 of their norm (median 9e-3).
     """
     data_dir, ws = folders
-    distributed.launch("attention", 2, data_dir, ws, "two")  # the notebooks' launcher, output streamed here
+    assert launch.train(hooked_run(), data_dir, ws, "two", "cpu", processes=2) is None  # output streamed here
     out = capsys.readouterr().out
     run = ws / "runs" / "two"
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "history.csv", "history.png", "last.pt",
-                                                      "rank0.weights", "rank1.weights"]
+                                                      "rank0.weights", "rank1.weights", "run.json"]
     assert out.count("epoch 1: train loss") == 1 and out.count("best validation score") == 1  # process 0 speaks
-    assert "x 2 processes (torchrun, 4 crops each per step)" in out
+    assert "x 2 processes (torchrun)" in out and "$ torchrun " in out
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [1, 2] and list(history["step"]) == [4, 8]
     w0, w1 = (torch.load(run / f"rank{r}.weights", weights_only=True) for r in (0, 1))
@@ -86,9 +92,10 @@ def test_two_processes_match_one(folders, capsys):
     last = checkpoints.load_checkpoint(run / "last.pt", kind="last")
     assert all(torch.equal(last["model"][k], w0[k]) for k in w0)
 
-    name, kwargs, cfg = recipes.recipe("attention", "cpu", smoke=True)
+    plain = notebook_run("attention")  # the same model and settings, without the hooks
+    assert recipes.load_run(run)["config"] == plain["config"]
     train, val = data.load_split(data_dir, ws)
-    one = engine.Trainer(name, kwargs, train, val, ws / "runs" / "one", cfg, device="cpu")
+    one = engine.Trainer(plain, train, val, ws / "runs" / "one", "cpu", "demo")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1)
     try:
@@ -103,19 +110,20 @@ def test_two_processes_match_one(folders, capsys):
 
 
 def test_interrupt_then_kill_then_resume(folders):
-    """Stopping the notebook (SIGINT to the kernel running distributed.launch, as Jupyter sends it)
+    """Stopping the notebook (SIGINT to the kernel running launch.launch, as Jupyter sends it)
     saves last.pt once; a kill -9 of the whole job loses only the steps since the last save; the
     same command then resumes and finishes."""
     data_dir, ws = folders
-    cmd = distributed.torchrun_command("attention", 2, data_dir, ws, "cut")
-    notebook = [sys.executable, "-c", f"from descan import distributed; distributed.launch('attention', 2, "
-                f"{str(data_dir)!r}, {str(ws)!r}, 'cut')"]
-    env = run_env(DESCAN_EPOCHS="6", DESCAN_CHECKPOINT_MINUTES="0")
-    history = ws / "runs" / "cut" / "history.csv"
+    folder = checkpoints.run_dir(ws, "cut")
+    recipes.save_run(hooked_run(epochs=6, checkpoint_minutes=0.0), folder)
+    cmd = launch.torchrun_command(folder, 2, data_dir, ws)
+    notebook = [sys.executable, "-c", f"from descan import launch; launch.launch({str(folder)!r}, 2, "
+                f"{str(data_dir)!r}, {str(ws)!r})"]
+    history = folder / "history.csv"
     for command, stop in ((notebook, lambda p: os.kill(p.pid, signal.SIGINT)),
                           (cmd, lambda p: os.killpg(p.pid, signal.SIGKILL))):
         rows = len(pd.read_csv(history)) if history.exists() else 0
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         deadline = time.time() + 120
         while (not history.exists() or len(pd.read_csv(history)) <= rows) and time.time() < deadline:
@@ -126,40 +134,45 @@ def test_interrupt_then_kill_then_resume(folders):
         assert proc.returncode != 0, out[-3000:]
         if command is notebook:
             assert out.count("Interrupted: saved") == 1 and "KeyboardInterrupt" in out, out[-3000:]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Resuming ") == 1
     assert list(pd.read_csv(history)["epoch"]) == list(range(1, 7))
-    assert checkpoints.load_checkpoint(ws / "runs" / "cut" / "last.pt", kind="last")["step"] == 24
+    assert checkpoints.load_checkpoint(folder / "last.pt", kind="last")["step"] == 24
 
 
 def test_a_budget_stops_every_process_at_the_same_step(folders):
     """Process 0's clock decides for all: they stop after the same step, with the same weights."""
     data_dir, ws = folders
-    cmd = distributed.torchrun_command("attention", 2, data_dir, ws, "budget")
-    r = subprocess.run(cmd, cwd=ROOT, env=run_env(DESCAN_EPOCHS="1000", DESCAN_TRAIN_MINUTES="0.02"),
-                       capture_output=True, text=True, timeout=300)
+    folder = checkpoints.run_dir(ws, "budget")
+    recipes.save_run(hooked_run(epochs=1000), folder)
+    cmd = launch.torchrun_command(folder, 2, data_dir, ws)
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(DESCAN_TRAIN_MINUTES="0.02"), capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Budget of 0.02 min spent after") == 1
-    run = ws / "runs" / "budget"
-    w0, w1 = (torch.load(run / f"rank{r}.weights", weights_only=True) for r in (0, 1))
+    w0, w1 = (torch.load(folder / f"rank{r}.weights", weights_only=True) for r in (0, 1))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    assert 0 < checkpoints.load_checkpoint(run / "last.pt", kind="last")["step"] < 4000
+    assert 0 < checkpoints.load_checkpoint(folder / "last.pt", kind="last")["step"] < 4000
 
 
 def test_a_failing_process_ends_the_run_with_its_message_once(folders, capsys, monkeypatch):
     data_dir, ws = folders
     monkeypatch.setenv("TEST_FAIL_RANK", "1")
-    with pytest.raises(DataError, match=r"2 processes stopped \(exit code 1\)"):
-        distributed.launch("attention", 2, data_dir, ws, "fails")
+    with pytest.raises(DataError, match=r"2 processes stopped \(exit code 1\).*PROCESSES = 1"):
+        launch.train(hooked_run(), data_dir, ws, "fails", "cpu", processes=2)
     out = capsys.readouterr().out
     assert out.count("deliberate failure in process 1") == 1, out[-4000:]
 
 
-def test_a_batch_that_does_not_split_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"batch_size=12 \(DESCAN_BATCH\).*crops_per_image=4.*processes=2"):
+def test_a_batch_that_does_not_split_is_refused_by_name(folders):
+    with pytest.raises(ValueError, match=r"batch_size=12 must be a multiple of crops_per_image=4 x processes=2"):
         distributed.check_batch(12, 4, 2)
     distributed.check_batch(16, 4, 2)
+    run = notebook_run("attention", batch_size=12, crops_per_image=4)  # refused before anything starts
+    with pytest.raises(ValueError, match=r"batch_size=12 .*processes=2.*Change the batch or the number"):
+        launch.train(run, *folders, "odd", "cpu", processes=2)
+    assert not checkpoints.run_dir(folders[1], "odd").exists()
 
 
 def test_one_process_is_left_alone(monkeypatch):
@@ -179,24 +192,14 @@ def test_the_shards_together_are_one_process_batches():
     assert len(shards[0]) == len(shards[1]) == 10
 
 
-def test_gpus_wanted_follows_descan_gpus(monkeypatch):
-    monkeypatch.setenv("DESCAN_GPUS", "2")
-    assert distributed.gpu_count_wanted() == 2  # no GPU here: two processes on the CPU
-    monkeypatch.setenv("DESCAN_GPUS", "many")
-    with pytest.raises(ValueError, match="DESCAN_GPUS"):
-        distributed.gpu_count_wanted()
-    monkeypatch.delenv("DESCAN_GPUS")
-    assert distributed.gpu_count_wanted() == torch.cuda.device_count()
-
-
-def test_the_launcher_refuses_settings_changed_in_the_notebook(folders):
-    import dataclasses
-    cfg = recipes.recipe("attention", "cpu", smoke=True)[2]
-    with pytest.raises(ValueError, match=r"CFG was changed in the notebook \(lr\).*DESCAN_GPUS=1"):
-        distributed.launch("attention", 2, *folders, cfg=dataclasses.replace(cfg, lr=0.5), device="cpu")
-    with pytest.raises(ValueError, match=r"trains mynet \{\}.*DESCAN_GPUS=1"):
-        distributed.launch("attention", 2, *folders, model=("mynet", {}), device="cpu")
-    assert sys.executable in distributed.torchrun_command("dncnn", 2)
+def test_the_number_of_processes_and_the_torchrun_command(tmp_path):
+    """The notebooks start one process per GPU (one on a CPU); torchrun's processes run this Python
+    on the recipe saved in the run folder."""
+    assert launch.processes_for("cpu") == 1
+    assert launch.processes_for("cuda") == max(1, torch.cuda.device_count())
+    cmd = launch.torchrun_command(tmp_path / "runs" / "r", 2, tmp_path / "d", tmp_path / "w")
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
+    assert cmd[cmd.index("--run-dir") + 1] == str(tmp_path / "runs" / "r")
 
 
 def test_loader_workers_are_shared_out_among_the_processes_of_a_machine(monkeypatch):

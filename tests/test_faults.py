@@ -1,10 +1,10 @@
-"""Faults and bad input (issue 10): failed writes say why and keep the old file, stale partial
+"""Faults and bad input: failed writes say why and keep the old file, stale partial
 files go, restore swaps a complete folder in, the CSV reader is strict, 05 keeps to its kind of
 data, settings are refused by name; and the claims that deliberate bugs once slipped past
 (best.pt by validation score, the clamp, pairing by name, why resuming needs no RNG state).
 The last test runs benchmarks/fault_drill.py in its quick mode."""
+import dataclasses
 import errno
-import importlib
 import os
 import random
 import re
@@ -20,15 +20,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
-from builders import files_under, imwrite_rgb, pair_dirs, uniform  # noqa: E402
-from descan import checkpoints, engine, inference, models, submit  # noqa: E402
+from builders import files_under, imwrite_rgb, notebook_model, notebook_run, pair_dirs, uniform  # noqa: E402
+from descan import checkpoints, engine, inference, models, recipes, resume, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError  # noqa: E402
-from descan import files, settings  # noqa: E402
+from descan import files  # noqa: E402
 
-# The recipe table moved from engine to its own module; the tests take it from where it is.
-recipes = importlib.import_module("descan.recipes") if importlib.util.find_spec("descan.recipes") else engine
 TINY = {"width": 8, "depth": 3}
+DNCNN_CODE = notebook_run("dncnn")["model"]["code"]  # notebook 03's model cell
 PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")
 
 
@@ -89,8 +88,9 @@ def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **k)
     monkeypatch.setattr(os, "open", refuse)
-    state = {"kind": "best", "model_name": "dncnn", "model_kwargs": TINY, "val": {"score": 1.0}, "epoch": 1,
-             "step": 1, "config": {}, "data_kind": "demo", "model": models.build_model("dncnn", **TINY).state_dict()}
+    state = {"kind": "best", "model_name": "DnCNN", "model_kwargs": TINY, "val": {"score": 1.0}, "epoch": 1,
+             "step": 1, "config": {}, "data_kind": "demo", "model": notebook_model("dncnn", **TINY).state_dict(),
+             "model_code": DNCNN_CODE}
     with pytest.raises(OSError, match=rf"read-only: could not write {re.escape(str(folder / 'best.pt'))}"):
         checkpoints.save_checkpoint(state, folder / "best.pt")
     monkeypatch.setattr(os, "open", real_open)
@@ -294,9 +294,9 @@ def test_trailing_blank_lines_are_ignored_but_not_blank_lines_inside(tmp_path):
 
 # ---------------------------------------------------------------- 05 keeps to the kind of its data
 
-def save_run(workspace, run, score, data_kind, model_name="dncnn"):
-    state = {"kind": "best", "model_name": model_name, "model_kwargs": TINY,
-             "model": models.build_model("dncnn", **TINY).state_dict(), "data_kind": data_kind, "epoch": 1,
+def save_run(workspace, run, score, data_kind, model_name="DnCNN"):
+    state = {"kind": "best", "model_name": model_name, "model_kwargs": TINY, "model_code": DNCNN_CODE,
+             "model": notebook_model("dncnn", **TINY).state_dict(), "data_kind": data_kind, "epoch": 1,
              "step": 1, "config": {}, "val": {"score": score}}
     return checkpoints.save_checkpoint(state, checkpoints.best_path(workspace, run))
 
@@ -311,7 +311,7 @@ def test_choose_checkpoint_keeps_to_the_kind_of_data(tmp_path):
     # an explicit choice wins over the kind
     assert checkpoints.choose_checkpoint(tmp_path, "demo_run", data_kind="real")["run"] == "demo_run"
     # a model name trained on both: the run of this kind, although the other scores better
-    assert checkpoints.choose_checkpoint(tmp_path, "dncnn", data_kind="real")["run"] == "real_run"
+    assert checkpoints.choose_checkpoint(tmp_path, "DnCNN", data_kind="real")["run"] == "real_run"
 
 
 def test_choose_checkpoint_stops_when_no_checkpoint_has_the_kind_of_data(tmp_path):
@@ -339,26 +339,28 @@ def test_env_number_names_the_variable_the_value_and_the_range(monkeypatch, raw,
         settings.env_number("KIT_TEST_SWITCH", default, lo, hi)
 
 
-NUMERIC_KNOBS = [(var, spec) for var, spec in recipes.ENV_KNOBS.items() if spec[1] in (int, float)]
+NUMERIC = [f.name for f in dataclasses.fields(recipes.TrainConfig) if type(f.default) in (int, float)]
+AT_MOST_1 = ("lr", "weight_decay", "ema_decay", "degrade_prob", "colour_jitter")
 
 
-@pytest.mark.parametrize("var, spec", NUMERIC_KNOBS, ids=[v for v, _ in NUMERIC_KNOBS])
-def test_every_numeric_knob_has_a_range_and_refuses_bad_values_by_name(monkeypatch, var, spec):
-    field, kind, lo, hi = spec
-    assert lo is not None, f"{var} has no minimum"
-    for raw in ("abc", "1_0", "nan", str(lo - 1)):
-        monkeypatch.setenv(var, raw)
-        with pytest.raises(ValueError, match=var):
-            recipes.recipe("dncnn", "cpu", smoke=True)
-    monkeypatch.delenv(var)
+@pytest.mark.parametrize("name", NUMERIC)
+def test_every_numeric_setting_has_a_range_and_refuses_bad_values_by_name(name):
+    for raw in ("abc", "nan", "inf", "-5", *(["1.5"] if name in AT_MOST_1 else [])):
+        with pytest.raises(ValueError, match=rf"{name}="):
+            recipes.parse_overrides([f"{name}={raw}"], recipes.TrainConfig())
 
 
-@pytest.mark.parametrize("var, value", [("DESCAN_TRAIN_MINUTES", "-1"), ("DESCAN_BATCH", "0"), ("DESCAN_BATCH", "abc"),
-                                        ("DESCAN_PATCH", "7"), ("DESCAN_EPOCHS", "0"), ("DESCAN_BATCH", "12")])
-def test_the_settings_of_the_issue_are_refused_by_name(monkeypatch, var, value):
-    monkeypatch.setenv(var, value)
-    with pytest.raises(ValueError, match=var):
-        recipes.recipe("dncnn", "cuda", smoke=False)
+@pytest.mark.parametrize("setting", ["batch_size=0", "batch_size=abc", "patch=7", "epochs=0", "batch_size=12",
+                                     "crops_per_image=1_0"])
+def test_settings_that_once_passed_unchecked_are_refused_by_name(setting):
+    with pytest.raises(ValueError, match=setting.split("=")[0]):
+        recipes.from_notebook("dncnn", torch.device("cuda"), smoke=False, overrides=[setting])
+
+
+def test_a_negative_training_budget_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("DESCAN_TRAIN_MINUTES", "-1")
+    with pytest.raises(ValueError, match="DESCAN_TRAIN_MINUTES='-1'"):
+        recipes.with_env(recipes.TrainConfig())
 
 
 def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
@@ -373,18 +375,19 @@ def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
 
 # ---------------------------------------------------------------- claims that deliberate bugs slipped past
 
-def tiny_cfg(**kw):
-    sizes = dict(epochs=3, crops_per_epoch=16, batch_size=8, patch=32, crops_per_image=4, workers=0,
-                 checkpoint_minutes=0.0)
-    return recipes.recipe("dncnn", "cpu", smoke=True, use_env=False, **{**sizes, **kw})[2]
+def tiny_trainer(folder, train, val):
+    """A trainer of notebook 03's recipe (smoke mode, CPU) with a tiny DnCNN, 3 epochs of 2 steps."""
+    run = notebook_run("dncnn", model_kwargs=TINY, epochs=3, crops_per_epoch=16, batch_size=8, patch=32,
+                       crops_per_image=4, workers=0, checkpoint_minutes=0.0)
+    return engine.Trainer(run, train, val, folder, "cpu", "demo")
 
 
 def test_best_pt_is_the_best_validation_score_not_the_lowest_training_loss(demo_pairs, tmp_path, monkeypatch):
-    """As in a smoke run of the issue: the last epoch has the lowest training loss but a worse
+    """As in a smoke run once: the last epoch has the lowest training loss but a worse
     validation score than epoch 2; best.pt must hold epoch 2's weights and score."""
     train, val = demo_pairs
     scores, losses, snapshots = iter([6.0, 5.48, 6.85]), iter([0.09] * 2 + [0.058] * 2 + [0.029] * 2), []
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(), device="cpu")
+    t = tiny_trainer(tmp_path, train, val)
     real_step = t.train_step
 
     def step(*a):
@@ -454,9 +457,9 @@ def scramble_rngs(seed=12345):
 def test_resume_restores_the_global_rng_states(demo_pairs, tmp_path):
     train, val = demo_pairs
     with pytest.raises(Crash):
-        engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(), device="cpu").fit(on_step=crash_at(3))
+        tiny_trainer(tmp_path, train, val).fit(on_step=crash_at(3))
     saved = checkpoints.load_checkpoint(tmp_path / "last.pt", kind="last")["rng"]
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(), device="cpu")
+    t = tiny_trainer(tmp_path, train, val)
     scramble_rngs()
     assert t.try_resume()
     assert torch.equal(torch.get_rng_state(), saved["torch"])
@@ -470,12 +473,12 @@ def test_why_resuming_needs_no_rng_state_every_crop_has_its_own_seed(demo_pairs,
     crops are seeded by (seed, epoch, index) and nothing else draws, so a run resumed with
     scrambled global generators and *without* restoring them ends with bit-identical weights."""
     train, val = demo_pairs
-    full = engine.Trainer("dncnn", TINY, train, val, tmp_path / "full", tiny_cfg(), device="cpu")
+    full = tiny_trainer(tmp_path / "full", train, val)
     full.fit()
     with pytest.raises(Crash):
-        engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu").fit(on_step=crash_at(3))
+        tiny_trainer(tmp_path / "cut", train, val).fit(on_step=crash_at(3))
     monkeypatch.setattr(resume, "set_rng_state", lambda state: None)
-    resumed = engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", tiny_cfg(), device="cpu")
+    resumed = tiny_trainer(tmp_path / "cut", train, val)
     scramble_rngs()
     resumed.fit()
     assert resumed.step == full.step == 6

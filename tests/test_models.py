@@ -1,16 +1,25 @@
-"""descan.models and descan.inference: the models, the parameter rule, restoring whole images."""
+"""descan.models and descan.inference: the notebooks' models (built from their code), the
+parameter rule, restoring whole images, models as code in checkpoints, old checkpoints."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import helpers
-from descan import inference, models
+from builders import notebook_model, notebook_run
+from descan import checkpoints, engine, inference, models
 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to run in a blink on a CPU
+TINY_UNET = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def identity_dncnn():
     """A DnCNN whose residual branch outputs zero: the model is the identity mapping."""
-    model = models.build_model("dncnn", **TINY)
+    model = notebook_model("dncnn", **TINY)
     torch.nn.init.zeros_(model.body[-1].weight)
     torch.nn.init.zeros_(model.body[-1].bias)
     return model
@@ -43,15 +52,15 @@ def test_restore_handles_mixed_sizes_in_one_call():
 
 
 def test_parameter_rule(capsys):
-    assert models.parameter_report(models.build_model("dncnn"), patch=32) == 559_363  # the slides' count
+    assert models.parameter_report(notebook_model("dncnn"), patch=32) == 559_363  # the slides' count
     assert "Total params: 559,363" in capsys.readouterr().out
     with pytest.raises(ValueError, match="fewer than 10,000,000"):
-        models.parameter_report(models.build_model("dncnn", width=800), patch=32)
+        models.parameter_report(notebook_model("dncnn", width=800), patch=32)
 
 
 @pytest.mark.parametrize("size", [(37, 53), (8, 8), (65, 31)])
 def test_attention_model_keeps_odd_image_sizes(size):
-    model = models.build_model("attention_unet", width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
+    model = notebook_model("attention", **TINY_UNET)
     img = np.random.default_rng(0).integers(0, 256, size + (3,), dtype=np.uint8)
     out = inference.restore(model, [img])[0]
     assert out.shape == img.shape and out.dtype == np.uint8
@@ -63,31 +72,27 @@ def test_attention_model_keeps_odd_image_sizes(size):
 
 
 def test_attention_model_parameter_rule():
-    small = models.build_model("attention_unet")
+    small = notebook_model("attention")
     assert models.parameter_report(small, patch=32) == models.count_parameters(small) < helpers.PARAM_LIMIT
-    huge = models.build_model("attention_unet", width=96, enc_blocks=(2, 2, 4), mid_blocks=8, dec_blocks=(2, 2, 2))
+    huge = notebook_model("attention", width=96, enc_blocks=(2, 2, 4), mid_blocks=8, dec_blocks=(2, 2, 2))
     with pytest.raises(ValueError, match="fewer than 10,000,000"):
         models.parameter_report(huge, patch=32)
 
 
 @pytest.mark.parametrize("size", [(100, 100), (517, 389), (7, 9)])
-@pytest.mark.parametrize("name", ["dncnn", "attention_unet"])
-def test_models_take_any_size_and_return_it(name, size):
-    kwargs = {"dncnn": TINY, "attention_unet": dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1,
-                                                     dec_blocks=(1, 1, 1))}[name]
-    model = models.build_model(name, **kwargs).eval()
+@pytest.mark.parametrize("recipe", ["dncnn", "attention"])
+def test_models_take_any_size_and_return_it(recipe, size):
+    model = notebook_model(recipe, **{"dncnn": TINY, "attention": TINY_UNET}[recipe]).eval()
     x = torch.rand(1, 3, *size)
     with torch.no_grad():
         assert model(x).shape == x.shape
 
 
-MY_MODELS = '''
+TINY_TONE = '''
 import torch
 from torch import nn
-from descan.models import register
 
 
-@register("tiny_tone")
 class TinyTone(nn.Module):
     """A student's model: one learned colour matrix and offset for the whole image."""
 
@@ -101,38 +106,88 @@ class TinyTone(nn.Module):
         return self.mix(x)
 '''
 
+REBUILD = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from descan import checkpoints
+chosen = checkpoints.choose_checkpoint(sys.argv[2])
+model = checkpoints.model_from_checkpoint(chosen["path"])
+print("REBUILT", chosen["run"], type(model).__name__, model(torch.full((1, 3, 2, 2), 0.5)).flatten().tolist())
+'''
 
-def test_bring_your_own_model_trains_and_is_found_by_another_runtime(tmp_path):
-    """A model defined in WORKSPACE/my_models.py trains with the engine and is rebuilt by a fresh
-    Python process (another Colab runtime) that loads the same file; without it, the message
-    says what to do."""
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from descan import checkpoints, demo, engine, recipes
+def test_a_model_written_as_code_trains_and_another_process_rebuilds_it_from_best_pt(demo_pairs, tmp_path):
+    """A model cell's code (here a small class of a student's) trains with the engine; best.pt keeps
+    the code, so a fresh Python process (another Colab runtime) rebuilds the model from the file
+    alone, with the same outputs."""
+    train, val = demo_pairs
+    run = notebook_run("dncnn", epochs=1, crops_per_epoch=8, batch_size=8, patch=16, crops_per_image=4, workers=0)
+    run["model"] = {"name": "TinyTone", "kwargs": {"bias": 0.1}, "code": TINY_TONE}
     workspace = tmp_path / "ws"
-    workspace.mkdir()
-    (workspace / "my_models.py").write_text(MY_MODELS)
-    assert models.load_user_models(workspace) == ["tiny_tone"]
-    demo.make_demo_dataset(tmp_path / "d", train_pages=4, test_pages=1, crop=32, show_progress=False)
-    pairs = helpers.pair_files(tmp_path / "d/train/clean", tmp_path / "d/train/scan")
-    cfg = recipes.recipe("attention", "cpu", smoke=True, use_env=False, epochs=1, crops_per_epoch=8, patch=16,
-                         workers=0)[2]
-    engine.Trainer("tiny_tone", {"bias": 0.1}, pairs[:-2], pairs[-2:], checkpoints.run_dir(workspace, "mine"),
-                   cfg, device="cpu").fit()
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from descan import checkpoints, models; ws = sys.argv[2]\n"
-            "try:\n    checkpoints.model_from_checkpoint(checkpoints.best_path(ws, 'mine'))\n"
-            "except checkpoints.CheckpointError as e:\n    print('BEFORE:', e)\n"
-            "models.load_user_models(ws)\n"
-            "print('AFTER:', type(checkpoints.model_from_checkpoint(checkpoints.choose_checkpoint(ws)['path'])).__name__)")
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", code, str(root), str(workspace)], capture_output=True, text=True,
-                       timeout=120)
+    t = engine.Trainer(run, train, val, checkpoints.run_dir(workspace, "mine"), "cpu", "demo")
+    t.fit()
+    best = checkpoints.load_checkpoint(checkpoints.best_path(workspace, "mine"), kind="best")
+    assert best["model_code"] == TINY_TONE and best["model_name"] == "TinyTone"
+    with torch.no_grad():
+        want = checkpoints.model_from_checkpoint(best)(torch.full((1, 3, 2, 2), 0.5)).flatten().tolist()
+    r = subprocess.run([sys.executable, "-c", REBUILD, str(ROOT), str(workspace)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "BEFORE:" in r.stdout and "'tiny_tone'" in r.stdout and "my_models.py" in r.stdout
-    assert "AFTER: TinyTone" in r.stdout
-    models.MODELS.pop("tiny_tone")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("REBUILT"))
+    assert line.startswith("REBUILT mine TinyTone [")
+    assert eval(line.split(" ", 3)[3]) == pytest.approx(want, abs=1e-6)
+
+
+# best.pt as the kit wrote it before models were saved as code: no model_code, the old model names,
+# and arguments the models no longer have (levels, mean_y_shift: off)
+OLD_BEST_KEYS = ("kind", "model_name", "model_kwargs", "model", "val", "epoch", "step", "config", "data_kind")
+OLD = {"dncnn": ("dncnn", dict(channels=3, width=8, depth=3, mean=0.5, std=0.5, levels=False)),
+       "attention": ("attention_unet", dict(**TINY_UNET, colour_path=True, colour_head=True, mean_y_shift=False,
+                                            levels=False))}
+
+
+def old_best(path, recipe, **changes):
+    """Write an old-style best.pt holding the weights of the notebook's model (random ones)."""
+    name, kwargs = OLD[recipe]
+    kwargs = {**kwargs, **changes}
+    model = notebook_model(recipe, **{k: v for k, v in kwargs.items() if k not in ("levels", "mean_y_shift")})
+    state = {"kind": "best", "model_name": name, "model_kwargs": kwargs, "model": model.state_dict(),
+             "val": {"score": 3.0}, "epoch": 1, "step": 4, "config": {"lr": 1e-3}, "data_kind": "demo"}
+    assert tuple(state) == OLD_BEST_KEYS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": checkpoints.FORMAT, **state}, path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("recipe", ["dncnn", "attention"])
+def test_a_best_pt_written_before_models_were_code_still_loads(tmp_path, recipe):
+    """The model is rebuilt from its notebook's model cell, with its weights and outputs."""
+    path = checkpoints.best_path(tmp_path, "old")
+    want = old_best(path, recipe)
+    entry = checkpoints.choose_checkpoint(tmp_path, "old")
+    assert entry["error"] is None and entry["model_name"] == OLD[recipe][0]
+    model = checkpoints.model_from_checkpoint(entry["path"])
+    assert type(model).__name__ == type(want).__name__ and not model.training
+    x = torch.rand(1, 3, 24, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x), want(x))
+    # what the kit can no longer rebuild is refused with what to do
+    old_best(path, recipe, levels=True)
+    with pytest.raises(checkpoints.CheckpointError, match="uses levels.*no longer has; train the model again"):
+        checkpoints.model_from_checkpoint(path)
+
+
+def test_an_old_best_pt_of_a_model_without_code_says_what_to_do(tmp_path):
+    """A student's model of the old plug-in file: the checkpoint names it but holds no code."""
+    path = checkpoints.best_path(tmp_path, "mine")
+    old_best(path, "dncnn")
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "model_name": "tiny_tone"}, path)
+    entry = checkpoints.find_checkpoints(tmp_path)[0]
+    assert "names model 'tiny_tone' but holds no code for it" in entry["error"] and "Train it again" in entry["error"]
+    with pytest.raises(checkpoints.CheckpointError, match="names model 'tiny_tone' but holds no code"):
+        checkpoints.choose_checkpoint(tmp_path, "mine")
 
 
 def test_the_classical_fit_recovers_a_known_affine_map_exactly():
@@ -149,8 +204,8 @@ def test_the_classical_fit_recovers_a_known_affine_map_exactly():
     model = models.ColourMap()
     with torch.no_grad():
         model.matrix.copy_(torch.tensor(matrix)), model.offset.copy_(torch.tensor(offset))
-    mapped = helpers.to_uint8(img.reshape(-1, 3) / 255.0 @ matrix.T + offset).reshape(img.shape)
-    assert np.abs(inference.restore(model, [img])[0].astype(int) - mapped).max() <= 1
+    want = helpers.to_uint8(img / 255.0 @ matrix.T + offset)
+    assert np.abs(inference.restore(model, [img])[0].astype(int) - want).max() <= 1
     assert models.count_parameters(model) == 12
 
 

@@ -1,14 +1,21 @@
-"""Issue 13's speed-ups change how fast the models run, never what they compute: the layer norm,
-the attention block, the optimiser, torch.compile and the amp / compile switches."""
+"""The speed-ups change how fast the models run, never what they compute: the layer norm and the
+attention block of notebook 04's model cell, the optimiser, torch.compile, and the amp and compile
+settings."""
 import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from descan import engine, inference, models, recipes
+from builders import notebook_model, notebook_run
+from descan import inference, models, optim, recipes
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def cell(name):
+    """A class that notebook 04's model cell defines (LayerNorm2d, AttnBlock, AttentionUNet)."""
+    return models.run_code(notebook_run("attention")["model"]["code"], "<04 model cell>")[name]
 
 
 def hand_written_layer_norm(x, weight, bias, eps=1e-5):
@@ -18,8 +25,9 @@ def hand_written_layer_norm(x, weight, bias, eps=1e-5):
     return weight.view(1, -1, 1, 1) * (x - mu) / (var + eps).sqrt() + bias.view(1, -1, 1, 1)
 
 
-def old_attn_block_forward(block, x):
-    """AttnBlock.forward before issue 13 (x + beta * y, two passes each), the reference."""
+def block_as_written(block, x):
+    """The attention block's formula written plainly (x + beta * y, two passes each): its fused
+    torch.addcmul must compute the same."""
     a, b = block.dw(block.expand(block.norm1(x))).chunk(2, dim=1)
     y = a * b
     x = x + block.beta * block.project(y * block.sca(y))
@@ -39,7 +47,7 @@ def randomise(model, seed=0, scale=0.3):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_layer_norm_over_channels_equals_f_layer_norm(fmt):
     torch.manual_seed(0)
-    norm = randomise(models.LayerNorm2d(12))
+    norm = randomise(cell("LayerNorm2d")(12))
     x = (torch.randn(2, 12, 9, 7) * 3 + 1).contiguous(memory_format=fmt)
     got = norm(x)
     want = F.layer_norm(x.permute(0, 2, 3, 1), (12,), norm.weight, norm.bias).permute(0, 3, 1, 2)
@@ -48,56 +56,53 @@ def test_layer_norm_over_channels_equals_f_layer_norm(fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_attention_block_computes_what_it_did_before(fmt):
+def test_attention_block_computes_its_formula(fmt):
     torch.manual_seed(0)
-    block = randomise(models.AttnBlock(8))
+    block = randomise(cell("AttnBlock")(8))
     x = torch.randn(2, 8, 12, 10).contiguous(memory_format=fmt)
     block = block.to(memory_format=fmt)
-    torch.testing.assert_close(block(x), old_attn_block_forward(block, x))
+    torch.testing.assert_close(block(x), block_as_written(block, x))
     # the same for the gradients of every parameter
     grads = []
-    for forward in (block, lambda t: old_attn_block_forward(block, t)):
+    for forward in (block, lambda t: block_as_written(block, t)):
         block.zero_grad()
         forward(x).square().mean().backward()
         grads.append([p.grad.clone() for p in block.parameters()])
-    for new, old in zip(*grads):
-        torch.testing.assert_close(new, old)
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain)
 
 
-def test_the_attention_model_keeps_its_parameters_and_outputs(monkeypatch):
-    """Same parameter names, shapes and count (old best.pt files load), same outputs for the same weights."""
-    name, kwargs, _ = recipes.recipe("attention", use_env=False)
-    kwargs = {**kwargs, "colour_head": False}  # the U-Net of before issue 13 (04 now adds a colour head)
-    model = randomise(models.build_model(name, **kwargs), scale=0.1).eval()  # 0.3: outputs of 1e5
-    assert models.count_parameters(model) == 1_750_319  # the README's count, from before issue 13
-    x = torch.rand(1, 3, 40, 48)
-    with torch.no_grad():
-        new = model(x)
-        monkeypatch.setattr(models.AttnBlock, "forward", old_attn_block_forward)
-        old = model(x)
-    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-4)
+def test_the_attention_model_keeps_its_parameter_count():
+    """The U-Net without a colour head has the count docs/benchmarks.md gives (old best.pt files load)."""
+    model = notebook_model("attention", colour_head=False)
+    assert models.count_parameters(model) == 1_750_319
 
 
-@pytest.mark.parametrize("bad", ["fp32", "bfloat16", "yes", "1"])
-def test_the_amp_switch_refuses_unknown_values(bad):
+@pytest.mark.parametrize("bad", ["fp32", "bfloat16", "yes", "1", "FP16"])
+def test_the_amp_setting_refuses_unknown_values(bad):
     with pytest.raises(ValueError, match=r"amp=.* is not one of auto, bf16, fp16, off"):
         inference.amp_dtype(bad)
     with pytest.raises(ValueError, match="amp="):  # on a CPU too, not only where AMP applies
         inference.autocast("cpu", bad)
+    with pytest.raises(ValueError, match=rf"amp='{bad}'.*use one of auto, bf16, fp16, off"):
+        recipes.parse_overrides([f"amp={bad}"], recipes.TrainConfig())
 
 
-def test_the_amp_switch_picks_the_dtype():
-    for value, dtype in [("bf16", torch.bfloat16), ("FP16", torch.float16), ("off", None)]:
+def test_the_amp_setting_picks_the_dtype():
+    for value, dtype in [("bf16", torch.bfloat16), ("fp16", torch.float16), ("off", None)]:
         assert inference.amp_dtype(value) is dtype
-    assert isinstance(inference.autocast("cuda", "off"), type(inference.autocast("cpu")))  # no autocast
+    assert isinstance(inference.autocast("cuda", "off"), type(inference.autocast("cpu")))  # no autocast at all
+    assert inference.use_grad_scaler("cuda", "fp16") and not inference.use_grad_scaler("cuda", "bf16")
+    assert not inference.use_grad_scaler("cpu", "fp16")
 
 
 @pytest.mark.parametrize("kind", ["adam", "adamw"])
 def test_the_optimiser_is_the_multi_tensor_one_on_a_cpu_and_steps(kind):
-    cfg = recipes.recipe("attention", use_env=False, optimizer=kind)[2]
-    model = models.build_model("attention_unet", width=4, enc_blocks=(1,), mid_blocks=1, dec_blocks=(1,))
-    opt = engine.make_optimizer(model.parameters(), cfg, "cpu")
+    cfg = recipes.TrainConfig(optimizer=kind)
+    model = notebook_model("attention", width=4, enc_blocks=(1,), mid_blocks=1, dec_blocks=(1,))
+    opt = optim.make_optimizer(model.parameters(), cfg, "cpu")
     assert opt.param_groups[0]["foreach"] is True and not opt.param_groups[0].get("fused")
+    assert isinstance(opt, torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.rand(2, 3, 16, 16)).mean().backward()
     opt.step()
@@ -105,7 +110,7 @@ def test_the_optimiser_is_the_multi_tensor_one_on_a_cpu_and_steps(kind):
     # a last.pt written without the multi-tensor setting does not switch it off when resumed
     saved = opt.state_dict()
     saved["param_groups"][0]["foreach"] = None
-    engine.load_optimizer_state(opt, saved)
+    optim.load_optimizer_state(opt, saved)
     assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["lr"] == cfg.lr
 
 
@@ -115,7 +120,7 @@ class Broken(torch.nn.Module):
 
 
 def test_compilation_failure_falls_back_to_eager_with_one_message(capsys):
-    model = models.LayerNorm2d(4)
+    model = cell("LayerNorm2d")(4)
     wrapped = inference.CompiledOrEager(model)
     wrapped.compiled = Broken()
     x = torch.randn(1, 4, 3, 3)
@@ -126,17 +131,21 @@ def test_compilation_failure_falls_back_to_eager_with_one_message(capsys):
     assert list(wrapped.model.state_dict()) == list(model.state_dict())  # the weights keep their names
 
 
-def test_the_compile_switch():
-    model = models.LayerNorm2d(4)
+def test_the_compile_setting():
+    model = cell("LayerNorm2d")(4)
     assert inference.compile_model(model) is model  # off by default
-    assert isinstance(inference.compile_model(model, enabled=True), inference.CompiledOrEager)
+    assert recipes.TrainConfig().compile is False
+    assert isinstance(inference.compile_model(model, True), inference.CompiledOrEager)
+    assert recipes.parse_overrides(["compile=1"], recipes.TrainConfig()).compile is True
+    with pytest.raises(ValueError, match=r"compile='maybe'.*use one of True, False"):
+        recipes.parse_overrides(["compile=maybe"], recipes.TrainConfig())
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
                     reason="torch.compile on a CPU needs a C++ compiler, and none is installed")
 def test_compiled_and_eager_blocks_give_the_same_outputs_and_gradients(capsys):
     torch.manual_seed(0)
-    block = randomise(models.AttnBlock(4)).to(memory_format=torch.channels_last)
+    block = randomise(cell("AttnBlock")(4)).to(memory_format=torch.channels_last)
     x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
     compiled = inference.CompiledOrEager(block)
     results = []
@@ -153,38 +162,36 @@ def test_compiled_and_eager_blocks_give_the_same_outputs_and_gradients(capsys):
 
 @pytest.mark.parametrize("name", ["dncnn", "identity"])
 def test_the_ema_update_is_the_per_tensor_lerp(name):
-    from types import SimpleNamespace
     torch.manual_seed(0)
-    build = {"dncnn": lambda: models.build_model("dncnn", width=4, depth=3), "identity": models.Identity}[name]
+    build = {"dncnn": lambda: notebook_model("dncnn", width=4, depth=3), "identity": models.Identity}[name]
     model, ema = randomise(build()), build()
     if name == "dncnn":
         model.body[3].num_batches_tracked += 3  # an integer buffer is copied, not averaged
     want = {k: e.lerp(p, 0.5) if e.dtype.is_floating_point else p.clone()
             for (k, e), p in zip(ema.state_dict().items(), model.state_dict().values())}
-    trainer = SimpleNamespace(cfg=SimpleNamespace(ema_decay=0.5), step=100, ema=ema, model=model)
-    engine.Trainer._update_ema(trainer)  # decay min(0.5, 101 / 110) = 0.5
+    optim.update_ema(ema, model, 0.5)
     got = ema.state_dict()
     assert set(got) == set(want)
     for k, v in got.items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (README: Speed on a GPU)")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (docs: speed on a GPU)")
 
 
 @CUDA
 @pytest.mark.parametrize("amp", ["auto", "bf16", "fp16", "off"])
 def test_on_a_gpu_the_fused_optimiser_trains_under_every_amp_setting(amp):
-    cfg = recipes.recipe("attention", "cuda", use_env=False)[2]
-    model = models.build_model("attention_unet", width=8, enc_blocks=(1, 1), mid_blocks=1, dec_blocks=(1, 1))
+    cfg = recipes.from_notebook("attention", torch.device("cuda"), smoke=False, overrides=[f"amp={amp}"])["config"]
+    model = notebook_model("attention", width=8, enc_blocks=(1, 1), mid_blocks=1, dec_blocks=(1, 1))
     model = model.cuda().to(memory_format=torch.channels_last)
-    opt = engine.make_optimizer(model.parameters(), cfg, "cuda")
+    opt = optim.make_optimizer(model.parameters(), cfg, "cuda")
     assert opt.param_groups[0]["fused"] is True
-    scaler = torch.amp.GradScaler("cuda", enabled=inference.amp_dtype(amp) is torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=inference.use_grad_scaler("cuda", cfg.amp))
     before = [p.detach().clone() for p in model.parameters()]
     x = torch.rand(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     for _ in range(3):
-        with inference.autocast("cuda", amp):
+        with inference.autocast("cuda", cfg.amp):
             out = model(x)
         loss = (out.float() - x).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -199,10 +206,10 @@ def test_on_a_gpu_the_fused_optimiser_trains_under_every_amp_setting(amp):
 
 @CUDA
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_on_a_gpu_the_block_computes_what_it_did_before_under_amp(amp):
-    block = randomise(models.AttnBlock(16)).cuda().to(memory_format=torch.channels_last)
+def test_on_a_gpu_the_block_computes_its_formula_under_amp(amp):
+    block = randomise(cell("AttnBlock")(16)).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(2, 16, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), inference.autocast("cuda", amp):
-        new, old = block(x), old_attn_block_forward(block, x)
-    assert new.dtype == old.dtype
-    torch.testing.assert_close(new.float(), old.float(), rtol=1e-2, atol=1e-2)
+        fused, plain = block(x), block_as_written(block, x)
+    assert fused.dtype == plain.dtype
+    torch.testing.assert_close(fused.float(), plain.float(), rtol=1e-2, atol=1e-2)

@@ -1,25 +1,34 @@
-"""The training engine: resume after a crash, checkpoint safety, inference, parameter rule."""
+"""The training engine: resume after a crash, checkpoint safety, crops, budgets, run names."""
+import types
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import helpers
-from descan import checkpoints, crops, demo, engine, inference, losses, models, recipes  # noqa: E402
+from builders import notebook_model, notebook_run
+from descan import checkpoints, crops, data, demo, engine, inference, losses, optim, recipes
 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to train in a second on a CPU
-
-
+TINY_UNET = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))  # 04's model, tiny
 TINY_SIZES = dict(epochs=2, crops_per_epoch=32, batch_size=8, patch=32, crops_per_image=4, workers=0,
                   checkpoint_minutes=0.0)  # checkpoint_minutes=0: `last` is saved after every step
 
 
-def tiny_cfg(recipe="dncnn", **kw):
-    """A notebook's recipe from recipes.RECIPES (smoke mode, CPU), at tiny sizes, plus ``kw``."""
-    return recipes.recipe(recipe, "cpu", smoke=True, use_env=False, **{**TINY_SIZES, **kw})[2]
+def tiny_run(recipe="dncnn", model_kwargs=None, **settings):
+    """Notebook 03's (``dncnn``) or 04's (``attention``) recipe in smoke mode on the CPU, with a tiny
+    model and tiny sizes, plus ``settings``."""
+    kwargs = model_kwargs or (TINY if recipe == "dncnn" else {**TINY_UNET, "colour_head": True})
+    return notebook_run(recipe, model_kwargs=kwargs, **{**TINY_SIZES, **settings})
 
 
-def weights(trainer):
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+def trainer(run, train, val, folder):
+    return engine.Trainer(run, train, val, folder, "cpu", "demo")
+
+
+def weights(t):
+    return {k: v.clone() for k, v in t.model.state_dict().items()}
 
 
 class Crash(Exception):
@@ -31,10 +40,7 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
     """Every crop is seeded by (seed, epoch, index), so a resumed run is bit-identical; the RNG
     states saved in last.pt matter only to code that draws from the global generators."""
     train, val = demo_pairs
-
-    def cfg():
-        return tiny_cfg(recipe)
-    full = engine.Trainer("dncnn", TINY, train, val, tmp_path / "full", cfg(), device="cpu")
+    full = trainer(tiny_run(recipe), train, val, tmp_path / "full")
     full.fit()
     assert full.step == 8 and full.epoch == 2  # 2 epochs x (32 crops / 8 per batch)
 
@@ -42,103 +48,106 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
         if step == 3:  # dies mid-way through the first epoch, before step 3 is saved
             raise Crash()
 
-    first = engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
     with pytest.raises(Crash):
-        first.fit(on_step=crash)
-    resumed = engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
+        trainer(tiny_run(recipe), train, val, tmp_path / "cut").fit(on_step=crash)
+    resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
     assert resumed.try_resume() and resumed.step == 2 and resumed.epoch == 0
-    resumed = engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu")
+    resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
     resumed.fit()
     a, b = weights(full), weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    if cfg().ema_decay:  # the 04 recipe averages the weights: the average resumes exactly too
+    if full.cfg.ema_decay:  # the 04 recipe averages the weights: the average resumes exactly too
         for (k, x), y in zip(full.ema.state_dict().items(), resumed.ema.state_dict().values()):
             assert torch.equal(x, y), k
     assert [r["val_score"] for r in full.history] == [r["val_score"] for r in resumed.history]
     # A finished run is not trained again; its history, best checkpoint and plot are on disk.
-    assert engine.Trainer("dncnn", TINY, train, val, tmp_path / "cut", cfg(), device="cpu").fit()["steps"] == 8
+    assert trainer(tiny_run(recipe), train, val, tmp_path / "cut").fit()["steps"] == 8
     for f in ("last.pt", "best.pt", "history.csv", "history.png"):
         assert (tmp_path / "cut" / f).stat().st_size > 0
 
 
 def test_resume_refuses_a_different_run(demo_pairs, tmp_path, monkeypatch):
     train, val = demo_pairs
-    engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1), device="cpu").fit()
+    trainer(tiny_run(epochs=1), train, val, tmp_path).fit()
     monkeypatch.setenv("DESCAN_RESUME", "continue")  # not even deliberately: these decide the crops or the model
-    other = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(patch=24), device="cpu")
     with pytest.raises(checkpoints.CheckpointError, match=r"patch 32 -> 24\. patch differ, so this run cannot go on"):
-        other.fit()
-    other_split = engine.Trainer("dncnn", TINY, train[1:], val, tmp_path, tiny_cfg(), device="cpu")
+        trainer(tiny_run(patch=24), train, val, tmp_path).fit()
     with pytest.raises(checkpoints.CheckpointError, match="training/validation pairs differ"):
-        other_split.fit()
-    wider = engine.Trainer("dncnn", {**TINY, "width": 9}, train, val, tmp_path, tiny_cfg(), device="cpu")
-    with pytest.raises(checkpoints.CheckpointError, match=r"width 8 -> 9.*model dncnn"):
-        wider.fit()
+        trainer(tiny_run(), train[1:], val, tmp_path).fit()
+    with pytest.raises(checkpoints.CheckpointError, match=r"width 8 -> 9.*the model \(DnCNN: its arguments"):
+        trainer(tiny_run(model_kwargs={**TINY, "width": 9}), train, val, tmp_path).fit()
+    edited = tiny_run()  # a student edited the model cell: the same arguments, other code
+    edited["model"]["code"] = edited["model"]["code"].replace("nn.ReLU(inplace=True)", "nn.GELU()")
+    with pytest.raises(checkpoints.CheckpointError, match=r"the model \(DnCNN: its arguments or its code\)"):
+        trainer(edited, train, val, tmp_path).fit()
 
 
 def test_a_changed_lr_stops_with_the_ways_out_then_continues_on_request(demo_pairs, tmp_path, monkeypatch, capsys):
     train, val = demo_pairs
-    run = tmp_path / "dncnn"
-    engine.Trainer("dncnn", TINY, train, val, run, tiny_cfg(epochs=1), device="cpu").fit()
-    monkeypatch.setenv("DESCAN_LR", "0.0003")
-    cfg = recipes.recipe("dncnn", "cpu", smoke=True, **{**TINY_SIZES, "epochs": 2})[2]
-    assert cfg.lr == 0.0003
+    folder = tmp_path / "dncnn"
+    trainer(tiny_run(epochs=1), train, val, folder).fit()
+    run = tiny_run()
+    run["config"] = recipes.parse_overrides(["lr=0.0003", "epochs=2"], run["config"])  # as on the command line
+    assert run["config"].lr == 0.0003
     with pytest.raises(checkpoints.CheckpointError) as e:
-        engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu").fit()
+        trainer(run, train, val, folder).fit()
     msg = str(e.value)
     assert "lr 0.001 -> 0.0003" in msg and "DESCAN_RUN_NAME=dncnn-lr0.0003" in msg and "DESCAN_RESUME=continue" in msg
     monkeypatch.setenv("DESCAN_RESUME", "continue")
-    t = engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu")
+    t = trainer(run, train, val, folder)
     r = t.fit()
     assert r["epochs"] == 2 and t.optimizer.param_groups[0]["lr"] == pytest.approx(0.0003)
     assert [row["settings_changed"] for row in r["history"]] == ["", "lr 0.001 -> 0.0003"]
-    import pandas as pd
-    assert list(pd.read_csv(run / "history.csv")["settings_changed"].fillna("")) == ["", "lr 0.001 -> 0.0003"]
+    assert list(pd.read_csv(folder / "history.csv")["settings_changed"].fillna("")) == ["", "lr 0.001 -> 0.0003"]
     # a finished run says what it is and how to extend or restart it
     capsys.readouterr()
-    engine.Trainer("dncnn", TINY, train, val, run, cfg, device="cpu").fit()
+    trainer(run, train, val, folder).fit()
     out = capsys.readouterr().out
-    assert "Nothing to train: run 'dncnn'" in out and "DESCAN_EPOCHS (now 2)" in out and "DESCAN_RUN_NAME" in out
+    assert "Nothing to train: run 'dncnn'" in out and "raise epochs (now 2)" in out and "DESCAN_RUN_NAME" in out
 
 
 def test_budget_stops_training_says_so_and_still_validates(demo_pairs, tmp_path, capsys):
     train, val = demo_pairs
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=50, budget_minutes=1e-6),
-                       device="cpu")
-    r = t.fit()
+    r = trainer(tiny_run(epochs=50, budget_minutes=1e-6), train, val, tmp_path).fit()
     assert r["steps"] == 1 and len(r["history"]) == 1 and np.isfinite(r["best_score"])
     assert (tmp_path / "best.pt").exists()
     out = capsys.readouterr().out
     assert "Budget of 1e-06 min spent after 1 steps (25% of epoch 1); best validation score" in out
     assert "at step 1 (do nothing: " in out
     row = r["history"][0]
-    assert row["loss_name"] == "MSE" and row["do_nothing_score"] > 0
+    assert row["loss_name"].startswith("MSE") and row["do_nothing_score"] > 0  # the loss cell's docstring
 
 
 def test_best_checkpoint_rebuilds_the_model_from_the_file_alone(demo_pairs, tmp_path):
     train, val = demo_pairs
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1), device="cpu")
+    run = tiny_run(epochs=1)
+    t = trainer(run, train, val, tmp_path)
     t.fit()
-    model = checkpoints.model_from_checkpoint(tmp_path / "best.pt")
-    assert isinstance(model, models.DnCNN) and len(model.body) == 2 + 3 * 1 + 1
+    state = checkpoints.load_checkpoint(tmp_path / "best.pt", kind="best")
+    assert state["model_code"] == run["model"]["code"] and "class DnCNN" in state["model_code"]
+    model = checkpoints.model_from_checkpoint(state)
+    assert type(model).__name__ == "DnCNN" and len(model.body) == 2 + 3 * 1 + 1
     again = inference.evaluate(model, [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val],
-                               groups=t.val_groups())
+                               groups=[data.scanner_group(p.name) for p in val])
     assert again["score"] == pytest.approx(t.history[-1]["val_score"], abs=1e-9)  # seen scanners
     assert again["unseen_score"] == pytest.approx(t.history[-1]["val_unseen_score"], abs=1e-9)
 
 
 def best_state(model, step=1):
-    """A best.pt state in the checkpoint schema."""
-    return {"kind": "best", "model_name": "dncnn", "model_kwargs": TINY, "model": model.state_dict(),
-            "val": {"score": 1.0}, "epoch": 1, "step": step, "config": {}, "data_kind": "demo"}
+    """A best.pt state in the checkpoint schema, for notebook 03's model."""
+    return {"kind": "best", "model_name": "DnCNN", "model_kwargs": TINY, "model_code": tiny_run()["model"]["code"],
+            "model": model.state_dict(), "val": {"score": 1.0}, "epoch": 1, "step": step, "config": {},
+            "data_kind": "demo"}
 
 
 def test_checkpoint_schema_is_checked_when_writing(tmp_path):
-    state = best_state(models.build_model("dncnn", **TINY))
+    state = best_state(notebook_model("dncnn", **TINY))
     with pytest.raises(ValueError, match=r"missing keys \['val'\]"):
         checkpoints.save_checkpoint({k: v for k, v in state.items() if k != "val"}, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match=r"missing keys \['model_code'\]"):
+        checkpoints.save_checkpoint({k: v for k, v in state.items() if k != "model_code"}, tmp_path / "a.pt")
     with pytest.raises(ValueError, match="'kind' must be 'best' or 'last'"):
         checkpoints.save_checkpoint({**state, "kind": "other"}, tmp_path / "a.pt")
     checkpoints.save_checkpoint(state, tmp_path / "a.pt")
@@ -149,7 +158,7 @@ def test_checkpoint_schema_is_checked_when_writing(tmp_path):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
-    model = models.build_model("dncnn", **TINY)
+    model = notebook_model("dncnn", **TINY)
     checkpoints.save_checkpoint(best_state(model, step=1), path)
     before = path.read_bytes()
 
@@ -168,21 +177,26 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
 
 def test_corrupt_and_foreign_checkpoints_get_clear_errors(tmp_path):
     good = tmp_path / "good.pt"
-    checkpoints.save_checkpoint(best_state(models.build_model("dncnn", **TINY)), good)
+    checkpoints.save_checkpoint(best_state(notebook_model("dncnn", **TINY)), good)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:300])
     with pytest.raises(checkpoints.CheckpointError, match="cut.pt is corrupt"):
         checkpoints.load_checkpoint(cut)
     foreign = tmp_path / "foreign.pt"
-    torch.save(models.build_model("dncnn", **TINY).state_dict(), foreign)
+    torch.save(notebook_model("dncnn", **TINY).state_dict(), foreign)
     with pytest.raises(checkpoints.CheckpointError, match="foreign.pt is not a descanning checkpoint.*bare state_dict"):
         checkpoints.load_checkpoint(foreign)
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at .*missing.pt.*notebook 03"):
         checkpoints.load_checkpoint(tmp_path / "missing.pt")
-    unknown = tmp_path / "unknown.pt"
-    checkpoints.save_checkpoint({**best_state(models.build_model("dncnn", **TINY)), "model_name": "vitgan"}, unknown)
-    with pytest.raises(checkpoints.CheckpointError, match="'vitgan'"):
+    unknown = tmp_path / "unknown.pt"  # its code defines no class of that name
+    checkpoints.save_checkpoint({**best_state(notebook_model("dncnn", **TINY)), "model_name": "vitgan"}, unknown)
+    with pytest.raises(checkpoints.CheckpointError, match="defines no class 'vitgan'; it defines DnCNN"):
         checkpoints.model_from_checkpoint(unknown)
+    no_code = tmp_path / "no_code.pt"  # no code, and not a model the kit knows by name
+    checkpoints.save_checkpoint({**best_state(notebook_model("dncnn", **TINY)), "model_name": "vitgan",
+                                 "model_code": None}, no_code)
+    with pytest.raises(checkpoints.CheckpointError, match="unknown model 'vitgan'.*Train it again"):
+        checkpoints.model_from_checkpoint(no_code)
 
 
 def test_crops_are_aligned_augmented_and_repeatable(demo_pairs):
@@ -210,83 +224,72 @@ def test_degradation_augmentation_changes_inputs_not_targets(demo_pairs):
     assert not torch.equal(s0, s1)
 
 
-def test_perceptual_loss_falls_back_with_one_message_when_weights_are_missing(monkeypatch, capsys):
-    import torchvision.models
-
-    def offline(*a, **k):
-        raise OSError("no network")
-
-    monkeypatch.setattr(torchvision.models, "vgg16", offline)
-    assert losses.perceptual_loss(0.1) is None
-    out = capsys.readouterr().out
-    assert out.count("Perceptual loss skipped") == 1 and "no network" in out
-
-
-def test_perceptual_loss_is_computed_when_weights_load(monkeypatch):
-    import torchvision.models
-    real_vgg16 = torchvision.models.vgg16
-    monkeypatch.setattr(torchvision.models, "vgg16", lambda weights=None: real_vgg16(weights=None))  # random weights
-    loss = losses.perceptual_loss(0.1)
-    x = torch.rand(1, 3, 32, 32)
-    assert loss(x, x).item() == 0.0 and loss(x, torch.rand(1, 3, 32, 32)).item() > 0
-
-
 def test_mean_y_loss_term_sees_a_global_shift():
-    loss = losses.make_loss("l1", mean_y_weight=1.0)
+    run = notebook_run("attention", mean_y_weight=1.0)  # notebook 04's loss cell
+    loss, no_head = losses.from_code(run["loss_code"]), types.SimpleNamespace(global_estimate=None)
     target = torch.full((2, 3, 8, 8), 0.5)
     shifted = target + 0.1
     # L1 of 0.1 plus |mean Y error| of 0.1 (the Y weights sum to 1)
-    assert loss(shifted, target).item() == pytest.approx(0.2, abs=1e-6)
+    assert loss(shifted, target, no_head, run["config"]).item() == pytest.approx(0.2, abs=1e-6)
     # a colour change that keeps every pixel's Y adds nothing to the mean-Y term
     neutral = target + torch.tensor([0.1, 0.0, -0.299 * 0.1 / 0.114]).view(1, 3, 1, 1)
     assert losses.mean_y_error(neutral, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_ema_warms_up_then_averages(demo_pairs, tmp_path):
+def test_ema_warms_up_then_averages(demo_pairs, tmp_path, monkeypatch):
+    """The trainer moves the average by 1 - min(ema_decay, (1 + step) / (10 + step)): fast at the
+    start, so the random initial weights fade, then at the configured decay."""
     train, val = demo_pairs
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(ema_decay=0.999), device="cpu")
-    w = t.model.body[0].weight
-    start = w.detach().clone()
+    t = trainer(tiny_run(ema_decay=0.999, epochs=1), train, val, tmp_path)
+    decays = []
+    real = engine.update_ema
+    monkeypatch.setattr(engine, "update_ema", lambda ema, model, decay: (decays.append(decay), real(ema, model, decay)))
+    t.fit()
+    assert decays == pytest.approx([0.1, 2 / 11, 3 / 12, 4 / 13])
+    assert min(0.999, (1 + 10_000) / (10 + 10_000)) == 0.999  # later: the configured decay
+    # one update moves every weight by 1 - decay of the way (the averaged model starts as a copy)
+    ema, model = notebook_model("dncnn", **TINY), notebook_model("dncnn", **TINY)
+    ema.load_state_dict(model.state_dict())
+    start = ema.body[0].weight.detach().clone()
     with torch.no_grad():
-        w.add_(1.0)
-    t.step = 0  # first update: decay min(0.999, 1/10) = 0.1
-    t._update_ema()
-    assert torch.allclose(t.ema.body[0].weight, start + 0.9, atol=1e-6)
-    t.step = 10_000  # later: the configured 0.999
-    with torch.no_grad():
-        w.add_(1.0)
-    before = t.ema.body[0].weight.clone()
-    t._update_ema()
-    assert torch.allclose(t.ema.body[0].weight, before + 0.001 * (w - before), atol=1e-6)
+        model.body[0].weight.add_(1.0)
+    optim.update_ema(ema, model, 0.1)
+    assert torch.allclose(ema.body[0].weight, start + 0.9, atol=1e-6)
+    before = ema.body[0].weight.clone()
+    optim.update_ema(ema, model, 0.999)
+    assert torch.allclose(ema.body[0].weight, before + 0.001 * (model.body[0].weight - before), atol=1e-6)
 
 
 def test_a_patch_that_is_not_a_multiple_of_8_trains_the_attention_model(demo_pairs, tmp_path):
-    """DESCAN_PATCH=100 once died in an unexplained cell of 04; the model now pads itself."""
+    """A patch of 100 once died in an unexplained cell of 04; the model now pads itself."""
     train, val = demo_pairs
-    cfg = tiny_cfg("attention", patch=44, epochs=1, crops_per_epoch=8)
-    kwargs = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))
-    r = engine.Trainer("attention_unet", kwargs, train, val, tmp_path, cfg, device="cpu").fit()
+    r = trainer(tiny_run("attention", patch=44, epochs=1, crops_per_epoch=8), train, val, tmp_path).fit()
     assert r["steps"] == 1 and np.isfinite(r["best_score"])
 
 
-def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name(monkeypatch):
-    monkeypatch.setenv("DESCAN_BATCH", "20")
-    with pytest.raises(ValueError, match=r"batch_size=20 \(DESCAN_BATCH\) must be a positive multiple of "
-                                         r"crops_per_image=8"):
-        recipes.recipe("dncnn", "cuda")
-    monkeypatch.setenv("DESCAN_CROPS_PER_IMAGE", "4")
-    assert recipes.recipe("dncnn", "cuda")[2].batch_size == 20
+def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name():
+    cuda = torch.device("cuda")  # notebook 03's GPU recipe (8 crops per image); no GPU needed to read it
+    with pytest.raises(ValueError, match=r"batch_size=20 must be a multiple of crops_per_image=8"):
+        recipes.from_notebook("dncnn", cuda, smoke=False, overrides=["batch_size=20"])
+    run = recipes.from_notebook("dncnn", cuda, smoke=False, overrides=["batch_size=20", "crops_per_image=4"])
+    assert run["config"].batch_size == 20
+    with pytest.raises(ValueError, match=r"batch_size=20 must be a multiple of crops_per_image=8"):
+        recipes.TrainConfig(batch_size=20)
+    with pytest.raises(ValueError, match=r"'batch=20' is not a setting.*batch_size"):
+        recipes.parse_overrides(["batch=20"], recipes.TrainConfig())
+    with pytest.raises(ValueError, match=r"batch_size='abc'"):
+        recipes.parse_overrides(["batch_size=abc"], recipes.TrainConfig())
 
 
 def test_short_budgets_validate_inside_the_epoch_too(demo_pairs, tmp_path):
     """With val_every_minutes, best.pt has a candidate at every interval, not only at epoch ends."""
     train, val = demo_pairs
-    t = engine.Trainer("dncnn", TINY, train, val, tmp_path, tiny_cfg(epochs=1, val_every_minutes=1e-9), device="cpu")
-    r = t.fit()
+    r = trainer(tiny_run(epochs=1, val_every_minutes=1e-9), train, val, tmp_path).fit()
     assert [row["step"] for row in r["history"]] == [1, 2, 3, 4]  # 3 inside the epoch, then its end
     assert [row["epoch"] for row in r["history"]] == [1, 1, 1, 1] and r["epochs"] == 1
-    assert recipes.recipe("dncnn", "cpu", use_env=False)[2].val_every_minutes == 2.0  # CPU: 5 within 10 minutes
-    assert recipes.recipe("dncnn", "cuda", use_env=False)[2].val_every_minutes == 0.0
+    cpu, cuda = (recipes.from_notebook("dncnn", torch.device(d), smoke=False)["config"] for d in ("cpu", "cuda"))
+    assert cpu.val_every_minutes == 2.0 and cpu.budget_minutes == 10.0  # CPU: 5 within 10 minutes
+    assert cuda.val_every_minutes == 0.0
 
 
 @pytest.mark.parametrize("bad", ["", "..", "a/b", "../../etc"])

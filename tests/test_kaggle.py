@@ -120,8 +120,8 @@ def test_the_notebooks_setup_cell_on_a_fake_kaggle(kaggle):
     assert (kaggle / "working" / "workspace" / "real" / "manifest.csv").is_file()
 
 
-def test_the_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
+def test_the_hosted_setup_does_nothing_elsewhere(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DESCAN_KAGGLE_ROOT", str(tmp_path))
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    notebook.setup()
-    assert capsys.readouterr().out == ""
+    notebook.hosted_setup()
+    assert capsys.readouterr().out == "" and not (tmp_path / "working").exists()

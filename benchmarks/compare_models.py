@@ -8,13 +8,15 @@ training pairs from two scanners, validation pages of those two (*seen*) and pai
 scanners (*unseen*, never trained on), plus pairs from the demo's two test-only scanners
 (*held-out*: no decision in this project was made on them; the project's choices were made on
 seen and unseen validation). Each trained row gets the same training time on the CPU
-(validation is not counted) with the notebooks' CPU recipes, once per seed; best.pt is chosen on
-the seen scanners, as in the notebooks, and the unseen figures are those of that same checkpoint:
-nothing is tuned on them. Rows with "+ mean-Y shift" evaluate the row above's checkpoints with the
-shift switched on (no training of their own). Figures are means over seeds, "+-" half the range.
+(validation is not counted) with the recipe of notebook 03 or 04 as its cells define it on a CPU
+(recipes.from_notebook: settings, model code, loss), a few settings or model arguments changed
+per row, once per seed; best.pt is chosen on the seen scanners, as in the notebooks, and the
+unseen figures are those of that same checkpoint: nothing is tuned on them. Figures are means
+over seeds, "+-" half the range.
 """
 import argparse
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -31,22 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import helpers  # noqa: E402
 from descan import checkpoints, colourmap, data, demo, engine, inference, models, recipes  # noqa: E402
 
-# (row, recipe, TrainConfig changes, model changes): the trained rows, all from the one recipe table
+# (row, notebook recipe, TrainConfig changes, model argument changes): the trained rows
 TRAINED = [
     ("DnCNN (03 recipe)", "dncnn", {}, {}),
     ("attention U-Net, no colour head", "attention", {"colour_jitter": 0.0}, {"colour_head": False}),
     ("U-Net + colour head", "attention", {"colour_jitter": 0.0}, {}),
     ("U-Net + colour head + colour jitter (04 recipe)", "attention", {}, {}),
-    ("colour head alone", "colour_head", {}, {}),
-    # random-scanner rescans of the clean crops (demo.rescan), half of the training crops
-    ("U-Net + colour head + colour jitter + rescans", "attention", {"rescan_prob": 0.5}, {}),
-    # each input's own levels first (models.auto_levels)
-    ("DnCNN + auto-levels", "dncnn", {}, {"levels": True}),
-    ("U-Net + colour head + colour jitter + auto-levels", "attention", {}, {"levels": True}),
 ]
-# also evaluated with the mean-Y shift
-SHIFTED = {"U-Net + colour head", "U-Net + colour head + colour jitter (04 recipe)",
-           "U-Net + colour head + colour jitter + rescans"}
 FIGURES = ("score", "pixel_y_mae", "unseen_score", "unseen_pixel_y_mae", "heldout_score", "heldout_pixel_y_mae")
 
 
@@ -73,29 +66,32 @@ def figures(trainer, model, heldout) -> dict:
             "heldout_pixel_y_mae": test["pixel_y_mae"]}
 
 
+def row_run(recipe, changes, model_changes, **settings) -> dict:
+    """The notebook's CPU recipe (recipes.from_notebook) with a row's changes and ``settings``."""
+    run = recipes.from_notebook(recipe, torch.device("cpu"), smoke=False)
+    run["config"] = dataclasses.replace(run["config"], **changes, **settings)
+    run["model"]["kwargs"] = {**run["model"]["kwargs"], **model_changes}
+    return run
+
+
 def train_one(job):
     """One trained row and seed, in its own process: the best checkpoint's validation figures."""
-    row, name, changes, model_changes, seed, minutes, threads, data_dir, workdir, heldout = job
+    row, recipe, changes, model_changes, seed, minutes, threads, data_dir, workdir, heldout = job
     torch.set_num_threads(threads)
     train, val = data.load_split(data_dir, workdir)
-    model, kwargs, cfg = recipes.recipe(name, "cpu", use_env=False, epochs=10_000, budget_minutes=minutes,
-                                       workers=0, checkpoint_minutes=60, seed=seed, **changes)
-    kwargs = {**kwargs, **model_changes}
-    run = Path(workdir) / f"{''.join(c if c.isalnum() else '_' for c in row)}-{seed}"
+    run = row_run(recipe, changes, model_changes, epochs=10_000, budget_minutes=minutes, workers=0,
+                  checkpoint_minutes=60, seed=seed)
+    folder = Path(workdir) / f"{''.join(c if c.isalnum() else '_' for c in row)}-{seed}"
     t0 = time.time()
-    trainer = engine.Trainer(model, kwargs, train, val, run, cfg, device="cpu", data_kind="demo")
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+    trainer = engine.Trainer(run, train, val, folder, "cpu", "demo")
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), \
+            contextlib.redirect_stderr(quiet):
         trainer.fit()
-    best = checkpoints.load_checkpoint(run / checkpoints.BEST)
+    best = checkpoints.load_checkpoint(folder / checkpoints.BEST)
     print(f"  {row}, seed {seed}: {trainer.step} steps, best at step {best['step']}, "
           f"wall {time.time() - t0:.0f} s", flush=True)
     net = checkpoints.model_from_checkpoint(best)
-    out = [{"row": row, "seed": seed, "steps": trainer.step, **figures(trainer, net, heldout)}]
-    if row in SHIFTED:
-        net.mean_y_shift = True
-        out.append({"row": row + " + mean-Y shift", "seed": seed, "steps": trainer.step,
-                    **figures(trainer, net, heldout)})
-    return out
+    return [{"row": row, "seed": seed, "steps": trainer.step, **figures(trainer, net, heldout)}]
 
 
 def summary(rows: list) -> pd.DataFrame:
@@ -143,8 +139,9 @@ def main():
         cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
-        jobs = [(row, name, changes, model_changes, seed, args.minutes, threads, data_dir, work, heldout)
-                for row, name, changes, model_changes in TRAINED if not only or row in only
+        jobs = [(row, recipe, changes, model_changes, seed, args.minutes, threads, data_dir, work,
+                 heldout)
+                for row, recipe, changes, model_changes in TRAINED if not only or row in only
                 for seed in range(args.seeds)]
         # fresh processes (spawn): a fork of this process, whose torch has run, can hang in its thread pool
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -152,9 +149,10 @@ def main():
                 rows.extend(out)
         table = summary(rows)
         params = {}
-        for row, name, _, model_changes in TRAINED:
-            model, kwargs, _ = recipes.recipe(name, use_env=False)
-            params[row] = models.count_parameters(models.build_model(model, **{**kwargs, **model_changes}))
+        for row, recipe, changes, model_changes in TRAINED:
+            spec = row_run(recipe, changes, model_changes)["model"]
+            model = models.build(spec["code"], spec["name"], spec["kwargs"])
+            params[row] = models.count_parameters(model)
         print("\nparameters: " + "; ".join(f"{k} {v:,}" for k, v in params.items()))
         print("\nlower is better (score: the competition's; pixel_y_mae: Y error per pixel, 0-255); score and "
               "pixel_y_mae: held-out pages of the training scanners; unseen_*: validation pairs of two other "

@@ -1,10 +1,11 @@
 """Training crops per second with 1 and 2 (or more) processes under torchrun, measured in one run.
 
-Each row runs the same command a user runs, ``torchrun --nproc_per_node=N -m descan train``, on the
-same synthetic demo data with the same recipe and global batch, in a fresh run folder, and reads the
-engine's own figure (history.csv's crops_per_s of the last epoch: training crops of all processes
-per second, validation excluded). On a CPU, one process uses every core (torch's threads); torchrun
-gives each of N processes one thread (OMP_NUM_THREADS=1), as it does by default. On GPUs, one GPU per
+Each row runs the same command a user runs, ``python -m descan train --recipe R --processes N``
+with the settings as key=value (torchrun with N processes when N > 1), on the same synthetic demo
+data with the same recipe and global batch, in a fresh run folder, and reads the engine's own
+figure (history.csv's crops_per_s of the last epoch: training crops of all processes per second,
+validation excluded). On a CPU, one process uses every core (torch's threads); torchrun gives
+each of N processes one thread (OMP_NUM_THREADS=1), as it does by default. On GPUs, one GPU per
 process. Without GPUs it also measures one process with one thread (OMP_NUM_THREADS=1): on a
 busy machine, threads that wait for each other can make the all-threads row misleadingly slow.
 
@@ -27,13 +28,14 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from descan import data, demo, distributed  # noqa: E402
+from descan import data, demo  # noqa: E402
 
 
-def measure(recipe, processes, data_dir, workspace, env, threads=None) -> dict:
+def measure(recipe, processes, data_dir, workspace, env, settings, threads=None) -> dict:
     """One run of the command; ``threads`` sets OMP_NUM_THREADS (None: torchrun's default)."""
     name = f"ddp-{processes}-{threads}"
-    cmd = distributed.torchrun_command(recipe, processes, data_dir, workspace, name)
+    cmd = [sys.executable, "-m", "descan", "train", "--recipe", recipe, "--processes", str(processes),
+           "--data", str(data_dir), "--workspace", str(workspace), "--run-name", name, *settings]
     env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -62,13 +64,14 @@ def main() -> None:
         demo.make_demo_dataset(tmp / "data", train_pages=args.pages, test_pages=1, crop=args.size, show_progress=False)
         (tmp / "ws").mkdir()
         data.write_manifest(data.make_manifest(tmp / "data", 0.2), tmp / "ws")
+        # the notebook's settings on this machine, the sizes changed: no budget, no validation inside
+        settings = ["epochs=2", f"crops_per_epoch={args.steps * args.batch}", f"batch_size={args.batch}",
+                    f"patch={args.patch}", "budget_minutes=0", "val_every_minutes=0"]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}, "DESCAN_SMOKE": "0",
-               "DESCAN_EPOCHS": "2", "DESCAN_CROPS_PER_EPOCH": str(args.steps * args.batch),
-               "DESCAN_BATCH": str(args.batch), "DESCAN_PATCH": str(args.patch), "DESCAN_TRAIN_MINUTES": "0",
-               "DESCAN_VAL_EVERY_MINUTES": "0", "PYTHONUNBUFFERED": "1"}
-        rows = [measure(args.recipe, n, tmp / "data", tmp / "ws", env) for n in args.processes]
+               "PYTHONUNBUFFERED": "1"}
+        rows = [measure(args.recipe, n, tmp / "data", tmp / "ws", env, settings) for n in args.processes]
         if not gpus and torch.get_num_threads() > 1 and args.processes[0] == 1:  # also 1 process x 1 thread
-            rows.insert(1, measure(args.recipe, 1, tmp / "data", tmp / "ws", env, threads=1))
+            rows.insert(1, measure(args.recipe, 1, tmp / "data", tmp / "ws", env, settings, threads=1))
     base = rows[0]["crops_per_s"]
     print(f"{args.recipe} recipe, global batch {args.batch} crops of {args.patch} px, {args.steps} steps per epoch, "
           f"last of 2 epochs; {where}")

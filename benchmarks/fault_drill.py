@@ -1,10 +1,13 @@
-"""Fault drill: faults and bad input tried as a new user would (issue 10), one line per case.
+"""Fault drill: faults and bad input tried as a new user would, one line per case.
 
     python benchmarks/fault_drill.py [--quick]
 
 Each case makes one fault in a temporary folder (bad images, unpaired names, broken zips, corrupt
 or foreign checkpoints, bad CSVs, bad settings, full or read-only disks, kills during a write),
-runs the kit's code on it (data_download.sh and kills in a subprocess) and prints what happened:
+runs the kit's code on it through the door a user takes (``python -m descan train`` with
+key=value settings, ``python -m descan download`` and its options, data_download.sh, a notebook's
+own call, the environment variables that are left; kills in a subprocess) and prints what
+happened:
   clear      refused, with a message that names what is wrong (the case's expected words)
   handled    no error, and the result is right (a blank line ignored, a stale file removed, ...)
   silent     no error, but the result is wrong
@@ -13,14 +16,16 @@ runs the kit's code on it (data_download.sh and kills in a subprocess) and print
              folder) was changed or deleted, whatever else happened
 The last line reads "N cases: C clear, S silent, T traceback, L lost" (C: the clear errors plus the
 handled cases, split on the line before); exit status 1 unless S, T and L are 0. --quick leaves out
-the slow cases (data_download.sh, killing a torch process). Read-only is simulated for root (EROFS).
+the slow cases (data_download.sh's checks of its Python, killing a torch process). Read-only is
+simulated for root (EROFS). A bad setting counts as clear only when the run stops before it
+starts (nothing written) and its message names the setting.
 """
 import argparse
 import contextlib
 import errno
 import io
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -39,10 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 [os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN")]  # the user's own settings stay out
 import helpers  # noqa: E402
-from descan import checkpoints, data, models, submit, zips  # noqa: E402
+from descan import checkpoints, cli, data, models, recipes, submit, zips  # noqa: E402
 
-recipes = __import__("descan.recipes" if (ROOT / "descan/recipes.py").exists() else "descan.engine", fromlist=["x"])
 CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
+CPU, NOTEBOOK_CODE = torch.device("cpu"), object()  # NOTEBOOK_CODE: the model cell's code
 
 
 class Refused(Exception):
@@ -149,9 +154,22 @@ class Drill:
         return sorted(p.name for p in (self.tmp / sub).iterdir()) if (self.tmp / sub).is_dir() else []
 
 
-def best_state(data_kind="real", score=1.0, model_name="dncnn"):
-    return {"kind": "best", "model_name": model_name, "model_kwargs": TINY, "val": {"score": score}, "epoch": 1,
-            "step": 1, "config": {}, "data_kind": data_kind, "model": models.build_model("dncnn", **TINY).state_dict()}
+NOTEBOOK_03 = {}  # its model cell: code, class name, arguments (read on first use)
+
+
+def notebook_model():
+    """Notebook 03's model cell, and a tiny DnCNN built from its code."""
+    if not NOTEBOOK_03:
+        NOTEBOOK_03.update(recipes.from_notebook("dncnn", CPU, smoke=True)["model"])
+    return NOTEBOOK_03, models.build(NOTEBOOK_03["code"], NOTEBOOK_03["name"], TINY)
+
+
+def best_state(data_kind="real", score=1.0, model_name=None, code=NOTEBOOK_CODE):
+    """A best.pt of a tiny DnCNN from notebook 03's cell (``code``: other model code, or None)."""
+    spec, model = notebook_model()
+    return {"kind": "best", "model_name": model_name or spec["name"], "model_kwargs": TINY,
+            "model_code": spec["code"] if code is NOTEBOOK_CODE else code, "val": {"score": score},
+            "epoch": 1, "step": 1, "config": {}, "data_kind": data_kind, "model": model.state_dict()}
 
 
 def case(name, words=(), slow=False, fn=None):
@@ -250,37 +268,48 @@ case("zip: an entry escaping the folder", ["outside the target folder", "../evil
 case("zips: train_scan.zip holds the test scans", ["train_scan.zip", "test_scan.zip"], fn=lambda d: zips.check_zip_set(
     {k: d.image_zip(k, [n]) for k, n in zip(zips.ZIP_NAMES, ["a.01", "s01", "s01"])}))
 
-# ---- data_download.sh (slow)
-def download(d, env, cached=None):
-    """The script, its downloader always failing; ``cached(path)`` puts a zip in the cache (protected)."""
+# ---- python -m descan download and data_download.sh (its checks of its Python: slow)
+def download(d, *args, env=None, cached=None, script=False):
+    """``python -m descan download DATA`` (``script``: bash data_download.sh DATA) with one quick
+    try through the downloader `false` (it always fails), then ``args``; ``cached(path)`` puts a
+    zip in the cache (protected)."""
     (d.tmp / "cache").mkdir()
     if cached:
         d.protect(cached(d.tmp / "cache/train_clean.zip"), also=d.tmp / "cache/train_clean.zip.bad")
     full = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
     full.update({"DESCAN_ZIP_CACHE": str(d.tmp / "cache"), "DESCAN_WORKSPACE": str(d.tmp / "ws"),
-                 "DESCAN_GDOWN": "false", "DESCAN_RETRY_WAIT": "0", "PYTHON": sys.executable, **env})
-    r = subprocess.run(["bash", str(ROOT / "data_download.sh"), str(d.tmp / "data")], capture_output=True, text=True,
-                       env={k: v for k, v in full.items() if v is not None}, timeout=120)
+                 "PYTHON": sys.executable, **(env or {})})
+    command = ["bash", str(ROOT / "data_download.sh")] if script else [sys.executable, "-m", "descan",
+                                                                     "download"]
+    options = ["--tries", "1", "--retry-wait", "0", "--downloader", "false", *args]  # the last wins
+    r = subprocess.run([*command, str(d.tmp / "data"), *options], capture_output=True, text=True,
+                       cwd=ROOT, env={k: v for k, v in full.items() if v is not None}, timeout=120)
     if r.returncode:
         raise Refused(r.stdout + r.stderr)
 
-def no_cv2(d, passthrough):
-    """A python3 first on the PATH that cannot import OpenCV (``passthrough``: only its zip check fails)."""
+def no_cv2(d):
+    """A python3 first on the PATH that cannot import OpenCV (PYTHON unset: the script's default)."""
     (d.tmp / "bin").mkdir()
-    line = f'case "$*" in *check-zip*) ;; *) exec "{sys.executable}" "$@" ;; esac\n' if passthrough else ""
-    (d.tmp / "bin/python3").write_text(f"#!/usr/bin/env bash\n{line}echo \"ModuleNotFoundError: No module named "
-                                       "'cv2'\" >&2\nexit 1\n")
+    (d.tmp / "bin/python3").write_text("#!/usr/bin/env bash\necho \"ModuleNotFoundError: No module "
+                                       "named 'cv2'\" >&2\nexit 1\n")
     (d.tmp / "bin/python3").chmod(0o755)
     return {"PATH": f"{d.tmp / 'bin'}:{os.environ['PATH']}", "PYTHON": None}
 
-case("download: a good cached zip, a python3 without OpenCV", ["opencv", "requirements.txt"], True,
-     lambda d: download(d, no_cv2(d, False), lambda p: d.image_zip(p, ["a.01.01"])))
-case("download: the same, the python starts but its zip check fails", ["opencv", "the file is kept"], True,
-     lambda d: download(d, no_cv2(d, True), lambda p: d.image_zip(p, ["a.01.01"])))
-case("download: a truncated cached zip is moved aside, not deleted", ["moved it aside", ".bad"], True,
-     lambda d: download(d, {}, lambda p: cut(d.image_zip(p, ["a.01.01"]), 60)))
-case("download: DESCAN_DOWNLOAD_TRIES=abc", ["DESCAN_DOWNLOAD_TRIES=abc", "whole number"], True,
-     lambda d: download(d, {"DESCAN_DOWNLOAD_TRIES": "abc"}))
+case("download: --tries abc", ["--tries", "'abc'", "whole number"],
+     fn=lambda d: download(d, "--tries", "abc"))
+case("download: --retry-wait -1", ["--retry-wait", "'-1'", "whole number"],
+     fn=lambda d: download(d, "--retry-wait", "-1"))
+case("download: the downloader fails every time (--downloader false)",
+     ["could not be downloaded after 2 attempts", "into the cache by hand"],
+     fn=lambda d: download(d, "--tries", "2"))
+case("download: a downloader that is not installed", ["'no-such-downloader'", "not installed"],
+     fn=lambda d: download(d, "--downloader", "no-such-downloader"))
+case("download: a truncated cached zip is moved aside, not deleted", ["moved it aside", ".bad"],
+     fn=lambda d: download(d, cached=lambda p: cut(d.image_zip(p, ["a.01.01"]), 60)))
+case("download: a good cached zip, a python3 without OpenCV", ["cv2", "requirements.txt"], True,
+     lambda d: download(d, env=no_cv2(d), cached=lambda p: d.image_zip(p, ["a.01.01"]), script=True))
+case("download: PYTHON names no program", ["no python found", "PYTHON="], True,
+     lambda d: download(d, env={"PYTHON": str(d.tmp / "no-python")}, script=True))
 
 # ---- checkpoints and 05's choice
 case("checkpoint: a truncated best.pt (kept)", ["corrupt", "best.pt", "nothing was deleted"],
@@ -288,9 +317,12 @@ case("checkpoint: a truncated best.pt (kept)", ["corrupt", "best.pt", "nothing w
 case("checkpoint: random bytes named .pt", ["corrupt", "x.pt"],
      fn=lambda d: (d.tmp / "x.pt").write_bytes(os.urandom(5000)) and d.choose(str(d.tmp / "x.pt")))
 case("checkpoint: a bare state_dict", ["bare state_dict"], fn=lambda d: d.choose(
-    torch.save(models.build_model("dncnn", **TINY).state_dict(), d.tmp / "sd.pt") or str(d.tmp / "sd.pt")))
-case("checkpoint: a model this version does not know", ["does not know", "swin"],
-     fn=lambda d: d.save_run("mine", model_name="swin") and d.choose())
+    torch.save(notebook_model()[1].state_dict(), d.tmp / "sd.pt") or str(d.tmp / "sd.pt")))
+case("checkpoint: a model without its code that the kit does not know", ["'swin'", "holds no code"],
+     fn=lambda d: d.save_run("mine", model_name="swin", code=None) and d.choose())
+case("checkpoint: its model code no longer runs (an edit with a typo)",
+     ["cannot be rebuilt", "SyntaxError", "train it again"],
+     fn=lambda d: checkpoints.model_from_checkpoint(d.save_run("edited", code="class DnCNN(:\n")))
 case("checkpoint: DESCAN_CHECKPOINT names no run", ["no checkpoint named 'dncn'", "dncnn"],
      fn=lambda d: d.save_run("dncnn") and d.choose("dncn"))
 case("05 across data kinds: only demo runs, real data", ["trained on real data", "demo_run (demo data)"],
@@ -320,21 +352,71 @@ case("csv: Latin-1, not UTF-8", ["submission.csv", "not UTF-8"],
 case("csv: a trailing blank line", fn=lambda d: expect(
     d.read_csv(HEADER + "a,1.0\nb,2.0\n\n") == [("a", 1.0), ("b", 2.0)], "rows differ", "ignored"))
 
-# ---- settings
-def val_fraction():
-    """DESCAN_VAL_FRACTION read by notebook 01's own line (taken from the notebook)."""
-    text = (ROOT / "notebooks/01_download.ipynb").read_text()
-    m = re.search(r'helpers\.env_number\(\\"DESCAN_VAL_FRACTION\\"[^)]*\)', text)
-    call = m.group(0).replace('\\"', '"') if m else 'settings.env_number("DESCAN_VAL_FRACTION", 0.1, 0.01, 0.9)'
-    return eval(call, {"helpers": helpers})  # noqa: S307 - the notebook's own line
+# ---- settings: key=value on the command line (the notebooks' parameter cells), the variables left
+def train_command(d, *args):
+    """``python -m descan train ARGS`` (cli.main, here): a refusal is Refused with what it printed.
+    Reaching the data step means that the settings were accepted: that is the wrong result."""
+    d.patch(data, "ensure_data", raising(AssertionError("accepted: the run went on to get the data")))
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            code = cli.main(["train", *args, "--data", str(d.tmp / "data"),
+                             "--workspace", str(d.tmp / "ws")])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    assert not d.names(), f"refused, but wrote {d.names()} first"
+    if code:
+        raise Refused(said.getvalue())
+    return "trained"
 
-for _var, _value, _read in [*[(v, x, lambda: recipes.recipe("dncnn", "cuda")) for v, x in (
-        ("DESCAN_BATCH", "abc"), ("DESCAN_BATCH", "0"), ("DESCAN_BATCH", "12"), ("DESCAN_TRAIN_MINUTES", "-1"),
-        ("DESCAN_PATCH", "7"), ("DESCAN_EPOCHS", "0"), ("DESCAN_EPOCHS", "1_0"), ("DESCAN_LR", "nan"),
-        ("DESCAN_LOSS", "huber"), ("DESCAN_WIDTH", "2"))],
-        ("DESCAN_VAL_FRACTION", "1.5", val_fraction), ("DESCAN_VAL_FRACTION", "0", val_fraction),
-        ("DESCAN_SMOKE", "maybe", helpers.smoke_mode)]:
-    case(f"setting: {_var}={_value}", [_var, _value], fn=lambda d, v=_var, x=_value, r=_read: (d.setenv(v, x), r()))
+for _setting, _words in [
+        ("patch=7", ["patch=7", "from 8"]), ("epochs=0", ["epochs=0", "from 1"]),
+        ("epochs=1_0", ["epochs='1_0'", "integer"]), ("lr=nan", ["lr=nan", "from 1e-08"]),
+        ("batch_size=12", ["batch_size=12", "multiple of crops_per_image=8"]),
+        ("batch_size=abc", ["batch_size='abc'", "integer"]),
+        ("amp=fp8", ["amp='fp8'", "auto, bf16, fp16, off"]),
+        ("compile=maybe", ["compile='maybe'", "True, False"]),
+        ("colour_jitter=1.5", ["colour_jitter=1.5", "from 0.0 to 1.0"]),
+        ("loss=huber", ["'loss=huber' is not a setting", "key=value"]),  # a setting that was removed
+        ("width=2", ["'width=2' is not a setting", "key=value"])]:  # a model argument: 03's model cell
+    case(f"setting: python -m descan train --recipe dncnn {_setting}", _words,
+         fn=lambda d, s=_setting: train_command(d, "--recipe", "dncnn", s))
+case("setting: a value without its key (epochs 5)", ["'epochs' is not a setting", "key=value"],
+     fn=lambda d: train_command(d, "--recipe", "attention", "epochs", "5"))
+case("setting: --recipe unet", ["--recipe", "'unet'", "dncnn"],
+     fn=lambda d: train_command(d, "--recipe", "unet"))
+case("setting: --run-dir of a folder without run.json", ["no run.json", "--recipe"],
+     fn=lambda d: train_command(d, "--run-dir", str(d.tmp / "runs/mine")))
+
+@case("setting: epochs=0 in a fresh process (exit status, no traceback)", ["epochs=0", "from 1"])
+def _(d):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}, "DESCAN_SMOKE": "1"}
+    r = subprocess.run([sys.executable, "-m", "descan", "train", "--recipe", "dncnn", "epochs=0",
+                        "--data", str(d.tmp / "data"), "--workspace", str(d.tmp / "ws")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 1 and not d.names(), f"exit status {r.returncode}, wrote {d.names()}"
+    raise Refused(r.stdout + r.stderr)
+
+@case("notebook 03: its parameter cell deleted", ["no code cell with 'CFG = TrainConfig('", "restore"])
+def _(d):
+    nb = json.loads((ROOT / "notebooks" / recipes.NOTEBOOKS["dncnn"]).read_text())
+    nb["cells"] = [c for c in nb["cells"] if recipes.MARKERS["config"] not in "".join(c["source"])]
+    (d.tmp / "03.ipynb").write_text(json.dumps(nb))
+    recipes.notebook_cell(d.tmp / "03.ipynb", recipes.MARKERS["config"])
+
+# notebook 01's line: data.make_manifest(DATA, val_fraction=VAL_FRACTION, seed=0)
+for _value in (1.5, 0.0, float("nan")):
+    case(f"notebook 01: VAL_FRACTION = {_value}", [f"val_fraction={_value}", "between 0 and 1"],
+         fn=lambda d, v=_value: data.make_manifest(d.dataset(), val_fraction=v))
+
+for _var, _value, _words, _read in [
+        ("DESCAN_TRAIN_MINUTES", "-1", ["0 or more"], lambda: recipes.with_env(recipes.TrainConfig())),
+        ("DESCAN_TRAIN_MINUTES", "abc", ["0 or more"], lambda: recipes.with_env(recipes.TrainConfig())),
+        ("DESCAN_SMOKE", "maybe", ["is not a switch"], helpers.smoke_mode),
+        ("DESCAN_RUN_NAME", "../elsewhere", ["plain folder name"],  # the notebooks' RUN_DIR line
+         lambda: checkpoints.run_dir(os.environ["DESCAN_WORKSPACE"], os.environ["DESCAN_RUN_NAME"]))]:
+    case(f"setting: {_var}={_value}", [_var, _value, *_words],
+         fn=lambda d, v=_var, x=_value, r=_read: (d.setenv(v, x), r()))
 
 # ---- full disks and read-only folders
 def short_write(name):  # numpy's tofile on a full disk: part of the bytes, then an OSError without errno

@@ -47,7 +47,7 @@ def _train(args) -> None:
     """Train notebook 03's or 04's recipe with key=value changes, as the notebook does; or (with
     --run-dir) the recipe saved there, which torchrun's processes do."""
     import torch
-    from descan import data, distributed, launch, recipes
+    from descan import checkpoints, data, distributed, launch, recipes
     device = distributed.init(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     folder = Path(args.data).resolve() if args.data else data_dir()
     workspace = Path(args.workspace).resolve() if args.workspace else workspace_dir(folder)
@@ -56,9 +56,11 @@ def _train(args) -> None:
             result = launch.train_saved(Path(args.run_dir), folder, workspace, device)
         else:
             run = recipes.from_notebook(args.recipe, device, smoke_mode(), args.settings)
+            name = os.environ.get("DESCAN_RUN_NAME") or recipes.RUN_NAMES[args.recipe]
+            checkpoints.run_dir(workspace, name)  # a bad run name or budget stops before the data
+            recipes.with_env(run["config"])
             data.ensure_data(folder, workspace)
             ensure_split(folder, workspace)
-            name = os.environ.get("DESCAN_RUN_NAME") or recipes.RUN_NAMES[args.recipe]
             result = launch.train(run, folder, workspace, name, device, args.processes)
     except Exception as e:
         if not distributed.peer_failed(e):

@@ -102,7 +102,7 @@ def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
         words = {"true": True, "1": True, "false": False, "0": False}
         try:
             value = words[raw.lower()] if kind is bool else \
-                int(raw.replace("_", "?")) if kind is int else kind(raw)
+                kind(raw) if kind is str else kind(raw.replace("_", "?"))
         except (ValueError, KeyError):
             raise ValueError(f"{key}={raw!r}: {_problem(key, raw)}") from None
         changes[key] = value
@@ -114,12 +114,10 @@ def with_env(cfg: TrainConfig) -> TrainConfig:
     raw = os.environ.get("DESCAN_TRAIN_MINUTES", "").strip()
     if not raw:
         return cfg
-    try:
-        return replace(cfg, budget_minutes=float(raw))
-    except ValueError as e:
-        if "bad training settings" in str(e):
-            raise
-        raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes") from None
+    minutes = float(raw) if raw.replace(".", "", 1).isdigit() else -1.0
+    if not 0 <= minutes < math.inf:
+        raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes (0 or more)")
+    return replace(cfg, budget_minutes=minutes)
 
 
 # ---- recipes in notebooks ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Faults and bad input: failed writes say why and keep the old file, stale partial
 files go, restore swaps a complete folder in, the CSV reader is strict, 05 keeps to its kind of
-data, settings are refused by name; and the claims that deliberate bugs once slipped past
+data, settings (key=value) are refused by name; and the claims that deliberate bugs once slipped past
 (best.pt by validation score, the clamp, pairing by name, why resuming needs no RNG state).
 The last test runs benchmarks/fault_drill.py in its quick mode."""
 import dataclasses
@@ -20,15 +20,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
-from builders import files_under, imwrite_rgb, notebook_model, notebook_run, pair_dirs, uniform  # noqa: E402
-from descan import checkpoints, engine, inference, models, recipes, resume, submit  # noqa: E402
+from builders import (files_under, imwrite_rgb, notebook_model, notebook_run, pair_dirs,  # noqa: E402
+                      uniform)
+from descan import checkpoints, engine, files, inference, models, recipes, resume, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError  # noqa: E402
-from descan import files  # noqa: E402
 
 TINY = {"width": 8, "depth": 3}
-DNCNN_CODE = notebook_run("dncnn")["model"]["code"]  # notebook 03's model cell
 PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")
+
+
+def tiny_best(score=1.0, data_kind="demo"):
+    """A best.pt state of a tiny DnCNN built from notebook 03's model cell (its code included)."""
+    spec = notebook_run("dncnn")["model"]
+    return {"kind": "best", "model_name": spec["name"], "model_kwargs": TINY, "model_code": spec["code"],
+            "model": notebook_model("dncnn", **TINY).state_dict(), "data_kind": data_kind, "epoch": 1,
+            "step": 1, "config": {}, "val": {"score": score}}
 
 
 def python(code, *args, timeout=120):
@@ -88,9 +95,7 @@ def test_a_read_only_folder_is_named(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_open(path, *a, **k)
     monkeypatch.setattr(os, "open", refuse)
-    state = {"kind": "best", "model_name": "DnCNN", "model_kwargs": TINY, "val": {"score": 1.0}, "epoch": 1,
-             "step": 1, "config": {}, "data_kind": "demo", "model": notebook_model("dncnn", **TINY).state_dict(),
-             "model_code": DNCNN_CODE}
+    state = tiny_best()
     with pytest.raises(OSError, match=rf"read-only: could not write {re.escape(str(folder / 'best.pt'))}"):
         checkpoints.save_checkpoint(state, folder / "best.pt")
     monkeypatch.setattr(os, "open", real_open)
@@ -294,11 +299,8 @@ def test_trailing_blank_lines_are_ignored_but_not_blank_lines_inside(tmp_path):
 
 # ---------------------------------------------------------------- 05 keeps to the kind of its data
 
-def save_run(workspace, run, score, data_kind, model_name="DnCNN"):
-    state = {"kind": "best", "model_name": model_name, "model_kwargs": TINY, "model_code": DNCNN_CODE,
-             "model": notebook_model("dncnn", **TINY).state_dict(), "data_kind": data_kind, "epoch": 1,
-             "step": 1, "config": {}, "val": {"score": score}}
-    return checkpoints.save_checkpoint(state, checkpoints.best_path(workspace, run))
+def save_run(workspace, run, score, data_kind):
+    return checkpoints.save_checkpoint(tiny_best(score, data_kind), checkpoints.best_path(workspace, run))
 
 
 def test_choose_checkpoint_keeps_to_the_kind_of_data(tmp_path):
@@ -310,7 +312,7 @@ def test_choose_checkpoint_keeps_to_the_kind_of_data(tmp_path):
     assert [e["run"] for e in checkpoints.find_checkpoints(tmp_path, data_kind="demo")] == ["demo_run"]
     # an explicit choice wins over the kind
     assert checkpoints.choose_checkpoint(tmp_path, "demo_run", data_kind="real")["run"] == "demo_run"
-    # a model name trained on both: the run of this kind, although the other scores better
+    # a model name (03's class) trained on both: the run of this kind, although the other scores better
     assert checkpoints.choose_checkpoint(tmp_path, "DnCNN", data_kind="real")["run"] == "real_run"
 
 
@@ -324,28 +326,64 @@ def test_choose_checkpoint_stops_when_no_checkpoint_has_the_kind_of_data(tmp_pat
 
 # ---------------------------------------------------------------- settings refused by name
 
+@pytest.mark.parametrize("setting, message", [
+    ("batch_size=abc", "batch_size='abc': must be an integer"),
+    ("epochs=1_0", "epochs='1_0': must be an integer"),
+    ("epochs=1.5", "epochs='1.5': must be an integer"),
+    ("lr=nan", "bad training settings: lr=nan: must be from 1e-08 to 1.0"),
+    ("lr=inf", "bad training settings: lr=inf: must be from 1e-08 to 1.0"),
+    ("colour_jitter=1.5", "bad training settings: colour_jitter=1.5: must be from 0.0 to 1.0"),
+    ("budget_minutes=-1", "bad training settings: budget_minutes=-1.0: must be at least 0.0"),
+    ("patch=7", "bad training settings: patch=7: must be at least 8"),
+    ("batch_size=12", "bad training settings: batch_size=12 must be a multiple of crops_per_image=8"),
+    ("amp=fp8", "bad training settings: amp='fp8': use one of auto, bf16, fp16, off"),
+    ("augment=maybe", "augment='maybe': use one of True, False"),
+    ("loss=huber", "'loss=huber' is not a setting: write key=value, the key one of epochs, "),
+    ("lr", "'lr' is not a setting: write key=value"),
+])
+def test_a_bad_setting_names_the_key_the_value_and_what_is_allowed(setting, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        recipes.parse_overrides([setting], recipes.TrainConfig())
+
+
+def test_good_settings_pass():
+    cfg = recipes.parse_overrides(["lr=3e-4", "epochs=20", "amp=off", "compile=true", "augment=0"],
+                                  recipes.TrainConfig())
+    assert (cfg.lr, cfg.epochs, cfg.amp, cfg.compile, cfg.augment) == (3e-4, 20, "off", True, False)
+
+
 NUMERIC = [f.name for f in dataclasses.fields(recipes.TrainConfig) if type(f.default) in (int, float)]
-AT_MOST_1 = ("lr", "weight_decay", "ema_decay", "degrade_prob", "colour_jitter")
 
 
-@pytest.mark.parametrize("name", NUMERIC)
-def test_every_numeric_setting_has_a_range_and_refuses_bad_values_by_name(name):
-    for raw in ("abc", "nan", "inf", "-5", *(["1.5"] if name in AT_MOST_1 else [])):
-        with pytest.raises(ValueError, match=rf"{name}="):
-            recipes.parse_overrides([f"{name}={raw}"], recipes.TrainConfig())
+@pytest.mark.parametrize("key", NUMERIC)
+def test_every_numeric_setting_has_a_range_and_refuses_bad_values_by_name(key):
+    integer = type(getattr(recipes.TrainConfig(), key)) is int
+    for raw in ["abc", "nan", "inf", "-5", *(["1_0", "2.5"] if integer else [])]:
+        with pytest.raises(ValueError, match=rf"(^|: |; ){key}="):
+            recipes.parse_overrides([f"{key}={raw}"], recipes.TrainConfig())
 
 
-@pytest.mark.parametrize("setting", ["batch_size=0", "batch_size=abc", "patch=7", "epochs=0", "batch_size=12",
-                                     "crops_per_image=1_0"])
-def test_settings_that_once_passed_unchecked_are_refused_by_name(setting):
-    with pytest.raises(ValueError, match=setting.split("=")[0]):
-        recipes.from_notebook("dncnn", torch.device("cuda"), smoke=False, overrides=[setting])
+def test_the_budget_variable_is_refused_by_name(monkeypatch):
+    for raw in ("-1", "abc", "nan"):
+        monkeypatch.setenv("DESCAN_TRAIN_MINUTES", raw)
+        with pytest.raises(ValueError, match=rf"^DESCAN_TRAIN_MINUTES='{raw}' is not a number of minutes"):
+            recipes.with_env(recipes.TrainConfig())
 
 
-def test_a_negative_training_budget_is_refused_by_name(monkeypatch):
-    monkeypatch.setenv("DESCAN_TRAIN_MINUTES", "-1")
-    with pytest.raises(ValueError, match="DESCAN_TRAIN_MINUTES='-1'"):
-        recipes.with_env(recipes.TrainConfig())
+@pytest.mark.parametrize("settings, words", [
+    (["patch=7", "epochs=0", "batch_size=12", "budget_minutes=-1"],
+     ["patch=7", "epochs=0", "batch_size=12 must be a multiple", "budget_minutes=-1.0"]),
+    (["batch_size=abc"], ["batch_size='abc': must be an integer"]),
+    (["width=2"], ["'width=2' is not a setting"]),  # a model argument: notebook 03's model cell
+])
+def test_bad_settings_on_the_command_line_stop_the_run_before_it_starts(tmp_path, settings, words):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}
+    r = subprocess.run([sys.executable, "-m", "descan", "train", "--recipe", "dncnn", *settings,
+                        "--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("error: "), r.stdout[-2000:] + r.stderr[-2000:]
+    assert all(w in r.stderr for w in words) and "Traceback" not in r.stderr, r.stderr
+    assert files_under(tmp_path) == []  # no data fetched, no run folder
 
 
 def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
@@ -360,19 +398,21 @@ def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
 
 # ---------------------------------------------------------------- claims that deliberate bugs slipped past
 
-def tiny_trainer(folder, train, val):
-    """A trainer of notebook 03's recipe (smoke mode, CPU) with a tiny DnCNN, 3 epochs of 2 steps."""
-    run = notebook_run("dncnn", model_kwargs=TINY, epochs=3, crops_per_epoch=16, batch_size=8, patch=32,
-                       crops_per_image=4, workers=0, checkpoint_minutes=0.0)
-    return engine.Trainer(run, train, val, folder, "cpu", "demo")
+SIZES = dict(epochs=3, crops_per_epoch=16, batch_size=8, patch=32, crops_per_image=4, workers=0,
+             checkpoint_minutes=0.0, val_every_minutes=0.0)
+
+
+def tiny_run(**kw):
+    """Notebook 03's recipe (smoke mode, CPU) at toy sizes, with a tiny DnCNN."""
+    return notebook_run("dncnn", model_kwargs=TINY, **{**SIZES, **kw})
 
 
 def test_best_pt_is_the_best_validation_score_not_the_lowest_training_loss(demo_pairs, tmp_path, monkeypatch):
-    """As in a smoke run once: the last epoch has the lowest training loss but a worse
+    """As in a smoke run once reported: the last epoch has the lowest training loss but a worse
     validation score than epoch 2; best.pt must hold epoch 2's weights and score."""
     train, val = demo_pairs
     scores, losses, snapshots = iter([6.0, 5.48, 6.85]), iter([0.09] * 2 + [0.058] * 2 + [0.029] * 2), []
-    t = tiny_trainer(tmp_path, train, val)
+    t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
     real_step = t.train_step
 
     def step(*a):
@@ -442,9 +482,9 @@ def scramble_rngs(seed=12345):
 def test_resume_restores_the_global_rng_states(demo_pairs, tmp_path):
     train, val = demo_pairs
     with pytest.raises(Crash):
-        tiny_trainer(tmp_path, train, val).fit(on_step=crash_at(3))
+        engine.Trainer(tiny_run(), train, val, tmp_path, "cpu").fit(on_step=crash_at(3))
     saved = checkpoints.load_checkpoint(tmp_path / "last.pt", kind="last")["rng"]
-    t = tiny_trainer(tmp_path, train, val)
+    t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
     scramble_rngs()
     assert t.try_resume()
     assert torch.equal(torch.get_rng_state(), saved["torch"])
@@ -458,12 +498,12 @@ def test_why_resuming_needs_no_rng_state_every_crop_has_its_own_seed(demo_pairs,
     crops are seeded by (seed, epoch, index) and nothing else draws, so a run resumed with
     scrambled global generators and *without* restoring them ends with bit-identical weights."""
     train, val = demo_pairs
-    full = tiny_trainer(tmp_path / "full", train, val)
+    full = engine.Trainer(tiny_run(), train, val, tmp_path / "full", "cpu")
     full.fit()
     with pytest.raises(Crash):
-        tiny_trainer(tmp_path / "cut", train, val).fit(on_step=crash_at(3))
+        engine.Trainer(tiny_run(), train, val, tmp_path / "cut", "cpu").fit(on_step=crash_at(3))
     monkeypatch.setattr(resume, "set_rng_state", lambda state: None)
-    resumed = tiny_trainer(tmp_path / "cut", train, val)
+    resumed = engine.Trainer(tiny_run(), train, val, tmp_path / "cut", "cpu")
     scramble_rngs()
     resumed.fit()
     assert resumed.step == full.step == 6

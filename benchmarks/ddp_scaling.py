@@ -35,8 +35,8 @@ def measure(recipe, processes, data_dir, workspace, env, settings, threads=None)
     """One run of the command; ``threads`` sets OMP_NUM_THREADS (None: torchrun's default)."""
     name = f"ddp-{processes}-{threads}"
     cmd = [sys.executable, "-m", "descan", "train", "--recipe", recipe, "--processes", str(processes),
-           "--data", str(data_dir), "--workspace", str(workspace), "--run-name", name, *settings]
-    env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env
+           "--data", str(data_dir), "--workspace", str(workspace), *settings]
+    env = {**env, "DESCAN_RUN_NAME": name, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:

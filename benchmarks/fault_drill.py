@@ -216,7 +216,7 @@ def in_data(fault):  # a case breaking the tiny data folder with fault(d, root),
 
 case("image: a truncated PNG", ["Mag.00001.01.png", "unreadable"],
      fn=in_data(lambda d, r: cut(r / "train/clean/Mag.00001.01.png", 40)))
-case("image: a text file named .png", ["scanner01_000.png", "unreadable test scans"],
+case("image: a text file named .png", ["scanner01_000.png", "unreadable"],
      fn=in_data(lambda d, r: (r / "test/scan/scanner01_000.png").write_text("<html></html>")))
 case("pair: sizes differ", ["Mag.00002.01", "sizes differ"],
      fn=in_data(lambda d, r: d.png("data/train/scan/Mag.00002.01.png", 8, 9)))
@@ -370,7 +370,7 @@ def train_command(d, *args):
     return "trained"
 
 for _setting, _words in [
-        ("patch=7", ["patch=7", "from 8"]), ("epochs=0", ["epochs=0", "from 1"]),
+        ("patch=7", ["patch=7", "at least 8"]), ("epochs=0", ["epochs=0", "at least 1"]),
         ("epochs=1_0", ["epochs='1_0'", "integer"]), ("lr=nan", ["lr=nan", "from 1e-08"]),
         ("batch_size=12", ["batch_size=12", "multiple of crops_per_image=8"]),
         ("batch_size=abc", ["batch_size='abc'", "integer"]),
@@ -388,7 +388,7 @@ case("setting: --recipe unet", ["--recipe", "'unet'", "dncnn"],
 case("setting: --run-dir of a folder without run.json", ["no run.json", "--recipe"],
      fn=lambda d: train_command(d, "--run-dir", str(d.tmp / "runs/mine")))
 
-@case("setting: epochs=0 in a fresh process (exit status, no traceback)", ["epochs=0", "from 1"])
+@case("setting: epochs=0 in a fresh process (exit status, no traceback)", ["epochs=0", "at least 1"])
 def _(d):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESCAN")}, "DESCAN_SMOKE": "1"}
     r = subprocess.run([sys.executable, "-m", "descan", "train", "--recipe", "dncnn", "epochs=0",
@@ -397,7 +397,7 @@ def _(d):
     assert r.returncode == 1 and not d.names(), f"exit status {r.returncode}, wrote {d.names()}"
     raise Refused(r.stdout + r.stderr)
 
-@case("notebook 03: its parameter cell deleted", ["no code cell with 'CFG = TrainConfig('", "restore"])
+@case("notebook 03: its parameter cell deleted", ["no code cell with 'CFG = TrainConfig('", "repository"])
 def _(d):
     nb = json.loads((ROOT / "notebooks" / recipes.NOTEBOOKS["dncnn"]).read_text())
     nb["cells"] = [c for c in nb["cells"] if recipes.MARKERS["config"] not in "".join(c["source"])]

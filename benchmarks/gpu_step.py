@@ -270,7 +270,7 @@ def main():
     ap.add_argument("--width", type=int, default=0, help="model width (default: the notebook's)")
     ap.add_argument("--steps", type=int, default=0,
                     help="timed steps per setting (default: 20 GPU, 3 CPU)")
-    ap.add_argument("--amp", default="auto", choices=inference.AMP_CHOICES,
+    ap.add_argument("--amp", default="auto", choices=("auto", *inference.AMP_DTYPES),
                     help="the engine rows' mixed precision setting (default: auto)")
     ap.add_argument("--compile", action="store_true",
                     help="the engine rows with torch.compile; on a CPU also its timed row")

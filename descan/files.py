@@ -15,7 +15,7 @@ from helpers import check_image
 
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
 PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")  # .<name>.<8 hex>.partial
-_PARTIALS: dict = {}  # folder -> the partial files in it when this process first wrote there
+_PARTIALS: dict = {}  # big folder -> the partial files in it when this process first wrote there
 _WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)",
                  errno.EROFS: "read-only", errno.EACCES: "read-only (permission denied)",
                  errno.EPERM: "read-only (not permitted)"}
@@ -44,10 +44,14 @@ def _write_error(e, path):
 
 def _remove_stale(path: Path) -> None:
     """Remove the partial files of ``path`` that killed writers left (live writers hold a lock)."""
-    if path.parent not in _PARTIALS:  # listed once a process: unpacked folders hold 10,000 images
-        _PARTIALS[path.parent] = [n for n in os.listdir(path.parent) if PARTIAL.fullmatch(n)]
-    for name in [n for n in _PARTIALS[path.parent] if n.rsplit(".", 2)[0] == f".{path.name}"]:
-        _PARTIALS[path.parent].remove(name)
+    names = _PARTIALS.get(path.parent)
+    if names is None:
+        listing = os.listdir(path.parent)
+        names = [n for n in listing if PARTIAL.fullmatch(n)]
+        if len(listing) > 1000:  # a big folder (unpacked images) is listed once a process
+            _PARTIALS[path.parent] = names
+    for name in [n for n in names if n.rsplit(".", 2)[0] == f".{path.name}"]:
+        names.remove(name)
         with contextlib.suppress(OSError, AttributeError), open(path.parent / name, "rb") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
             os.remove(path.parent / name)

@@ -16,7 +16,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 def amp_dtype(amp="auto"):
     """The CUDA mixed-precision dtype of ``amp`` ("auto", "bf16", "fp16"; None for "off"). "auto":
     bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 before (Colab's T4)."""
-    choice = str(amp).strip().lower()
+    choice = amp
     if choice == "auto":
         old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
         choice = "fp16" if old_gpu else "bf16"

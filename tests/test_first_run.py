@@ -196,7 +196,7 @@ def test_training_as_a_command_writes_what_the_notebook_does(tmp_path):
                         "--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "making the split as notebook 01 does" in r.stdout and "best validation score" in r.stdout
+    assert "split as notebook 01 does" in r.stdout and "best validation score" in r.stdout
     for name in ("best.pt", "last.pt", "history.csv", "history.png"):
         assert (tmp_path / "ws/runs/dncnn" / name).is_file()
     assert (tmp_path / "ws/manifest.csv").is_file() and (tmp_path / "data" / helpers.DEMO_MARKER).is_file()

@@ -158,7 +158,7 @@ def test_the_notebooks_are_the_recipes():
 # ---------------------------------------------------------------- requirements cover every import
 
 # import name -> distribution in requirements.txt
-DISTRIBUTIONS = {"cv2": "opencv-python", "torch": "torch", "torchvision": "torchvision", "numpy": "numpy",
+DISTRIBUTIONS = {"cv2": "opencv-python", "torch": "torch", "numpy": "numpy",
                  "pandas": "pandas", "matplotlib": "matplotlib", "tqdm": "tqdm", "torchsummary": "torchsummary",
                  "pytest": "pytest", "nbformat": "nbformat", "nbclient": "nbclient"}
 # imported only where they exist, each with its own message

@@ -174,7 +174,7 @@ def test_a_best_pt_written_before_models_were_code_still_loads(tmp_path, recipe)
         assert torch.equal(model(x), want(x))
     # what the kit can no longer rebuild is refused with what to do
     old_best(path, recipe, levels=True)
-    with pytest.raises(checkpoints.CheckpointError, match="uses levels.*no longer has; train the model again"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"uses \['levels'\], which the kit no longer has: train that model again"):
         checkpoints.model_from_checkpoint(path)
 
 

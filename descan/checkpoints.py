@@ -78,6 +78,9 @@ def unknown_model(state: dict, where) -> str | None:
     gone = [k for k in models.GONE if (state.get("model_kwargs") or {}).get(k)]
     if gone:
         return f"{where} uses {gone}, which the kit no longer has: train that model again"
+    weights = (state.get("model") or {}).values()
+    if any(w.is_floating_point() and not torch.isfinite(w).all() for w in weights):
+        return f"{where} holds weights that are not finite (nan or inf): its training diverged"
     if state.get("model_code") is not None or state.get("model_name") in known:
         return None
     return (f"{where} names model {state.get('model_name')!r} but holds no code for it (models "

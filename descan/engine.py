@@ -20,7 +20,7 @@ from descan.inference import autocast, compile_model, evaluate, use_grad_scaler
 from descan.losses import from_code
 from descan.models import Identity, build, count_parameters
 from descan.notebook import seed_everything
-from descan.optim import lr_factor, make_optimizer, update_ema
+from descan.optim import lr_factor, make_optimizer, stop_if_diverged, update_ema
 from descan.plots import plot_history
 from descan.resume import resume, rng_state, split_id
 
@@ -71,9 +71,6 @@ class Trainer:
         """The best validation competition score so far (inf before the first validation)."""
         return min((row["val_score"] for row in self.history), default=float("inf"))
 
-    def data_id(self) -> str:
-        return split_id(self.train_pairs, self.val_pairs)
-
     # ---- checkpoints ---------------------------------------------------------------------------
     def _common(self, kind, model) -> dict:
         spec = self.run["model"]
@@ -90,7 +87,7 @@ class Trainer:
                  "ema": self.ema.state_dict() if self.ema else None,
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "item": self.item, "seconds": self.seconds, "history": self.history,
-                 "data_id": self.data_id(), "rng": rng_state()}
+                 "data_id": split_id(self.train_pairs, self.val_pairs), "rng": rng_state()}
         ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
 
     def save_best(self, val: dict):
@@ -204,6 +201,7 @@ class Trainer:
                 self.model.train()
                 last_val, last_save, t_last = self.seconds, time.time(), time.time()
             elif now - last_save >= cfg.checkpoint_minutes * 60:
+                stop_if_diverged(loss_sum.item(), self.step, cfg)
                 self.save_last()
                 last_save = time.time()
             if not self._budget_left():
@@ -246,6 +244,7 @@ class Trainer:
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
         train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
+        stop_if_diverged(train_loss, self.step, self.cfg)
         if not dist.is_main():  # process 0 validates and writes; the others take its history
             if finished:
                 self.epoch, self.item = self.epoch + 1, 0

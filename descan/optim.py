@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from helpers import DataError
+
 
 def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
     """Adam or AdamW of the recipe: one fused kernel on CUDA, else the multi-tensor one."""
@@ -44,3 +46,12 @@ def update_ema(ema, model, decay: float):
     for e, p in pairs:
         if not e.dtype.is_floating_point:
             e.copy_(p)
+
+
+def stop_if_diverged(loss: float, step: int, cfg) -> None:
+    """DataError when the training loss is not finite: nothing of it is then saved or validated."""
+    if not math.isfinite(loss):
+        raise DataError(f"training diverged: the loss is {loss} by step {step}. Likely causes: "
+                        f"a learning rate too high (lr={cfg.lr:g}), or fp16 mixed precision "
+                        f"overflowing (amp={cfg.amp!r}; on a GPU try 'bf16' or 'off'). last.pt and "
+                        "best.pt keep the last good state: start a new run (DESCAN_RUN_NAME).")

@@ -76,7 +76,8 @@ def resume(trainer) -> bool:
     if not path.exists():
         return False
     state = ckpt.load_checkpoint(path, kind="last")
-    diffs, fixed = settings_changed(state, trainer.cfg, trainer.run["model"], trainer.data_id())
+    split = split_id(trainer.train_pairs, trainer.val_pairs)
+    diffs, fixed = settings_changed(state, trainer.cfg, trainer.run["model"], split)
     if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
         refuse(path, trainer.run_dir.name, diffs, fixed)
     trainer.model.load_state_dict(state["model"])

@@ -522,3 +522,42 @@ def test_the_fault_drill_quick_mode_finds_nothing_silent_or_lost():
     assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 30, r.stdout[-4000:] + r.stderr[-3000:]
     assert r.returncode == 0
 
+
+
+# ---------------------------------------------------------------- divergence is an error
+
+def test_a_loss_that_is_not_finite_stops_training_before_anything_of_it_is_saved(demo_pairs, tmp_path,
+                                                                                  monkeypatch):
+    """From step 2 on the weights and the loss turn to nan, as a far too high lr makes them: the
+    run stops with what happened and what to do, and last.pt and best.pt keep epoch 1's finite
+    weights (without the check, epoch 2's end saves the nan weights and the run ends with exit 0)."""
+    train, val = demo_pairs
+    t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
+    real_step = t.train_step
+
+    def step(*a):
+        loss = real_step(*a)
+        if t.step >= 2:
+            with torch.no_grad():
+                next(t.model.parameters()).fill_(float("nan"))
+            return loss * float("nan")
+        return loss
+    monkeypatch.setattr(t, "train_step", step)
+    with pytest.raises(DataError, match=r"training diverged: the loss is nan by step \d+\. .*lr=.*amp="):
+        t.fit()
+    for name in (checkpoints.LAST, checkpoints.BEST):
+        state = checkpoints.load_checkpoint(tmp_path / name)
+        assert state["epoch"] <= 1 and checkpoints.unknown_model(state, name) is None, name
+    assert [row["epoch"] for row in t.history] == [1]
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_never_submitted(tmp_path):
+    good, bad = tiny_best(score=2.0), tiny_best(score=1.0)  # the broken one records the better score
+    next(iter(bad["model"].values())).fill_(float("nan"))
+    checkpoints.save_checkpoint(good, checkpoints.best_path(tmp_path, "good"))
+    checkpoints.save_checkpoint(bad, checkpoints.best_path(tmp_path, "diverged"))
+    found = {e["run"]: e["error"] for e in checkpoints.find_checkpoints(tmp_path)}
+    assert found["good"] is None and "not finite (nan or inf): its training diverged" in found["diverged"]
+    assert checkpoints.choose_checkpoint(tmp_path)["run"] == "good"
+    with pytest.raises(CheckpointError, match="not finite"):
+        checkpoints.model_from_checkpoint(checkpoints.best_path(tmp_path, "diverged"))

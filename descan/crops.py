@@ -19,7 +19,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.pairs, self.patch, self.crops_per_image = list(pairs), patch, crops_per_image
         self.items, self.seed, self.augment = items_per_epoch, seed, augment
         self.cache, self.degrade = cache or {}, degrade
-        self.epoch, self.start = 0, 0
+        self.epoch, self.start, self._order = 0, 0, (None, None)
 
     def set_epoch(self, epoch: int, start: int = 0):
         """Serve epoch ``epoch`` from its item ``start`` on (a resumed run)."""
@@ -30,8 +30,11 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         j, n = idx + self.start, len(self.pairs)
-        i = int(np.random.default_rng([self.seed, self.epoch, j // n, 7]).permutation(n)[j % n])
-        pair = self.pairs[i]  # the pairs in a new order on each pass
+        key = (self.epoch, j // n)  # the pairs in a new order on each pass, drawn once per pass
+        if self._order[0] != key:
+            self._order = key, np.random.default_rng([self.seed, *key, 7]).permutation(n)
+        i = int(self._order[1][j % n])
+        pair = self.pairs[i]
         clean, scan = self.cache.get(i) or (read_rgb(pair.clean), read_rgb(pair.scan))
         if clean.shape != scan.shape:
             raise DataError(f"pair {pair.name}: clean {clean.shape[:2]} and scan {scan.shape[:2]} "

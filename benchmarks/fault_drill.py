@@ -451,7 +451,7 @@ case("restore: into the workspace by mistake", ["holds folders", "nothing was ch
     submit.restore_folder(models.Identity(), d.scans(), d.tmp / "ws", show_progress=False)))
 case("submission: a restored PNG missing", ["have no row", "s1"], fn=lambda d: (
     d.restored(), d.settle(), d.old_csv(), (d.tmp / "restored/s1.png").unlink(),
-    submit.make_submission(d.tmp / "restored", d.tmp / "test/scan", d.tmp / "submission.csv")))
+    submit.make_submission(d.tmp / "restored", d.scans(), d.tmp / "submission.csv")))
 
 # ---- kills: by an exception, and by os._exit in a subprocess (no finally runs)
 def interrupted(d, run, detail):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,9 +19,10 @@ from descan import download
 from descan.download import has_data, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
-from descan.zips import ZIP_NAMES, check_zip_set, unpack_zip
+from descan.zips import ZIP_NAMES, check_zip, check_zip_set, image_entries, unpack_zip
 
 MANIFEST_FILE = "manifest.csv"
+TEST_LIST = "test_scans.json"  # in the workspace: the test set's ids, recorded at the first check
 
 
 def scanner_group(name: str) -> str:
@@ -55,10 +57,7 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     summary is kept in the workspace (never in ``data``) until a file changes, or ``force``."""
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
-    test = list_images(data / SPLITS["test_scan"])
-    if not test:
-        raise DataError(f"no test scans in {data / SPLITS['test_scan']}")
-    by_stem(test, data / SPLITS["test_scan"])
+    test = test_scans(data, workspace or workspace_dir(data), anew=force)
     files = [p for pair in pairs for p in (pair.clean, pair.scan)] + test
     sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
     fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
@@ -76,6 +75,51 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     return summary
 
 
+def test_ids(data, workspace, anew=False) -> list[str]:
+    """The test set's ids, which decide whether the test folder is complete and which rows the CSV
+    has: test_scan.zip's table of contents when the zip cache holds it, else the list recorded in
+    the workspace at the folder's first check (or ``anew``: the folder was just made)."""
+    data, record = Path(data).resolve(), Path(workspace) / TEST_LIST
+    test_zip = zip_cache_dir(data, workspace) / "test_scan.zip"
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if test_zip.is_file():
+        try:
+            ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))
+        except zipfile.BadZipFile:
+            check_zip(test_zip)  # says what is wrong with it
+            raise
+    elif saved.get("data") == str(data) and not anew:
+        return saved["ids"]
+    else:
+        folder = data / SPLITS["test_scan"]
+        ids = sorted(by_stem(list_images(folder), folder))
+    if saved != {"data": str(data), "ids": ids}:
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps({"data": str(data), "ids": ids}, indent=0))
+    return ids
+
+
+def test_scans(data, workspace, anew=False) -> list[Path]:
+    """The test scans, in test_ids' order; DataError when one is missing or one is not listed."""
+    folder = Path(data) / SPLITS["test_scan"]
+    found, ids = by_stem(list_images(folder), folder), test_ids(data, workspace, anew)
+    missing, extra = sorted(set(ids) - set(found)), sorted(set(found) - set(ids))
+    zipped = (zip_cache_dir(data, workspace) / "test_scan.zip").is_file()
+    source = "test_scan.zip" if zipped else f"the list recorded at its first check ({TEST_LIST})"
+    if not ids:
+        raise DataError(f"no test scans in {folder}")
+    if missing:
+        todo = ("Run the download again (bash data_download.sh or notebook 01): it unpacks what "
+                "is missing." if zipped else "Put them back; if you replaced the test set on "
+                f"purpose, delete {Path(workspace) / TEST_LIST} and run again.")
+        raise DataError(f"{folder} lacks {len(missing)} of the {len(ids)} test scans of {source}: "
+                        f"{examples(missing)}. {todo}")
+    if extra:
+        raise DataError(f"{folder} holds {len(extra)} images that are not in {source}: "
+                        f"{examples(extra)}. Move them out: the CSV has one row per test scan.")
+    return [found[i] for i in ids]
+
+
 def get_competition_data(data, workspace, cache=None, **options) -> dict:
     """The competition data in ``data``, checked: as it is when it passes (nothing is written into
     ``data``), else unpacked from the zip cache (download.fetch_zips with ``options``)."""
@@ -84,14 +128,17 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
         raise DataError(f"{data} holds the synthetic demo data (its marker file says so). Real "
                         "data is never mixed into it. Use another folder, e.g. "
                         "bash data_download.sh ./data/real")
+    cache = Path(cache or zip_cache_dir(data, workspace))
     if has_data(data):
         try:
             summary = check_dataset(data, workspace)
             print(f"Competition data already in place in {data}: nothing downloaded or unpacked.")
             return summary
         except DataError as e:
+            if not any((cache / n).is_file() for n in ZIP_NAMES):
+                raise  # data placed by hand: nothing is written into its folder
             print(f"The data in {data} does not pass the check ({e}); going on with the zips.")
-    cache = Path(cache or zip_cache_dir(data, workspace))
+    misplaced(data, cache)
     print(f"Competition data -> {data} (zip cache: {cache})")
     download.fetch_zips(cache, **options)
     print("Checking that the three zips hold what their names say ...")
@@ -107,12 +154,25 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
                         f"run the download again (complete zips in {cache} are reused).") from None
 
 
+def misplaced(data, cache) -> None:
+    """DataError when the images are one folder too deep or the zips lie in the data folder."""
+    found = [f"{d.relative_to(data)}/ ({len(list_images(d))} images)" for sub in SPLITS.values()
+             if (data / sub).is_dir() for d in sorted((data / sub).iterdir())
+             if d.is_dir() and list_images(d)]
+    found += [f"{p.name} (a zip)" for p in sorted(data.glob("*.zip")) if p.parent != cache]
+    if found:
+        layout = ", ".join(f"{sub}/*.png" for sub in SPLITS.values())
+        raise DataError(f"{data} holds data, but not where it is looked for: {examples(found)}. "
+                        f"The layout expected is {layout} (.tif also; no subfolders), and the "
+                        f"zips go into {cache}. Move them there and run again.")
+
+
 def ensure_data(data, workspace) -> dict:
     """Make sure the checked data is in ``data`` (demo or competition data); the summary."""
     t0, data = time.time(), Path(data)
     cache = zip_cache_dir(data, workspace)
     how = "already in place" if has_data(data) else "prepared"
-    if has_data(data):
+    if has_data(data) and dataset_kind(data) == "demo":
         summary = check_dataset(data, workspace)
     elif dataset_kind(data) == "demo" and not any((cache / n).is_file() for n in ZIP_NAMES):
         fresh = download.get_demo(data)

@@ -37,9 +37,14 @@ def _write_error(e, path):
         with contextlib.suppress(OSError):
             code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
     what = _WRITE_ERRORS.get(code)
-    todo = "Free some space (old runs, zips)" if "disk" in str(what) else "Use a writable folder"
-    return what and OSError(code, f"{what}: could not write {path}. {todo}; "
-                                  f"any previous {path.name} is unchanged.")
+    if what is None:
+        return None
+    todo = "Use a writable folder"
+    if "disk" in what:
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        todo = f"{free / 2 ** 20:,.1f} MB are free there: free some space"
+    return OSError(code, f"{what}: could not write {path}. {todo}; any previous {path.name} is "
+                         "unchanged.")
 
 
 def _remove_stale(path: Path) -> None:

@@ -145,13 +145,13 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
     return [out_dir / f"{p.stem}.png" for p in scan_paths]
 
 
-def make_submission(restored_dir, test_scan_dir, csv_path):
-    """Write the CSV of the restored PNGs (write_submission); return it, read back, as a table."""
+def make_submission(restored_dir, test_scans, csv_path):
+    """Write the CSV of the restored PNGs, one row per test scan (data.test_scans) and no other
+    (write_submission); return it, read back, as a table."""
     import pandas as pd
-    test = list_images(test_scan_dir)
-    if not test:
-        raise DataError(f"no test scans in {test_scan_dir}; run notebook 01 first")
-    expected = sorted(by_stem(test, test_scan_dir))
+    expected = sorted(Path(p).stem for p in test_scans)
+    if not expected:
+        raise DataError("the list of test scans is empty; run notebook 01 first")
     write_submission(submission_rows(restored_dir), csv_path, expected)
     return pd.DataFrame(read_submission(csv_path, expected), columns=list(CSV_HEADER))
 

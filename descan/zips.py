@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -48,9 +49,11 @@ def check_zip(path) -> int:
                         "it again, or put a good copy there by hand.") from None
 
 
-def image_entries(zip_path) -> dict:
-    """{file name: ZipInfo} of the images in a checked zip, whatever its folders, all safe."""
-    check_zip(zip_path)
+def image_entries(zip_path, check=True) -> dict:
+    """{file name: ZipInfo} of the images in a zip, whatever its folders, all safe; ``check``
+    reads it whole first (check_zip), else only its table of contents is read."""
+    if check:
+        check_zip(zip_path)
     out = {}
     with zipfile.ZipFile(zip_path) as zf:
         infos = zf.infolist()
@@ -80,19 +83,31 @@ def unpack_zip(zip_path, dest, show_progress=True) -> dict:
         raise DataError(f"{zip_path} holds no images ({', '.join(IMAGE_EXTS)}): delete it and "
                         "put the right zip there.")
     Path(dest).mkdir(parents=True, exist_ok=True)
-    written = skipped = 0
+    done = 0
+    todo = {n: i for n, i in entries.items()
+            if not (Path(dest) / n).is_file() or (Path(dest) / n).stat().st_size != i.file_size}
     with zipfile.ZipFile(zip_path) as zf:
-        for fname, info in progress_bar(sorted(entries.items()), f"unpacking {Path(zip_path).name}",
+        for fname, info in progress_bar(sorted(todo.items()), f"unpacking {Path(zip_path).name}",
                                         enabled=show_progress, unit="img"):
-            target = Path(dest) / fname
-            if target.is_file() and target.stat().st_size == info.file_size:
-                skipped += 1
-                continue
-            with atomic_path(target) as tmp, zf.open(info) as src, open(tmp, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            written += 1
-    return {"written": written, "skipped": skipped}
+            try:
+                with atomic_path(Path(dest) / fname) as tmp, zf.open(info) as src, \
+                        open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise DataError(f"disk full while unpacking {Path(zip_path).name} into {dest}: "
+                                f"{mb(sum(i.file_size for i in todo.values()) - done)} more are "
+                                f"needed, {mb(shutil.disk_usage(dest).free)} free. Free some "
+                                "space there, then run again: the images unpacked so far are "
+                                "kept, and the zip is fine.") from None
+            done += info.file_size
+    return {"written": len(todo), "skipped": len(entries) - len(todo)}
+
+
+def mb(size: int) -> str:
+    return f"{size / 2 ** 20:,.1f} MB"
 
 
 def identify_zip(path) -> str:

@@ -8,6 +8,7 @@ all tested without a network. One test runs the real gdown and expects a fast, h
 it is skipped when the network is reachable.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "data_download.sh"
@@ -544,3 +547,98 @@ def test_no_network_fails_fast_with_help(tmp_path, downloader):
     assert "no network connection" in r.stderr
     assert "--demo" in r.stderr and str(tmp_path / "data" / "zips") in r.stderr
     assert files_under(tmp_path / "data" / "zips") == []
+
+
+# ---------------------------------------------------------------- completeness, by the zips' lists
+
+TEST_SCANS = [f"Wire.{i:05d}.01" for i in range(1, 7)]
+
+
+@pytest.fixture
+def zipped(tmp_path, monkeypatch):
+    """A zip cache with the three zips (a test zip of six scans), and ensure_data's own Python."""
+    from descan import data as data_module
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ZIPS[:2]:
+        build_zip(cache / name, name)
+    with zipfile.ZipFile(cache / "test_scan.zip", "w") as zf:
+        for i, name in enumerate(TEST_SCANS):
+            zf.writestr(f"test_scan/{name}.tif", tif(img(20 * i)))
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(cache))
+    return lambda: data_module.ensure_data(tmp_path / "data", tmp_path / "ws")
+
+
+def test_a_test_set_unpacked_in_part_is_completed_from_its_zip(tmp_path, zipped):
+    from descan import data as data_module
+    assert zipped()["test_scans"] == 6
+    for name in TEST_SCANS[3:]:  # an unpack cut short (a kill, a full disk), stamps or none
+        (tmp_path / f"data/test/scan/{name}.tif").unlink()
+    assert zipped()["test_scans"] == 6
+    scans = data_module.test_scans(tmp_path / "data", tmp_path / "ws")
+    assert [p.stem for p in scans] == TEST_SCANS and all(p.is_file() for p in scans)
+
+
+def test_a_test_scan_missing_with_no_zip_stops_the_submission(tmp_path, zipped, monkeypatch):
+    """Data placed by hand: the test list is recorded at the first check and rechecked."""
+    from descan import data as data_module
+    from descan import submit
+    zipped()
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
+    data, ws = tmp_path / "data", tmp_path / "ws2"
+    assert data_module.ensure_data(data, ws)["test_scans"] == 6
+    (data / f"test/scan/{TEST_SCANS[4]}.tif").unlink()
+    before = snapshot(data)
+    with pytest.raises(helpers.DataError, match=rf"lacks 1 of the 6 test scans .*{TEST_SCANS[4]}"):
+        data_module.ensure_data(data, ws)
+    with pytest.raises(helpers.DataError, match=rf"lacks 1 of the 6 .*{TEST_SCANS[4]}.*Put them"):
+        data_module.test_scans(data, ws)
+    assert snapshot(data) == before and not (tmp_path / "no zips").exists()
+    (data / "test/scan/Other.00001.01.tif").write_bytes(tif(img(1)))  # one it never had
+    (data / f"test/scan/{TEST_SCANS[4]}.tif").write_bytes(tif(img(1)))
+    with pytest.raises(helpers.DataError, match=r"1 images that are not in .*Other\.00001\.01"):
+        data_module.test_scans(data, ws)
+    with pytest.raises(ValueError, match=r"2 test images have no row"):  # and the CSV's own check
+        submit.write_submission([(n, 1.0) for n in TEST_SCANS[:4]], tmp_path / "s.csv", TEST_SCANS)
+
+
+def test_disk_full_while_unpacking_says_what_is_needed_and_deletes_nothing(tmp_path, zipped,
+                                                                            monkeypatch):
+    import errno
+    from descan import zips
+    opened, real_open = [], open
+
+    def open_until_full(path, mode="r", *args, **kwargs):
+        if "w" in mode and "Wire" in str(path):
+            opened.append(path)
+            if len(opened) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(zips, "open", open_until_full, raising=False)
+    with pytest.raises(helpers.DataError) as e:
+        zipped()
+    message = str(e.value)
+    assert "disk full while unpacking test_scan.zip" in message and "MB free" in message
+    assert re.search(r"[\d.]+ MB more are needed", message), message
+    assert not re.search(r"delete|remove", message, re.I), "the advice removes nothing"
+    assert files_under(tmp_path / "data/test/scan") == [f"{n}.tif" for n in TEST_SCANS[:2]]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(ZIPS)
+    monkeypatch.undo()
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "cache"))
+    assert zipped()["test_scans"] == 6  # space freed, run again: completed
+
+
+def test_images_one_folder_too_deep_are_named_and_nothing_is_written(tmp_path, fake):
+    data = tmp_path / "data"
+    unpack_by_hand(data)
+    deep = data / "train/clean/train_clean"
+    deep.mkdir()
+    for p in (data / "train/clean").glob("*.png"):
+        p.rename(deep / p.name)
+    before = snapshot(data)
+    r = run_script(data, fake=fake, mode="refuse")
+    assert r.returncode == 1 and fake.calls() == [], r.out
+    assert "train/clean/train_clean/ (3 images)" in r.stderr and "not where it is looked" in r.stderr
+    assert "Google Drive" not in r.out and "Traceback" not in r.out
+    assert snapshot(data) == before

@@ -122,7 +122,7 @@ def read_csv_plain(path):
 def test_csv_values_equal_an_independent_opencv_computation(tmp_path, test_scans):
     restored = tmp_path / "restored"
     submit.restore_folder(tiny_model(), test_scans, restored, images_per_pass=2, show_progress=False)
-    df = submit.make_submission(restored, tmp_path / "data/test/scan", tmp_path / "submission.csv")
+    df = submit.make_submission(restored, test_scans, tmp_path / "submission.csv")
     header, values, order = read_csv_plain(tmp_path / "submission.csv")
     assert header == ["Image File", "Y Channel Value"]
     assert order == sorted(p.stem for p in test_scans)
@@ -135,18 +135,18 @@ def test_csv_values_equal_an_independent_opencv_computation(tmp_path, test_scans
 def test_make_submission_refuses_missing_and_extra_images(tmp_path, test_scans):
     restored, path = tmp_path / "restored", tmp_path / "submission.csv"
     submit.restore_folder(models.Identity(), test_scans, restored, show_progress=False)
-    submit.make_submission(restored, tmp_path / "data/test/scan", path)
+    submit.make_submission(restored, test_scans, path)
     before = path.read_bytes()
 
     (restored / "Mag.00007.02.png").unlink()  # e.g. a restore interrupted half way
     with pytest.raises(ValueError, match=r"1 test images have no row: Mag\.00007\.02"):
-        submit.make_submission(restored, tmp_path / "data/test/scan", path)
+        submit.make_submission(restored, test_scans, path)
     assert path.read_bytes() == before
 
     submit.restore_folder(models.Identity(), test_scans, restored, show_progress=False)
     imwrite_rgb(restored / "Val.00001.01.png", np.zeros((4, 4, 3), np.uint8))  # not a test image
     with pytest.raises(ValueError, match=r"rows are not test images: Val\.00001\.01"):
-        submit.make_submission(restored, tmp_path / "data/test/scan", path)
+        submit.make_submission(restored, test_scans, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "restored", "submission.csv"]
 
@@ -154,7 +154,7 @@ def test_make_submission_refuses_missing_and_extra_images(tmp_path, test_scans):
 def test_interrupted_csv_write_leaves_the_previous_csv(tmp_path, test_scans, monkeypatch):
     restored, path = tmp_path / "restored", tmp_path / "submission.csv"
     submit.restore_folder(models.Identity(), test_scans, restored, show_progress=False)
-    submit.make_submission(restored, tmp_path / "data/test/scan", path)
+    submit.make_submission(restored, test_scans, path)
     before = path.read_bytes()
     submit.restore_folder(tiny_model(), test_scans, restored, show_progress=False)  # new results to write
 
@@ -174,11 +174,11 @@ def test_interrupted_csv_write_leaves_the_previous_csv(tmp_path, test_scans, mon
 
     monkeypatch.setattr(submit.csv, "writer", writer_stopped_after_two_rows)
     with pytest.raises(KeyboardInterrupt):
-        submit.make_submission(restored, tmp_path / "data/test/scan", path)
+        submit.make_submission(restored, test_scans, path)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "restored", "submission.csv"]
-    df = submit.make_submission(restored, tmp_path / "data/test/scan", path)
+    df = submit.make_submission(restored, test_scans, path)
     assert path.read_bytes() != before and len(df) == len(test_scans)
 
 

@@ -290,7 +290,11 @@ def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
     if unseen:
         raise DataError(f"{path} puts pairs of unseen scanners in training ({examples(unseen)}); "
                         "they are for validation only. Run notebook 01 again.")
-    return train, manifest_pairs(manifest, data, "val")
+    val = manifest_pairs(manifest, data, "val")
+    if not train or not val:
+        raise DataError(f"{path} has {len(train)} training and {len(val)} validation rows; "
+                        "training needs both. Run notebook 01 again (it makes the split).")
+    return train, val
 
 
 def title_of(name: str) -> str:

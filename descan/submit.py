@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from helpers import DataError, by_stem, examples, list_images, read_rgb
 from descan.data import scanner_group
@@ -18,20 +19,35 @@ from descan.metrics import group_figures, image_metrics
 CSV_HEADER = ("Image File", "Y Channel Value")
 
 
-def csv_mean_y(png_path) -> float:
-    """Mean Y of a saved image, computed as the course's code does (cv2.imread, BGR2YUV)."""
+def csv_y(png_path) -> np.ndarray:
+    """The Y plane of a saved image, computed as the course's code does (cv2.imread, BGR2YUV)."""
     bgr = cv2.imread(str(png_path))
     if bgr is None:
         raise DataError(f"cannot read {png_path} with OpenCV; save it again")
-    return float(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0].mean())
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0]
 
 
-def submission_rows(restored_dir) -> list[tuple[str, float]]:
-    """(id, mean Y) of every PNG in ``restored_dir`` but hidden ones ('._x.png'), sorted by id."""
+def csv_mean_y(png_path) -> float:
+    return float(csv_y(png_path).mean())
+
+
+def submission_rows(restored_dir, constant_ok=False) -> list[tuple[str, float]]:
+    """(id, mean Y) of every PNG in ``restored_dir`` but hidden ones ('._x.png'), sorted by id;
+    DataError when every image is the same flat grey (a model whose output is constant)."""
     files = sorted(p for p in Path(restored_dir).glob("*.png") if not p.name.startswith("."))
     if not files:
         raise DataError(f"no restored PNGs in {restored_dir}; restore the test set first")
-    return [(p.stem, csv_mean_y(p)) for p in files]
+    rows, levels = [], set()
+    for path in files:
+        y = csv_y(path)
+        rows.append((path.stem, float(y.mean())))
+        levels.add(int(y.min()) if y.min() == y.max() else -1)
+    if len(files) > 1 and len(levels) == 1 and -1 not in levels and not constant_ok:
+        raise DataError(f"every restored image in {restored_dir} is flat, all of one grey level: the "
+                        "model's output does not depend on its input (training diverged or "
+                        "collapsed). Look at its history, train it again (e.g. with a lower lr), "
+                        "or choose another checkpoint (DESCAN_CHECKPOINT). No CSV was written.")
+    return rows
 
 
 def validate_submission(rows, expected_ids) -> None:
@@ -160,7 +176,7 @@ def score_restored(restored_dir, clean) -> dict:
     """images and metrics.group_figures of restored PNGs, with the CSV's mean Ys (csv_mean_y).
     ``clean``: validation pairs, one PNG each (else ValueError); or a folder with a clean image of
     each PNG's name (others are ignored), as ``python -m descan score`` passes it."""
-    rows = submission_rows(restored_dir)
+    rows = submission_rows(restored_dir, constant_ok=True)
     if isinstance(clean, (str, Path)):
         found = by_stem(list_images(clean), clean)
         missing = [name for name, _ in rows if name not in found]

@@ -561,3 +561,36 @@ def test_a_checkpoint_with_weights_that_are_not_finite_is_never_submitted(tmp_pa
     assert checkpoints.choose_checkpoint(tmp_path)["run"] == "good"
     with pytest.raises(CheckpointError, match="not finite"):
         checkpoints.model_from_checkpoint(checkpoints.best_path(tmp_path, "diverged"))
+
+
+class Constant(torch.nn.Module):
+    """A model whose output does not depend on its input, as after a collapse."""
+    def __init__(self):
+        super().__init__()
+        self.level = torch.nn.Parameter(torch.full((1, 3, 1, 1), 0.4))
+
+    def forward(self, x):
+        return self.level.expand_as(x).clone()
+
+
+def test_a_model_whose_output_is_constant_writes_no_csv(tmp_path, scans):
+    restored, csv = tmp_path / "restored", tmp_path / "submission.csv"
+    submit.restore_folder(models.Identity(), scans, restored, show_progress=False)
+    submit.make_submission(restored, scans, csv)
+    before = csv.read_bytes()
+    submit.restore_folder(Constant(), scans, restored, show_progress=False)
+    with pytest.raises(DataError, match=r"flat, all of one grey level.*does not depend on its input.*No CSV"):
+        submit.make_submission(restored, scans, csv)
+    assert csv.read_bytes() == before
+    assert submit.score_restored(restored, tmp_path / "test/scan")["images"] == 4  # still scored
+
+
+def test_a_manifest_without_validation_rows_is_named_with_what_to_do(tmp_path):
+    from descan import data
+    names = ["Mag.00001.01.png", "Mag.00002.01.png", "Mag.00003.01.png"]
+    folder = pair_dirs(tmp_path / "data/train", names, names)[0].parents[1]
+    manifest = data.make_manifest(folder)
+    manifest["split"] = "train"  # e.g. edited by hand, or val_fraction too small for the pages
+    data.write_manifest(manifest, tmp_path / "ws")
+    with pytest.raises(DataError, match=r"manifest.csv has 3 training and 0 validation rows.*notebook 01"):
+        data.load_split(folder, tmp_path / "ws")

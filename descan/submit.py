@@ -43,10 +43,11 @@ def submission_rows(restored_dir, constant_ok=False) -> list[tuple[str, float]]:
         rows.append((path.stem, float(y.mean())))
         levels.add(int(y.min()) if y.min() == y.max() else -1)
     if len(files) > 1 and len(levels) == 1 and -1 not in levels and not constant_ok:
-        raise DataError(f"every restored image in {restored_dir} is flat, all of one grey level: the "
-                        "model's output does not depend on its input (training diverged or "
-                        "collapsed). Look at its history, train it again (e.g. with a lower lr), "
-                        "or choose another checkpoint (DESCAN_CHECKPOINT). No CSV was written.")
+        raise DataError(f"every restored image in {restored_dir} is flat, all of one grey "
+                        "level: the model's output does not depend on its input (training "
+                        "diverged or collapsed). Look at its history, train it again (e.g. with a "
+                        "lower lr), or choose another checkpoint (DESCAN_CHECKPOINT). No CSV was "
+                        "written.")
     return rows
 
 

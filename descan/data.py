@@ -6,23 +6,20 @@ import hashlib
 import json
 import re
 import time
-import zipfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, by_stem,
-                     dataset_kind, examples, list_images, pair_files, read_rgb,
-                     smoke_mode, workspace_dir)
+from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, dataset_kind, examples,
+                     pair_files, read_rgb, smoke_mode, workspace_dir)
 from descan import download
-from descan.download import has_data, zip_cache_dir
+from descan.download import has_data, misplaced, test_scans, zip_cache_dir
 from descan.files import atomic_path, progress_bar
 from descan.metrics import image_metrics
-from descan.zips import ZIP_NAMES, check_zip, check_zip_set, image_entries, unpack_zip
+from descan.zips import ZIP_NAMES, check_zip_set, unpack_zip
 
 MANIFEST_FILE = "manifest.csv"
-TEST_LIST = "test_scans.json"  # in the workspace: the test set's ids, recorded at the first check
 
 
 def scanner_group(name: str) -> str:
@@ -75,51 +72,6 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     return summary
 
 
-def test_ids(data, workspace, anew=False) -> list[str]:
-    """The test set's ids, which decide whether the test folder is complete and which rows the CSV
-    has: test_scan.zip's table of contents when the zip cache holds it, else the list recorded in
-    the workspace at the folder's first check (or ``anew``: the folder was just made)."""
-    data, record = Path(data).resolve(), Path(workspace) / TEST_LIST
-    test_zip = zip_cache_dir(data, workspace) / "test_scan.zip"
-    saved = json.loads(record.read_text()) if record.is_file() else {}
-    if test_zip.is_file():
-        try:
-            ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))
-        except zipfile.BadZipFile:
-            check_zip(test_zip)  # says what is wrong with it
-            raise
-    elif saved.get("data") == str(data) and not anew:
-        return saved["ids"]
-    else:
-        folder = data / SPLITS["test_scan"]
-        ids = sorted(by_stem(list_images(folder), folder))
-    if saved != {"data": str(data), "ids": ids}:
-        with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps({"data": str(data), "ids": ids}, indent=0))
-    return ids
-
-
-def test_scans(data, workspace, anew=False) -> list[Path]:
-    """The test scans, in test_ids' order; DataError when one is missing or one is not listed."""
-    folder = Path(data) / SPLITS["test_scan"]
-    found, ids = by_stem(list_images(folder), folder), test_ids(data, workspace, anew)
-    missing, extra = sorted(set(ids) - set(found)), sorted(set(found) - set(ids))
-    zipped = (zip_cache_dir(data, workspace) / "test_scan.zip").is_file()
-    source = "test_scan.zip" if zipped else f"the list recorded at its first check ({TEST_LIST})"
-    if not ids:
-        raise DataError(f"no test scans in {folder}")
-    if missing:
-        todo = ("Run the download again (bash data_download.sh or notebook 01): it unpacks what "
-                "is missing." if zipped else "Put them back; if you replaced the test set on "
-                f"purpose, delete {Path(workspace) / TEST_LIST} and run again.")
-        raise DataError(f"{folder} lacks {len(missing)} of the {len(ids)} test scans of {source}: "
-                        f"{examples(missing)}. {todo}")
-    if extra:
-        raise DataError(f"{folder} holds {len(extra)} images that are not in {source}: "
-                        f"{examples(extra)}. Move them out: the CSV has one row per test scan.")
-    return [found[i] for i in ids]
-
-
 def get_competition_data(data, workspace, cache=None, **options) -> dict:
     """The competition data in ``data``, checked: as it is when it passes (nothing is written into
     ``data``), else unpacked from the zip cache (download.fetch_zips with ``options``)."""
@@ -152,19 +104,6 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
     except DataError as e:
         raise DataError(f"{e}\nTo start again: delete {data / 'train'} and {data / 'test'}, then "
                         f"run the download again (complete zips in {cache} are reused).") from None
-
-
-def misplaced(data, cache) -> None:
-    """DataError when the images are one folder too deep or the zips lie in the data folder."""
-    found = [f"{d.relative_to(data)}/ ({len(list_images(d))} images)" for sub in SPLITS.values()
-             if (data / sub).is_dir() for d in sorted((data / sub).iterdir())
-             if d.is_dir() and list_images(d)]
-    found += [f"{p.name} (a zip)" for p in sorted(data.glob("*.zip")) if p.parent != cache]
-    if found:
-        layout = ", ".join(f"{sub}/*.png" for sub in SPLITS.values())
-        raise DataError(f"{data} holds data, but not where it is looked for: {examples(found)}. "
-                        f"The layout expected is {layout} (.tif also; no subfolders), and the "
-                        f"zips go into {cache}. Move them there and run again.")
 
 
 def ensure_data(data, workspace) -> dict:

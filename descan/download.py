@@ -2,6 +2,7 @@
 into the data folder (data.ensure_data, ``bash data_download.sh``), or the demo set. No torch."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,16 +10,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
-from helpers import DEMO_MARKER, SPLITS, DataError, env_path, is_colab, list_images
+from helpers import (DEMO_MARKER, SPLITS, DataError, by_stem, env_path, examples, is_colab,
+                     list_images)
 from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
 from descan.files import atomic_path
-from descan.zips import ZIP_NAMES, BrokenZip, check_zip, identify_zip
+from descan.zips import ZIP_NAMES, BrokenZip, check_zip, identify_zip, image_entries
 
 DRIVE_IDS = ("16zAeGDmqbAvn7Iy8V-mBylKx6rG-wgLD", "1cqxSVFxfonx5qKVIdfByOq7uYdNZY8ea",
              "1zmfrXzT9lnLg7NlQ-hXekZlyX9aGNNqj")
 FALLBACK_TEST_ID = "1DEavUuFh6x7n1XEMQCaW8yaU3wQxqfBu"  # the test zip, replaced in the competition
+TEST_LIST = "test_scans.json"  # in the workspace: the test set's ids, recorded at the first check
 RECORD = ".drive_ids"  # in the zip cache: lines "<Drive id> <zip name>" of earlier downloads
 QUOTA = re.compile(r"too many users|quota|cannot retrieve the public link|uc-error", re.I)
 OFFLINE = re.compile(r"name or service not known|failed to resolve|temporary failure in name "
@@ -188,3 +192,61 @@ def get_demo(data, **settings) -> bool:
           f"unseen scanners, for validation only) and {r['test_scans']} test scans of "
           f"{settings['crop']}x{settings['crop']} in {data}. It is NOT the competition data.")
     return True
+
+
+def test_ids(data, workspace, anew=False) -> list[str]:
+    """The test set's ids, which decide whether the test folder is complete and which rows the CSV
+    has: test_scan.zip's table of contents when the zip cache holds it, else the list recorded in
+    the workspace at the folder's first check (or ``anew``: the folder was just made)."""
+    data, record = Path(data).resolve(), Path(workspace) / TEST_LIST
+    test_zip = zip_cache_dir(data, workspace) / "test_scan.zip"
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if test_zip.is_file():
+        try:
+            ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))
+        except zipfile.BadZipFile:
+            check_zip(test_zip)  # says what is wrong with it
+            raise
+    elif saved.get("data") == str(data) and not anew:
+        return saved["ids"]
+    else:
+        folder = data / SPLITS["test_scan"]
+        ids = sorted(by_stem(list_images(folder), folder))
+    if saved != {"data": str(data), "ids": ids}:
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps({"data": str(data), "ids": ids}, indent=0))
+    return ids
+
+
+def test_scans(data, workspace, anew=False) -> list[Path]:
+    """The test scans, in test_ids' order; DataError when one is missing or one is not listed."""
+    folder = Path(data) / SPLITS["test_scan"]
+    found, ids = by_stem(list_images(folder), folder), test_ids(data, workspace, anew)
+    missing, extra = sorted(set(ids) - set(found)), sorted(set(found) - set(ids))
+    zipped = (zip_cache_dir(data, workspace) / "test_scan.zip").is_file()
+    source = "test_scan.zip" if zipped else f"the list recorded at its first check ({TEST_LIST})"
+    if not ids:
+        raise DataError(f"no test scans in {folder}")
+    if missing:
+        todo = ("Run the download again (bash data_download.sh or notebook 01): it unpacks what "
+                "is missing." if zipped else "Put them back; if you replaced the test set on "
+                f"purpose, delete {Path(workspace) / TEST_LIST} and run again.")
+        raise DataError(f"{folder} lacks {len(missing)} of the {len(ids)} test scans of {source}: "
+                        f"{examples(missing)}. {todo}")
+    if extra:
+        raise DataError(f"{folder} holds {len(extra)} images that are not in {source}: "
+                        f"{examples(extra)}. Move them out: the CSV has one row per test scan.")
+    return [found[i] for i in ids]
+
+
+def misplaced(data, cache) -> None:
+    """DataError when the images are one folder too deep or the zips lie in the data folder."""
+    found = [f"{d.relative_to(data)}/ ({len(list_images(d))} images)" for sub in SPLITS.values()
+             if (data / sub).is_dir() for d in sorted((data / sub).iterdir())
+             if d.is_dir() and list_images(d)]
+    found += [f"{p.name} (a zip)" for p in sorted(data.glob("*.zip")) if p.parent != cache]
+    if found:
+        layout = ", ".join(f"{sub}/*.png" for sub in SPLITS.values())
+        raise DataError(f"{data} holds data, but not where it is looked for: {examples(found)}. "
+                        f"The layout expected is {layout} (.tif also; no subfolders), and the "
+                        f"zips go into {cache}. Move them there and run again.")

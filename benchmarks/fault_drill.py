@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 [os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN")]  # the user's own settings stay out
 import helpers  # noqa: E402
 from descan import checkpoints, cli, data, models, recipes, submit, zips  # noqa: E402
+from descan.download import test_scans  # noqa: E402
 
 CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
 CPU, NOTEBOOK_CODE = torch.device("cpu"), object()  # NOTEBOOK_CODE: the model cell's code
@@ -224,6 +225,82 @@ case("pair: a clean image without its scan", ["no scan", "Mag.00003.01.png"],
      fn=in_data(lambda d, r: d.png("data/train/clean/Mag.00003.01.png")))
 case("data: an empty test folder", ["no test scans", "test/scan"],
      fn=in_data(lambda d, r: (r / "test/scan/scanner01_000.png").unlink()))
+
+# ---- completeness: the test set's list (its zip's, else recorded at the first check)
+def zipped(d, tests=("t1", "t2", "t3", "t4")):
+    """The tiny data set as zips in a cache, unpacked by ensure_data; the data folder."""
+    d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "cache"))
+    (d.tmp / "cache").mkdir()
+    pairs = ["Mag.00001.01", "Mag.00002.01"]
+    for name, stems in zip(zips.ZIP_NAMES, [pairs, pairs, list(tests)]):
+        d.image_zip(name, stems).rename(d.tmp / "cache" / name)
+    data.ensure_data(d.tmp / "data", d.tmp / "ws")
+    return d.tmp / "data"
+
+@case("test set: unpacked in part (a kill or a full disk), zips in the cache")
+def _(d):
+    [p.unlink() for p in sorted((zipped(d) / "test/scan").iterdir())[1:]]
+    data.ensure_data(d.tmp / "data", d.tmp / "ws")
+    got = [p.stem for p in test_scans(d.tmp / "data", d.tmp / "ws")]
+    return expect(got == ["t1", "t2", "t3", "t4"], f"test scans {got}", "unpacked again: 4 test scans")
+
+@case("test set: a scan gone from data placed by hand (no zip)", ["lacks 1 of the 4", "t3"])
+def _(d):
+    zipped(d)
+    d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "elsewhere"))
+    data.ensure_data(d.tmp / "data", d.tmp / "ws2")  # recorded at its first check
+    (d.tmp / "data/test/scan/t3.png").unlink()
+    data.ensure_data(d.tmp / "data", d.tmp / "ws2")
+
+case("test set: an image that is not in test_scan.zip", ["not in test_scan.zip", "extra"], fn=lambda d: (
+    zipped(d), d.png("data/test/scan/extra.png"), data.ensure_data(d.tmp / "data", d.tmp / "ws")))
+
+@case("disk full while unpacking: space named, no good file to delete", ["disk full while unpacking", "more are needed", "free"])
+def _(d):
+    def full(path, mode="r", *a, **k):
+        if "w" in mode and "t3" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return open(path, mode, *a, **k)
+    zips.open = full  # the module's open, before the builtin one
+    d.undo.append(lambda: delattr(zips, "open"))
+    try:
+        zipped(d)
+    except helpers.DataError as e:
+        assert "delete" not in str(e).lower(), f"advice that deletes: {e}"
+        raise
+
+@case("data: images one folder too deep (unzipped by hand)", ["train/clean/train_clean/", "not where"])
+def _(d):
+    root = d.dataset()
+    (root / "train/clean").rename(d.tmp / "train_clean")
+    (root / "train/clean").mkdir()
+    (d.tmp / "train_clean").rename(root / "train/clean/train_clean")
+    d.protect(root)
+    d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "cache"))
+    data.ensure_data(root, d.tmp / "ws")
+
+@case("data: the zips in the data folder, not in the zip cache", ["train_clean.zip (a zip)", "not where"])
+def _(d):
+    (d.tmp / "data").mkdir()
+    d.protect(d.image_zip("data/train_clean.zip", ["a"]))
+    d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "cache"))
+    data.ensure_data(d.tmp / "data", d.tmp / "ws")
+
+@case("manifest: no validation rows", ["0 validation rows", "notebook 01"])
+def _(d):
+    m = data.make_manifest(d.dataset())
+    m["split"] = "train"
+    data.write_manifest(m, d.tmp / "ws")
+    data.load_split(d.tmp / "data", d.tmp / "ws")
+
+@case("submission: a model whose output is constant", ["flat, all of one grey level", "No CSV"])
+def _(d):
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, 0.4)
+    d.old_csv()
+    submit.restore_folder(Constant(), d.scans(), d.tmp / "restored", show_progress=False)
+    submit.make_submission(d.tmp / "restored", d.scans(), d.tmp / "submission.csv")
 
 @case("image: 16-bit, grey and RGBA files")
 def _(d):

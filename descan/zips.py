@@ -107,7 +107,7 @@ def unpack_zip(zip_path, dest, show_progress=True) -> dict:
 
 
 def mb(size: int) -> str:
-    return f"{size / 2 ** 20:,.1f} MB"
+    return f"{size / 2 ** 20:,.1f} MB" if size >= 2 ** 20 else f"{size:,} bytes"
 
 
 def identify_zip(path) -> str:

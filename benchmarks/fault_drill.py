@@ -286,6 +286,23 @@ def _(d):
     d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "cache"))
     data.ensure_data(d.tmp / "data", d.tmp / "ws")
 
+@case("demo: its generation interrupted, then run again")
+def _(d):
+    from descan import demo, download as getting
+    small, real = {"train_pages": 2, "unseen_pages": 2, "test_pages": 1, "crop": 32}, demo._demo_page
+
+    def stop_after_training_pages(root, split, i, s):
+        if split != "train":
+            raise KeyboardInterrupt  # Ctrl-C half way
+        real(root, split, i, s)
+    d.patch(demo, "_demo_page", stop_after_training_pages)
+    with contextlib.suppress(KeyboardInterrupt):
+        getting.get_demo(d.tmp / "data", **small)
+    demo._demo_page = real
+    made = getting.get_demo(d.tmp / "data", **small)
+    counts = [len(list(d.tmp.glob(f"data/{sub}/*"))) for sub in helpers.SPLITS.values()]
+    return expect(made and counts == [8, 8, 4], f"made {made}, counts {counts}", "made again: 8 pairs, 4 test scans")
+
 @case("manifest: no validation rows", ["0 validation rows", "notebook 01"])
 def _(d):
     m = data.make_manifest(d.dataset())

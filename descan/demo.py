@@ -263,9 +263,14 @@ def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop
     jobs = [(root, split, i, s) for split, n in zip(SPLIT_SEEDS, counts) for i in range(n)]
     for job in progress_bar(jobs, "making demo pages", show_progress):
         _demo_page(*job)
-    return {"train_pairs": (train_pages + unseen_pages) * crops_per_page,
-            "unseen_pairs": unseen_pages * crops_per_page,
-            "test_scans": 2 * test_pages * crops_per_page}
+    return demo_counts(s)
+
+
+def demo_counts(s: dict) -> dict:
+    """How many pairs (unseen ones among them) and test scans the demo settings ``s`` make."""
+    n = s["crops_per_page"]
+    return {"train_pairs": (s["train_pages"] + s["unseen_pages"]) * n,
+            "unseen_pairs": s["unseen_pages"] * n, "test_scans": 2 * s["test_pages"] * n}
 
 
 # ---- Input-only augmentation of training crops ---------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helpers import (DEMO_MARKER, SPLITS, DataError, by_stem, env_path, examples, is_colab,
                      list_images)
-from descan.demo import DEMO_DEFAULTS, make_demo_dataset, settings_line
+from descan.demo import DEMO_DEFAULTS, demo_counts, make_demo_dataset, settings_line
 from descan.files import atomic_path
 from descan.zips import ZIP_NAMES, BrokenZip, check_zip, identify_zip, image_entries
 
@@ -179,7 +179,9 @@ def get_demo(data, **settings) -> bool:
                         "like the real competition data. Demo data is never written there. Give "
                         "another folder: bash data_download.sh --demo ./data/demo")
     same = marker.exists() and settings_line(settings) in marker.read_text().splitlines()
-    if same and has_data(data):
+    counts = demo_counts(settings)
+    made = [len(list_images(data / sub)) if (data / sub).is_dir() else 0 for sub in SPLITS.values()]
+    if same and made == [counts["train_pairs"]] * 2 + [counts["test_scans"]]:
         print(f"Demo data already in {data} ({settings_line(settings)}); nothing to do.")
         return False
     if marker.exists():

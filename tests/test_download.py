@@ -258,6 +258,26 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     assert cv2.imread(str(data / "train/clean/DemoMaking.00000.01.png")).shape == (48, 48, 3)
 
 
+def test_an_interrupted_demo_generation_is_made_again_not_taken_for_complete(tmp_path, monkeypatch):
+    from descan import demo, download
+    settings = {"train_pages": 2, "unseen_pages": 2, "test_pages": 1, "crop": 32}
+    real_page, made = demo._demo_page, []
+
+    def page_then_stop(*args):
+        if len(made) == 3:
+            raise KeyboardInterrupt  # Ctrl-C, or the runtime stops, half way
+        made.append(real_page(*args))
+
+    monkeypatch.setattr(demo, "_demo_page", page_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        download.get_demo(tmp_path / "data", **settings)
+    monkeypatch.undo()
+    assert len(files_under(tmp_path / "data/train/clean")) < 8  # cut short: some pairs only
+    assert download.get_demo(tmp_path / "data", **settings)  # made again, not "nothing to do"
+    assert [len(files_under(tmp_path / f"data/{sub}")) for sub in helpers.SPLITS.values()] == [8, 8, 4]
+    assert not download.get_demo(tmp_path / "data", **settings)  # complete now: nothing to do
+
+
 def test_demo_refuses_a_real_data_folder(tmp_path):
     real = tmp_path / "real"
     (real / "train" / "clean").mkdir(parents=True)

@@ -12,7 +12,6 @@ from descan.files import progress_bar, write_png
 # The demo set's defaults (make_demo_dataset's and the demo command's), in the marker's order.
 DEMO_DEFAULTS = {"seed": 0, "train_pages": 40, "unseen_pages": 8, "test_pages": 4,
                  "crops_per_page": 2, "crop": 256}
-DEMO_VERSION = 2  # 2: scanner profiles (seen, unseen validation, unseen test)
 FAMILIES = ("halftone", "bleed", "colour", "texture", "external", "internal")  # of degradation
 MARKER_TEXT = ("SYNTHETIC DEMO DATA made by `bash data_download.sh --demo` (descan.demo.make_demo_"
                "dataset).\nProcedural pages with a simulated print-and-scan by named scanner "
@@ -26,8 +25,8 @@ _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_CO
 
 
 def settings_line(s: dict) -> str:
-    """The line of the marker file that records the settings a demo folder was made with."""
-    return f"version={DEMO_VERSION} " + " ".join(f"{k}={s[k]}" for k in DEMO_DEFAULTS)
+    """The marker file's line of the settings a demo folder was made with (version 2: scanners)."""
+    return "version=2 " + " ".join(f"{k}={s[k]}" for k in DEMO_DEFAULTS)
 
 
 # A scanner: tone curve (gamma of R, G, B), saturation, white and black points (R, G, B), blur
@@ -177,8 +176,7 @@ def simulate_scan(clean: np.ndarray, rng: np.random.Generator, back: np.ndarray 
 def _smooth_field(rng, h, w, cells):
     """Random smooth RGB field in [0, 1]: coarse noise upsampled with cubic interpolation."""
     coarse = rng.random((cells, cells, 3)).astype(np.float32)
-    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.clip(field, 0, 1).reshape(h, w, 3)
+    return np.clip(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
 
 
 def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -298,6 +296,3 @@ def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0):
             scan = colour_jitter(scan, rng)
         return scan
     return augment
-
-
-degradation_augment = input_augment  # degradation_augment(prob): the degradation alone

@@ -17,11 +17,9 @@ def _done(fig, title=None):
     return fig
 
 
-def plot_history(history, path=None, title=""):
+def plot_history(df, path=None, title=""):
     """Training loss, validation score and PSNR against optimiser steps, from a run's history.csv
-    (or its rows), best.pt starred, "do nothing" dashed; saved to ``path`` when given."""
-    import pandas as pd
-    df = pd.DataFrame(history)
+    as a DataFrame, best.pt starred, "do nothing" dashed; saved to ``path`` when given."""
     best = df["val_score"].idxmin()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = {"train_loss": "training loss", "val_score": "validation score (lower is better)",
@@ -29,9 +27,9 @@ def plot_history(history, path=None, title=""):
     for ax, (col, label) in zip(axes, panels.items()):
         ax.plot(df["step"], df[col], marker="o", ms=3, label="run")
         ax.plot(df["step"][best], df[col][best], "*", ms=14, color="tab:red", label="best.pt")
-        nothing = col.replace("val_", "do_nothing_")
-        if nothing != col and nothing in df:
-            ax.axhline(df[nothing].iloc[-1], color="0.4", ls="--", lw=1, label="do nothing")
+        if col != "train_loss":  # do_nothing_score, do_nothing_psnr
+            nothing = df[col.replace("val_", "do_nothing_")].iloc[-1]
+            ax.axhline(nothing, color="0.4", ls="--", lw=1, label="do nothing")
         ax.set(xlabel="optimiser step", title=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -42,11 +40,12 @@ def plot_history(history, path=None, title=""):
     return fig
 
 
-def plot_leaderboard(board, baseline="do nothing", submitted=None, title=None):
-    """A local_leaderboard table as bars of each entry's gain over ``baseline`` (below zero: worse
+def plot_leaderboard(board, submitted, title=None):
+    """A local_leaderboard table as bars of each entry's gain over "do nothing" (below zero: worse
     than it), single pass and x8 in two colours, the ``submitted`` (entry, ensemble) outlined."""
-    base = float(board.loc[board["entry"] == baseline, "score"].iloc[0])
-    rows = board[board["entry"] != baseline].sort_values("score", ascending=False, kind="stable")
+    nothing = board["entry"] == "do nothing"
+    base = float(board.loc[nothing, "score"].iloc[0])
+    rows = board[~nothing].sort_values("score", ascending=False, kind="stable")
     labels = [f"{e} (x8)" if x else e for e, x in zip(rows["entry"], rows["ensemble"])]
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * max(1, len(rows))))
     bars = ax.barh(labels, base - rows["score"].to_numpy(dtype=float),
@@ -54,15 +53,14 @@ def plot_leaderboard(board, baseline="do nothing", submitted=None, title=None):
     ax.bar_label(bars, [f"score {score:.4f}" for score in rows["score"]], padding=4, fontsize=8)
     ax.margins(x=0.35)
     ax.axvline(0, color="0.3", lw=1)
+    label = f"{submitted[0]} (x8)" if submitted[1] else submitted[0]
+    bars[labels.index(label)].set(edgecolor="black", linewidth=2.5)
     handles = [Patch(color="tab:blue", label="single pass"),
-               Patch(color="tab:orange", label="x8 self-ensemble")]
-    if submitted is not None:
-        handles.append(Patch(facecolor="white", edgecolor="black", lw=2.5, label="submitted"))
-        label = f"{submitted[0]} (x8)" if submitted[1] else submitted[0]
-        bars[labels.index(label)].set(edgecolor="black", linewidth=2.5)
+               Patch(color="tab:orange", label="x8 self-ensemble"),
+               Patch(facecolor="white", edgecolor="black", lw=2.5, label="submitted")]
     ax.legend(handles=handles, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
               frameon=False)
-    ax.set_xlabel(f"gain over '{baseline}' (its score {base:.4f} minus the entry's)")
+    ax.set_xlabel(f"gain over 'do nothing' (its score {base:.4f} minus the entry's)")
     return _done(fig, title)
 
 
@@ -88,7 +86,7 @@ def _show(ax, image, title, **imshow):
     ax.set_title(title, fontsize=9)
 
 
-def show_pairs(rows, titles=None, zoom=None, suptitle=None, cell=3.0):
+def show_pairs(rows, titles, zoom=None, suptitle=None, cell=3.0):
     """A grid of RGB images, one list per row (e.g. [clean, scan]), ``titles`` of the same shape.
     ``zoom``: None; a size (zoom_box of each row's first two images); or one (top, left, size) per
     row: then each image gets a boxed area and, beside it, that area enlarged."""
@@ -96,12 +94,10 @@ def show_pairs(rows, titles=None, zoom=None, suptitle=None, cell=3.0):
     fig, axes = plt.subplots(len(rows), len(rows[0]) * step, squeeze=False,
                              figsize=(cell * len(rows[0]) * step, cell * len(rows)))
     for i, images in enumerate(rows):
-        box = zoom[i] if isinstance(zoom, (list, tuple)) else None
-        if isinstance(zoom, int):
-            box = zoom_box(images[0], images[min(1, len(images) - 1)], zoom)
+        box = zoom_box(images[0], images[1], zoom) if isinstance(zoom, int) else zoom and zoom[i]
         for j, img in enumerate(images):
             ax = axes[i, j * step]
-            _show(ax, img, titles[i][j] if titles is not None else "")
+            _show(ax, img, titles[i][j])
             if box:
                 top, left, size = box
                 ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False,

@@ -218,7 +218,7 @@ def test_crops_are_aligned_augmented_and_repeatable(demo_pairs):
 def test_degradation_augmentation_changes_inputs_not_targets(demo_pairs):
     train, _ = demo_pairs
     plain = crops.CropDataset(train, 32, 4, 4, seed=5)
-    degraded = crops.CropDataset(train, 32, 4, 4, seed=5, degrade=demo.degradation_augment(1.0))
+    degraded = crops.CropDataset(train, 32, 4, 4, seed=5, degrade=demo.input_augment(1.0))
     (c0, s0), (c1, s1) = plain[1], degraded[1]
     assert torch.equal(c0, c1)
     assert not torch.equal(s0, s1)

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from helpers import DEMO_MARKER, SPLITS, check_image, to_uint8
-from descan.files import progress_bar, write_png
+from descan.files import progress_bar, write_image
 
 # The demo set's defaults (make_demo_dataset's and the demo command's), in the marker's order.
 DEMO_DEFAULTS = {"seed": 0, "train_pages": 40, "unseen_pages": 8, "test_pages": 4,
@@ -238,12 +238,11 @@ def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
     for name in names:
         y, x = rng.integers(0, size - crop + 1, 2)
         win = (slice(y, y + crop), slice(x, x + crop))
-        tif = root / SPLITS["test_scan"] / f"{name}.tif"
         if split in ("train", "unseen"):
-            write_png(root / SPLITS["train_clean"] / f"{name}.png", clean[win])
-            write_png(root / SPLITS["train_scan"] / f"{name}.png", scan[win])
-        elif not cv2.imwrite(str(tif), cv2.cvtColor(scan[win], cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {tif}: is the disk full or the folder read-only?")
+            write_image(root / SPLITS["train_clean"] / f"{name}.png", clean[win])
+            write_image(root / SPLITS["train_scan"] / f"{name}.png", scan[win])
+        else:
+            write_image(root / SPLITS["test_scan"] / f"{name}.tif", scan[win])
 
 
 def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop=256, seed=0,

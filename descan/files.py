@@ -90,10 +90,10 @@ def atomic_path(path):
             os.close(fd)
 
 
-def write_png(path, rgb: np.ndarray) -> None:
-    """Save an RGB uint8 image as PNG, atomically."""
+def write_image(path, rgb: np.ndarray) -> None:
+    """Save an RGB uint8 image in the format of its extension (.png, .tif, ...), atomically."""
     check_image(rgb, "image to save")
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ok, buf = cv2.imencode(Path(path).suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"OpenCV could not encode {path}")
     with atomic_path(path) as tmp:

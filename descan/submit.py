@@ -13,7 +13,7 @@ import numpy as np
 
 from helpers import DataError, by_stem, examples, list_images, read_rgb
 from descan.data import scanner_group
-from descan.files import atomic_path, progress_bar, write_png
+from descan.files import atomic_path, progress_bar, write_image
 from descan.metrics import group_figures, image_metrics
 
 CSV_HEADER = ("Image File", "Y Channel Value")
@@ -150,7 +150,7 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
             paths = scan_paths[i:i + chunk]
             images = restore(model, [read_rgb(p) for p in paths], device, images_per_pass, ensemble)
             for p, img in zip(paths, images):
-                write_png(new / f"{p.stem}.png", img)
+                write_image(new / f"{p.stem}.png", img)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise

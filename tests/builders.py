@@ -15,7 +15,7 @@ def uniform(rgb, h=4, w=5):
 
 
 def imwrite_rgb(path, rgb):
-    """Write an RGB image with plain OpenCV (independent of files.write_png)."""
+    """Write an RGB image with plain OpenCV (independent of files.write_image)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
     return path

@@ -214,13 +214,13 @@ def test_a_full_disk_during_restore_says_so_and_keeps_the_previous_folder(tmp_pa
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
     written = []
 
-    def write_png(path, rgb):  # the second PNG meets a full disk: numpy's short write, no errno
+    def write_image(path, rgb):  # the second PNG meets a full disk: numpy's short write, no errno
         with files.atomic_path(path) as tmp:
             written.append(path)
             tmp.write_bytes(b"part of a PNG")
             if len(written) == 2:
                 raise OSError("23590 requested and 8192 written")
-    monkeypatch.setattr(submit, "write_png", write_png)
+    monkeypatch.setattr(submit, "write_image", write_image)
     with pytest.raises(OSError, match=r"disk full: could not write .*s1\.png"):
         submit.restore_folder(models.Identity(), scans, out, show_progress=False)
     assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["restored", "test"]

@@ -90,7 +90,7 @@ def test_files_get_the_permissions_of_a_plain_open(tmp_path):
         f.write("x")
     csv = submit.write_submission([("a", 1.0)], tmp_path / "submission.csv", ["a"])
     png = tmp_path / "x.png"
-    files.write_png(png, np.zeros((2, 2, 3), np.uint8))
+    files.write_image(png, np.zeros((2, 2, 3), np.uint8))
     mode = stat.S_IMODE(plain.stat().st_mode)
     assert stat.S_IMODE(csv.stat().st_mode) == mode and stat.S_IMODE(png.stat().st_mode) == mode
 

@@ -184,13 +184,13 @@ def test_read_rgb_converts_grey_rgba_16bit_and_tif(tmp_path):
     assert np.array_equal(helpers.read_rgb(tmp_path / "x.tif"), rgb)
 
 
-def test_write_png_round_trip(tmp_path):
+def test_write_image_round_trip(tmp_path):
     rgb = coord_image(13, 17)
-    files.write_png(tmp_path / "a" / "x.png", rgb)
+    files.write_image(tmp_path / "a" / "x.png", rgb)
     assert np.array_equal(helpers.read_rgb(tmp_path / "a" / "x.png"), rgb)
     assert files_under(tmp_path / "a") == ["x.png"]  # no temporary file left
     with pytest.raises(TypeError):
-        files.write_png(tmp_path / "y.png", rgb.astype(np.float32))
+        files.write_image(tmp_path / "y.png", rgb.astype(np.float32))
     assert not (tmp_path / "y.png").exists()
 
 

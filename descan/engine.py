@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from helpers import PARAM_LIMIT, DataError, read_rgb
@@ -223,47 +224,42 @@ class Trainer:
                         finished)
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
-        """Validate; add a row to the history; save best.pt when the score improved, and last.pt."""
+        """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png."""
         train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
         stop_if_diverged(train_loss, self.step, self.cfg)
-        if dist.is_main():  # process 0 validates and writes; the others take its history
-            val = self.validate()
+        val = self.validate() if dist.is_main() else None
+        if val is not None:  # process 0 validates and writes; the others take its history
             improved = val["score"] < self.best_score
-            self.history.append(self._history_row(train_loss, crops_per_s, val))
+            self.history.append({
+                "epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
+                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
+                "val_psnr": val["psnr"], "crops_per_s": crops_per_s,
+                "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
+                "do_nothing_score": self.do_nothing["score"],
+                "do_nothing_psnr": self.do_nothing["psnr"],
+                "settings_changed": self.pending_change,
+                "val_unseen_score": val.get("unseen_score", math.nan),
+                "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
+                "do_nothing_unseen_score": self.do_nothing.get("unseen_score", math.nan)})
+            self.pending_change = ""
             if improved:
                 self.save("best", val)
-            self.write_history()
+        if finished:
+            self.epoch, self.item = self.epoch + 1, 0
+        self.save("last")  # before history.csv, which therefore never runs ahead of last.pt
+        if val is not None:
+            df = pd.DataFrame(self.history)
+            with atomic_path(self.run_dir / "history.csv") as tmp:
+                df.to_csv(tmp, index=False)
+            plot_history(df, self.run_dir / "history.png",
+                         title=f"{self.run['model']['name']} ({self.data_kind} data)")
             unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
                 f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
             print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score "
                   f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
                   f"{val['psnr']:.2f} dB{unseen}{' | saved best.pt' if improved else ''}")
-        if finished:
-            self.epoch, self.item = self.epoch + 1, 0
-        self.save("last")
         self.history = dist.share(self.history)
-
-    def _history_row(self, train_loss, crops_per_s, val) -> dict:
-        row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
-               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
-               "val_psnr": val["psnr"], "crops_per_s": crops_per_s,
-               "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
-               "do_nothing_score": self.do_nothing["score"],
-               "do_nothing_psnr": self.do_nothing["psnr"], "settings_changed": self.pending_change,
-               "val_unseen_score": val.get("unseen_score", math.nan),
-               "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
-               "do_nothing_unseen_score": self.do_nothing.get("unseen_score", math.nan)}
-        self.pending_change = ""
-        return row
-
-    def write_history(self):
-        import pandas as pd
-        df = pd.DataFrame(self.history)
-        with atomic_path(self.run_dir / "history.csv") as tmp:
-            df.to_csv(tmp, index=False)
-        plot_history(df, self.run_dir / "history.png",
-                     title=f"{self.run['model']['name']} ({self.data_kind} data)")
 
     def _result(self) -> dict:
         return {"best_score": self.best_score, "epochs": self.epoch, "steps": self.step,

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from helpers import PARAM_LIMIT, DataError, read_rgb
@@ -44,6 +45,7 @@ class Trainer:
         cfg = self.cfg
         self.pairs_per_batch = cfg.batch_size // cfg.crops_per_image
         self.steps_per_epoch = cfg.crops_per_epoch // cfg.crops_per_image // self.pairs_per_batch
+        self.items_per_epoch = self.steps_per_epoch * self.pairs_per_batch
         seed_everything(cfg.seed)
         self.model, self.ema = self.new_model(), None
         if count_parameters(self.model) >= PARAM_LIMIT:  # the competition's rule
@@ -71,34 +73,27 @@ class Trainer:
         """The best validation competition score so far (inf before the first validation)."""
         return min((row["val_score"] for row in self.history), default=float("inf"))
 
-    # ---- checkpoints ---------------------------------------------------------------------------
-    def _common(self, kind, model) -> dict:
-        spec = self.run["model"]
-        return {"kind": kind, "model_name": spec["name"], "model_kwargs": spec["kwargs"],
-                "model_code": spec["code"],
-                "model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                "epoch": self.epoch, "step": self.step, "config": asdict(self.cfg),
-                "data_kind": self.data_kind}
-
-    def save_last(self):
-        if not dist.is_main():  # under torchrun, process 0 writes
+    def save(self, kind: str, val: dict | None = None):
+        """best.pt (the validated weights, the averaged ones with EMA) or last.pt (all of the
+        state, for resuming; process 0 writes it under torchrun)."""
+        if not dist.is_main():
             return
-        state = {**self._common("last", self.model),
-                 "ema": self.ema.state_dict() if self.ema else None,
-                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                 "item": self.item, "seconds": self.seconds, "history": self.history,
-                 "data_id": split_id(self.train_pairs, self.val_pairs), "rng": rng_state()}
-        ckpt.save_checkpoint(state, self.run_dir / ckpt.LAST)
+        spec, best = self.run["model"], kind == "best"
+        model = self.ema if best and self.ema is not None else self.model
+        state = {"kind": kind, "model_name": spec["name"], "model_kwargs": spec["kwargs"],
+                 "model_code": spec["code"],
+                 "model": {k: v.contiguous() for k, v in model.state_dict().items()},
+                 "epoch": self.epoch + best, "step": self.step, "config": asdict(self.cfg),
+                 "data_kind": self.data_kind}
+        if best:
+            state["val"] = val
+        else:
+            state.update(ema=self.ema.state_dict() if self.ema else None,
+                         optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                         item=self.item, seconds=self.seconds, history=self.history,
+                         data_id=split_id(self.train_pairs, self.val_pairs), rng=rng_state())
+        ckpt.save_checkpoint(state, self.run_dir / (ckpt.BEST if best else ckpt.LAST))
 
-    def save_best(self, val: dict):
-        model = self.ema if self.ema is not None else self.model
-        ckpt.save_checkpoint({**self._common("best", model), "epoch": self.epoch + 1, "val": val},
-                             self.run_dir / ckpt.BEST)
-
-    def try_resume(self) -> bool:
-        return resume(self)
-
-    # ---- validation and one step -----------------------------------------------------------
     def validate(self, model=None) -> dict:
         """Figures on the seen scanners' validation pairs (best.pt is chosen by them) and, when
         there are pairs from unseen scanners, unseen_* figures (reported, never choosing)."""
@@ -137,26 +132,32 @@ class Trainer:
     def _done(self) -> bool:
         return self.epoch >= self.cfg.epochs or not self._budget_left()
 
-    def _best_row(self) -> dict:
-        return min(self.history, key=lambda r: r["val_score"], default={})
+    def _best(self) -> str:
+        best = min(self.history, key=lambda r: r["val_score"], default={})
+        score, step = best.get("val_score", math.nan), best.get("step")
+        return f"best validation score {score:.4f} at step {step}"
 
-    # ---- the loop ------------------------------------------------------------------------------
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget are used up, resuming from last.pt when present.
         ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
         Returns {'best_score', 'epochs', 'steps', 'minutes', 'best_path', 'history'}."""
         cfg = self.cfg
-        dist.main_first(self.try_resume)  # under torchrun every process restores the same state
+        dist.main_first(lambda: resume(self))  # under torchrun every process restores the same
         if self._done():
-            self._say_finished()
+            what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else \
+                f"its budget of {cfg.budget_minutes:g} min"
+            print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished "
+                  f"{what} after {self.step} steps; {self._best()}. To train it further: raise "
+                  f"epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
+                  f"{cfg.budget_minutes:g}). To start over: set another DESCAN_RUN_NAME, or move "
+                  "the folder aside.")
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device,
                                                                        dist.local_processes())
         # None (decode per item) when it would not fit in memory; each torchrun process has a copy
         cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image,
-                              self.steps_per_epoch * self.pairs_per_batch, cfg.seed, cfg.augment,
-                              cache,
+                              self.items_per_epoch, cfg.seed, cfg.augment, cache,
                               input_augment(cfg.degrade_prob, cfg.colour_jitter))
         self.do_nothing = dist.share(self.validate(Identity()) if dist.is_main() else None)
         try:
@@ -164,13 +165,18 @@ class Trainer:
                 dataset.set_epoch(self.epoch, self.item)
                 share = dist.shard(dataset, self.pairs_per_batch)  # this process's share
                 per_process = self.pairs_per_batch // dist.world_size()
-                loader = make_loader(share, per_process, workers, self.device)
-                self._run_epoch(loader, on_step)
+                self._run_epoch(make_loader(share, per_process, workers, self.device), on_step)
         except KeyboardInterrupt:
-            self.save_last()
+            self.save("last")
             print(f"\nInterrupted: saved {self.run_dir / ckpt.LAST} at step {self.step}. "
                   "Run this cell again to resume.")
             raise
+        if not self._budget_left():
+            where = f"all of epoch {self.epoch}" if self.item == 0 else \
+                f"{100 * self.item / self.items_per_epoch:.0f}% of epoch {self.epoch + 1}"
+            print(f"Budget of {cfg.budget_minutes:g} min spent after {self.step} steps ({where}); "
+                  f"{self._best()} (do nothing: {self.do_nothing['score']:.4f}). "
+                  "DESCAN_TRAIN_MINUTES sets the budget.")
         return self._result()
 
     def _run_epoch(self, loader, on_step):
@@ -191,106 +197,69 @@ class Trainer:
             now = time.time()
             self.seconds = dist.from_main(self.seconds + now - t_last)  # one clock for all
             t_last = now
-            self._show_progress(bar, n_loss, left, loss_sum, crops, now - t_epoch)
+            took = now - t_epoch
+            if n_loss == 5 and cfg.budget_minutes > 0:  # the bar's length: what the budget allows
+                can = n_loss + int((cfg.budget_minutes * 60 - self.seconds) / (took / n_loss))
+                bar.total = max(n_loss, min(left, can))
+                bar.refresh()
+            if self.step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
+                                crops_s=f"{crops / took:.0f}")
             if on_step is not None:
                 on_step(self.step)
-            inside = self.item < self.steps_per_epoch * self.pairs_per_batch and self._budget_left()
-            due = 0 < cfg.val_every_minutes * 60 <= self.seconds - last_val
-            if due and inside:
-                self._end_epoch(loss_sum.item() / n_loss, crops / max(1e-9, now - t_epoch), False)
+            inside = self.item < self.items_per_epoch and self._budget_left()
+            if inside and 0 < cfg.val_every_minutes * 60 <= self.seconds - last_val:
+                self._end_epoch(loss_sum.item() / n_loss, crops / max(1e-9, took), False)
                 self.model.train()
                 last_val, last_save, t_last = self.seconds, time.time(), time.time()
             elif now - last_save >= cfg.checkpoint_minutes * 60:
                 stop_if_diverged(loss_sum.item(), self.step, cfg)
-                self.save_last()
+                self.save("last")
                 last_save = time.time()
             if not self._budget_left():
                 break
         bar.close()
-        finished = self.item >= self.steps_per_epoch * self.pairs_per_batch
+        finished = self.item >= self.items_per_epoch
         self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
                         finished)
-        if not self._budget_left():
-            self._say_budget_spent(finished)
-
-    def _show_progress(self, bar, n_loss, left, loss_sum, crops, seconds):
-        """Size the bar to what the budget allows (after 5 steps); show the loss and speed."""
-        if n_loss == 5 and self.cfg.budget_minutes > 0:
-            can = n_loss + int((self.cfg.budget_minutes * 60 - self.seconds) / (seconds / n_loss))
-            bar.total = max(n_loss, min(left, can))
-            bar.refresh()
-        if self.step % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
-                            crops_s=f"{crops / seconds:.0f}")
-
-    def _say_finished(self):
-        cfg, best = self.cfg, self._best_row()
-        what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else \
-            f"its budget of {cfg.budget_minutes:g} min"
-        print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished {what} "
-              f"after {self.step} steps; best validation score "
-              f"{best.get('val_score', math.nan):.4f} at step {best.get('step')}. To train it "
-              f"further: raise epochs (now {cfg.epochs}) or "
-              f"the budget (DESCAN_TRAIN_MINUTES, now {cfg.budget_minutes:g}). To start over: set "
-              "another DESCAN_RUN_NAME, or move the folder aside.")
-
-    def _say_budget_spent(self, finished):
-        best, done = self._best_row(), 100 * self.item / self.pairs_per_batch / self.steps_per_epoch
-        where = f"all of epoch {self.epoch}" if finished else \
-            f"{done:.0f}% of epoch {self.epoch + 1}"
-        print(f"Budget of {self.cfg.budget_minutes:g} min spent after {self.step} steps ({where}); "
-              f"best validation score {best['val_score']:.4f} at step {best['step']} (do nothing: "
-              f"{self.do_nothing['score']:.4f}). DESCAN_TRAIN_MINUTES sets the budget.")
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
+        """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png."""
         train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
         stop_if_diverged(train_loss, self.step, self.cfg)
-        if not dist.is_main():  # process 0 validates and writes; the others take its history
-            if finished:
-                self.epoch, self.item = self.epoch + 1, 0
-            self.history = dist.share(self.history)
-            return
-        val = self.validate()
-        improved = val["score"] < self.best_score
-        self.history.append(self._history_row(train_loss, crops_per_s, val))
-        if improved:
-            self.save_best(val)
+        val = self.validate() if dist.is_main() else None
+        if val is not None:  # process 0 validates and writes; the others take its history
+            improved = val["score"] < self.best_score
+            self.history.append({
+                "epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
+                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
+                "val_psnr": val["psnr"], "crops_per_s": crops_per_s,
+                "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
+                "do_nothing_score": self.do_nothing["score"],
+                "do_nothing_psnr": self.do_nothing["psnr"],
+                "settings_changed": self.pending_change,
+                "val_unseen_score": val.get("unseen_score", math.nan),
+                "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
+                "do_nothing_unseen_score": self.do_nothing.get("unseen_score", math.nan)})
+            self.pending_change = ""
+            if improved:
+                self.save("best", val)
         if finished:
             self.epoch, self.item = self.epoch + 1, 0
-        self.save_last()
-        self.write_history()
-        unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
-            f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
-        print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score "
-              f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
-              f"{val['psnr']:.2f} dB"
-              f"{unseen}"
-              f"{' | saved best.pt' if improved else ''}")
-        dist.share(self.history)
-
-    def _history_row(self, train_loss, crops_per_s, val) -> dict:
-        row = {"epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
-               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
-               "val_psnr": val["psnr"],
-               "crops_per_s": crops_per_s,
-               "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
-               "do_nothing_score": self.do_nothing["score"],
-               "do_nothing_psnr": self.do_nothing["psnr"],
-               "settings_changed": self.pending_change,
-               "val_unseen_score": val.get("unseen_score", math.nan),
-               "val_unseen_pixel_y_mae": val.get("unseen_pixel_y_mae", math.nan),
-               "do_nothing_unseen_score": self.do_nothing.get("unseen_score", math.nan)}
-        self.pending_change = ""
-        return row
-
-    def write_history(self):
-        import pandas as pd
-        df = pd.DataFrame(self.history)
-        with atomic_path(self.run_dir / "history.csv") as tmp:
-            df.to_csv(tmp, index=False)
-        plot_history(df, self.run_dir / "history.png",
-                     title=f"{self.run['model']['name']} ({self.data_kind} data)")
+        self.save("last")  # before history.csv, which therefore never runs ahead of last.pt
+        if val is not None:
+            df = pd.DataFrame(self.history)
+            with atomic_path(self.run_dir / "history.csv") as tmp:
+                df.to_csv(tmp, index=False)
+            plot_history(df, self.run_dir / "history.png",
+                         title=f"{self.run['model']['name']} ({self.data_kind} data)")
+            unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
+                f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
+            print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score "
+                  f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
+                  f"{val['psnr']:.2f} dB{unseen}{' | saved best.pt' if improved else ''}")
+        self.history = dist.share(self.history)
 
     def _result(self) -> dict:
         return {"best_score": self.best_score, "epochs": self.epoch, "steps": self.step,

@@ -19,8 +19,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
     """Load a saved optimiser state, keeping this machine's fused/foreach choice."""
     groups = [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
               for saved, now in zip(state["param_groups"], optimizer.param_groups)]
-    state = {**state, "param_groups": groups}
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:

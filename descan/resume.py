@@ -1,6 +1,7 @@
 """Resuming a run: what changed since its last.pt, whether it may go on, going on, RNG states."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -34,9 +35,8 @@ def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, 
     return diffs, fixed
 
 
-def refuse(path, run_name: str, diffs: dict, fixed: list):
-    """Raise CheckpointError: what changed since ``path`` was saved, and the ways out."""
-    said = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
+def refuse(path, run_name: str, diffs: dict, fixed: list, said: str):
+    """Raise CheckpointError: what changed (``said``) since ``path`` was saved, and the ways out."""
     tag = "-".join(f"{k.split('_')[0]}{n}" for k, (o, n) in list(diffs.items())[:2] if k != "model")
     why = f" {', '.join(fixed)} differ, so this run cannot go on." if fixed else ""
     new_name = f"{run_name}-{tag or 'new'}".replace(" ", "")
@@ -78,15 +78,14 @@ def resume(trainer) -> bool:
     state = ckpt.load_checkpoint(path, kind="last")
     split = split_id(trainer.train_pairs, trainer.val_pairs)
     diffs, fixed = settings_changed(state, trainer.cfg, trainer.run["model"], split)
+    said = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
     if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
-        refuse(path, trainer.run_dir.name, diffs, fixed)
+        refuse(path, trainer.run_dir.name, diffs, fixed, said)
     trainer.model.load_state_dict(state["model"])
     if trainer.ema is not None:  # an EMA switched on now starts from the trained weights
         trainer.ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
-    try:
+    with contextlib.suppress(ValueError):  # another optimiser: it starts afresh (recorded)
         load_optimizer_state(trainer.optimizer, state["optimizer"])
-    except ValueError:  # another optimiser: it starts afresh (the change is recorded)
-        pass
     if state["scaler"]:  # empty when saved without loss scaling
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.epoch, trainer.item, trainer.step = state["epoch"], state["item"], state["step"]
@@ -94,8 +93,8 @@ def resume(trainer) -> bool:
     trainer.history = list(state["history"])
     set_rng_state(state["rng"])
     if diffs:
-        trainer.pending_change = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diffs.items())
-        print(f"DESCAN_RESUME=continue: going on with changed settings ({trainer.pending_change})")
+        trainer.pending_change = said
+        print(f"DESCAN_RESUME=continue: going on with changed settings ({said})")
     print(f"Resuming {path}: epoch {trainer.epoch + 1}, step {trainer.step}, "
           f"{trainer.seconds / 60:.1f} min trained so far, best score {trainer.best_score:.4f}")
     return True

@@ -486,7 +486,7 @@ def test_resume_restores_the_global_rng_states(demo_pairs, tmp_path):
     saved = checkpoints.load_checkpoint(tmp_path / "last.pt", kind="last")["rng"]
     t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
     scramble_rngs()
-    assert t.try_resume()
+    assert resume.resume(t)
     assert torch.equal(torch.get_rng_state(), saved["torch"])
     assert np.array_equal(np.random.get_state()[1], saved["numpy"][1].numpy().astype(np.uint32))
     random_now = random.getstate()

@@ -8,7 +8,7 @@ import torch
 
 import helpers
 from builders import notebook_model, notebook_run
-from descan import checkpoints, crops, data, demo, engine, inference, losses, optim, recipes
+from descan import checkpoints, crops, data, demo, engine, inference, losses, optim, recipes, resume
 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to train in a second on a CPU
 TINY_UNET = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))  # 04's model, tiny
@@ -51,7 +51,7 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
     with pytest.raises(Crash):
         trainer(tiny_run(recipe), train, val, tmp_path / "cut").fit(on_step=crash)
     resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
-    assert resumed.try_resume() and resumed.step == 2 and resumed.epoch == 0
+    assert resume.resume(resumed) and resumed.step == 2 and resumed.epoch == 0
     resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
     resumed.fit()
     a, b = weights(full), weights(resumed)

@@ -58,15 +58,34 @@ def collate(items):
     return torch.cat([c for c, _ in items]), torch.cat([s for _, s in items])
 
 
+def available_memory() -> int:
+    """Bytes of memory available (Linux's MemAvailable: Colab, Kaggle), 0 where unknown."""
+    meminfo = Path("/proc/meminfo")
+    lines = meminfo.read_text().splitlines() if meminfo.exists() else []
+    return next((int(n.split()[1]) * 1024 for n in lines if n.startswith("MemAvailable")), 0)
+
+
+def check_patch(pairs, patch: int, batch_size: int) -> None:
+    """DataError for a patch larger than the training images (its crops would be mostly mirrored
+    padding), or a batch whose crops alone would take half the memory."""
+    h, w = read_rgb(pairs[0].clean).shape[:2]
+    todo = "Lower it in the notebook's settings cell (or patch=N on the command line)."
+    if patch > max(h, w):
+        raise DataError(f"patch={patch} is larger than the training images ({pairs[0].name} is "
+                        f"{w}x{h}): its crops would be mostly mirrored padding. {todo}")
+    need, available = batch_size * patch * patch * 3 * 4 * 2, available_memory()
+    if available and need > available / 2:
+        raise DataError(f"batch_size={batch_size} crops of patch={patch} need "
+                        f"{need / 2 ** 30:.1f} GiB for the batch alone; "
+                        f"{available / 2 ** 30:.1f} GiB are available. {todo}")
+
+
 def build_cache(pairs, max_fraction=0.4, show_progress=True):
     """{i: (clean, scan)}: every pair decoded, when that takes under ``max_fraction`` of the
-    available memory (Linux's MemAvailable); else None."""
+    available memory; else None."""
     h, w = read_rgb(pairs[0].clean).shape[:2]
     need = len(pairs) * h * w * 3 * 2
-    meminfo = Path("/proc/meminfo")  # Linux: Colab, Kaggle
-    lines = meminfo.read_text().splitlines() if meminfo.exists() else []
-    available = next((int(n.split()[1]) * 1024 for n in lines if n.startswith("MemAvailable")), 0)
-    if need > max_fraction * available:
+    if need > max_fraction * available_memory():
         print(f"decoded cache skipped: {need / 2**30:.1f} GiB would not fit; decoding per item")
         return None
     items = progress_bar(list(enumerate(pairs)), "decoding into memory", enabled=show_progress)

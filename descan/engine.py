@@ -13,7 +13,7 @@ import torch
 from helpers import PARAM_LIMIT, DataError, read_rgb
 from descan import checkpoints as ckpt
 from descan import distributed as dist
-from descan.crops import CropDataset, build_cache, default_workers, make_loader
+from descan.crops import CropDataset, build_cache, check_patch, default_workers, make_loader
 from descan.data import scanner_group
 from descan.demo import input_augment
 from descan.files import atomic_path, progress_bar
@@ -154,6 +154,7 @@ class Trainer:
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device,
                                                                        dist.local_processes())
+        check_patch(self.train_pairs, cfg.patch, cfg.batch_size)
         # None (decode per item) when it would not fit in memory; each torchrun process has a copy
         cache = build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         dataset = CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image,
@@ -171,6 +172,13 @@ class Trainer:
             print(f"\nInterrupted: saved {self.run_dir / ckpt.LAST} at step {self.step}. "
                   "Run this cell again to resume.")
             raise
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.cuda.OutOfMemoryError) and "allocate memory" not in str(e):
+                raise
+            raise DataError(f"out of {self.device.type} memory with batch_size={cfg.batch_size} "
+                            f"and patch={cfg.patch} (at step {self.step}): lower them, or the "
+                            "model's size, in the notebook's cells. last.pt keeps the last saved "
+                            "state.") from None
         if not self._budget_left():
             where = f"all of epoch {self.epoch}" if self.item == 0 else \
                 f"{100 * self.item / self.items_per_epoch:.0f}% of epoch {self.epoch + 1}"
@@ -220,19 +228,23 @@ class Trainer:
                 break
         bar.close()
         finished = self.item >= self.items_per_epoch
-        self._end_epoch(loss_sum.item() / max(1, n_loss), crops / max(1e-9, time.time() - t_epoch),
-                        finished)
+        self._end_epoch(loss_sum.item() / n_loss if n_loss else None,
+                        crops / max(1e-9, time.time() - t_epoch), finished)
 
     def _end_epoch(self, train_loss, crops_per_s, finished):
-        """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png."""
-        train_loss, crops_per_s = dist.average(train_loss), crops_per_s * dist.world_size()
-        stop_if_diverged(train_loss, self.step, self.cfg)
+        """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png.
+        ``train_loss`` None: no step since the last validation (resumed at an epoch's end)."""
+        crops_per_s *= dist.world_size()
+        if train_loss is not None:  # the same on every process: they all resumed at one step
+            train_loss = dist.average(train_loss)
+            stop_if_diverged(train_loss, self.step, self.cfg)
         val = self.validate() if dist.is_main() else None
         if val is not None:  # process 0 validates and writes; the others take its history
             improved = val["score"] < self.best_score
             self.history.append({
                 "epoch": self.epoch + 1, "step": self.step, "minutes": round(self.seconds / 60, 3),
-                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": math.nan if train_loss is None else train_loss,
                 "val_score": val["score"], "val_pixel_y_mae": val["pixel_y_mae"],
                 "val_psnr": val["psnr"], "crops_per_s": crops_per_s,
                 "loss_name": (self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
@@ -256,7 +268,8 @@ class Trainer:
                          title=f"{self.run['model']['name']} ({self.data_kind} data)")
             unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
                 f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
-            print(f"epoch {self.history[-1]['epoch']}: train loss {train_loss:.5f} | val score "
+            loss = "n/a (no step since the resume)" if train_loss is None else f"{train_loss:.5f}"
+            print(f"epoch {self.history[-1]['epoch']}: train loss {loss} | val score "
                   f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
                   f"{val['psnr']:.2f} dB{unseen}{' | saved best.pt' if improved else ''}")
         self.history = dist.share(self.history)

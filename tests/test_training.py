@@ -68,6 +68,51 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
         assert (tmp_path / "cut" / f).stat().st_size > 0
 
 
+def test_a_resume_at_the_end_of_an_epoch_records_no_made_up_training_loss(demo_pairs, tmp_path,
+                                                                          capsys):
+    """Stopped after an epoch's last step, before its validation: the resumed run validates that
+    epoch with no step of its own, and says so instead of recording a training loss of 0."""
+    train, val = demo_pairs
+
+    def stop(step):
+        if step == 4:  # the first epoch's last step (32 crops / 8 per batch)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tiny_run(), train, val, tmp_path / "run").fit(on_step=stop)
+    trainer(tiny_run(), train, val, tmp_path / "run").fit()
+    history = pd.read_csv(tmp_path / "run/history.csv")
+    assert list(history["step"]) == [4, 8]
+    assert np.isnan(history["train_loss"][0]) and history["train_loss"][1] > 0
+    assert "train loss n/a (no step since the resume)" in capsys.readouterr().out
+
+
+def test_a_patch_larger_than_the_images_or_the_memory_is_named(demo_pairs, tmp_path, monkeypatch):
+    from descan import crops
+    train, val = demo_pairs  # 48-pixel crops
+    with pytest.raises(helpers.DataError, match=r"patch=100000 is larger than the training images"
+                       r" \(.* is 48x48\).*settings cell"):
+        trainer(tiny_run(patch=100000), train, val, tmp_path / "a").fit()
+    monkeypatch.setattr(crops, "available_memory", lambda: 2 ** 16)  # a machine with 64 KiB free
+    with pytest.raises(helpers.DataError, match=r"batch_size=8 crops of patch=32 need .* GiB for "
+                       r"the batch alone; 0\.0 GiB are available"):
+        trainer(tiny_run(), train, val, tmp_path / "b").fit()
+    assert not (tmp_path / "a/best.pt").exists() and not (tmp_path / "b/best.pt").exists()
+
+
+def test_running_out_of_memory_while_training_names_the_settings(demo_pairs, tmp_path):
+    train, val = demo_pairs
+    t = trainer(tiny_run(), train, val, tmp_path / "run")
+
+    def step(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    t.train_step = step
+    with pytest.raises(helpers.DataError, match=r"out of cpu memory with batch_size=8 and "
+                       r"patch=32 \(at step 0\): lower them"):
+        t.fit()
+
+
 def test_resume_refuses_a_different_run(demo_pairs, tmp_path, monkeypatch):
     train, val = demo_pairs
     trainer(tiny_run(epochs=1), train, val, tmp_path).fit()

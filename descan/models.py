@@ -1,6 +1,7 @@
 """Models as code: the small models the notebooks share, the parameter rule, and building a model
 from its code (the trained ones live in the cells of notebooks 03 and 04; a checkpoint keeps their
-code, and ``model_from_state`` rebuilds them from it). Every model maps RGB in [0, 1] to the same."""
+code, and ``model_from_state`` rebuilds them from it). Every model maps RGB in [0, 1], any size,
+to RGB."""
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ import math
 import os
 import types
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 from helpers import ROOT
@@ -143,7 +144,7 @@ def from_notebook(recipe: str, device, smoke: bool, overrides=()) -> dict:
     path, ns = ROOT / "notebooks" / NOTEBOOKS[recipe], {"DEVICE": device, "SMOKE": smoke}
     for marker in MARKERS.values():
         source = notebook_cell(path, marker)
-        ns["notebook"] = types.SimpleNamespace(this_cell=lambda s=source, m=marker: code_above(s, m))
+        ns["notebook"] = types.SimpleNamespace(this_cell=partial(code_above, source, marker))
         with contextlib.redirect_stdout(io.StringIO()):  # the cells' prints belong to the notebook
             exec(compile(source, f"<cell with {marker}>", "exec"), ns)
     cfg = parse_overrides(overrides, ns["CFG"])

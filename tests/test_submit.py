@@ -215,7 +215,7 @@ def test_choose_checkpoint_honours_a_path_and_a_name(tmp_path):
     got = checkpoints.choose_checkpoint(tmp_path, str(elsewhere))
     assert got["path"] == elsewhere and got["val_score"] == 9.0 and "path" in got["reason"]
     assert checkpoints.choose_checkpoint(tmp_path, "a")["run"] == "a"  # a run folder, though b scores better
-    with pytest.raises(CheckpointError, match=r"no checkpoint named 'dncnn'.*a \(dncnn\), b \(dncnn\)"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint named 'dncnn'.*b \(dncnn\), a \(dncnn\)"):
         checkpoints.choose_checkpoint(tmp_path, "dncnn")  # a model name is not a run
     save_run(tmp_path, "dncnn", 5.0)
     assert "run folder" in checkpoints.choose_checkpoint(tmp_path, "dncnn")["reason"]

@@ -42,11 +42,7 @@ def affine_colour(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
 
 
-class Identity(nn.Module):
-    """Gives back its input: the "do nothing" baseline, scored through the same code path."""
-
-    def forward(self, x):
-        return x
+Identity = nn.Identity  # gives back its input: the "do nothing" baseline, scored the same way
 
 
 class ColourMap(nn.Module):

@@ -128,47 +128,35 @@ def find_checkpoints(workspace, data_kind=None) -> list[dict]:
     return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
 
 
-def _nothing_fits(found, matches, wanted, runs, data_kind) -> str:
-    """Why choose_checkpoint has no candidate, and what to do."""
-    if wanted and not matches:
-        have = ", ".join(f"{e['run']} ({e['model_name']})" for e in found) or "none"
-        return (f"no checkpoint named {wanted!r} under {runs} (run folders and model names "
-                f"found: {have}). {RUN_FIRST}")
-    if wanted:  # found, but unusable
-        return matches[0]["error"]
+def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
+    """The checkpoint to submit with: ``wanted`` (DESCAN_CHECKPOINT: a file, a run folder or a run
+    name), else the lowest recorded validation score of those trained on ``data_kind`` ('demo',
+    'real'; None: any). A find_checkpoints entry plus 'reason'."""
+    runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
+    if wanted:
+        path = Path(wanted).expanduser()
+        by_path = path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file()
+        path = path if by_path else runs / wanted
+        if not by_path and not path.is_dir():
+            have = ", ".join(f"{e['run']} ({e['model_name']})" for e in find_checkpoints(workspace))
+            raise CheckpointError(f"no checkpoint named {wanted!r} under {runs} (run folders and "
+                                  f"their models: {have or 'none'}). {RUN_FIRST}")
+        entry = _entry(path / BEST if path.is_dir() else path)
+        if entry["error"]:
+            raise CheckpointError(entry["error"])
+        how = "path" if by_path else "run folder"
+        return {**entry, "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
+    found = find_checkpoints(workspace)
     usable = [e for e in found if e["error"] is None]
     if not usable:
         broken = "".join(f" Unusable: {e['error']}" for e in found)
-        return f"no usable checkpoint under {runs}.{broken} {RUN_FIRST}"
-    have = ", ".join(f"{e['run']} ({e['data_kind'] or 'unrecorded'} data)" for e in usable)
-    return (f"no checkpoint under {runs} was trained on {data_kind} data, the kind in DATA "
-            f"(found: {have}). Train on this data first (notebook 03 or 04), or set "
-            "DESCAN_CHECKPOINT to one of those runs.")
-
-
-def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
-    """The checkpoint to submit with, the lowest recorded validation score of those trained on
-    ``data_kind`` ('demo', 'real'; None: any), or ``wanted`` (DESCAN_CHECKPOINT): a file or run
-    folder; a run folder's name; else a model name. A find_checkpoints entry plus 'reason'."""
-    runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
-    path = Path(wanted).expanduser()
-    by_path = wanted and (path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file())
-    found = [] if by_path else find_checkpoints(workspace)
-    matches = found
-    if by_path:
-        matches = [_entry(path / BEST if path.is_dir() else path)]
-    elif wanted:  # a run folder's name, else a model name
-        matches = ([e for e in found if e["run"] == wanted]
-                   or [e for e in found if e["model_name"] == wanted])
-    usable = [e for e in matches if e["error"] is None]
+        raise CheckpointError(f"no usable checkpoint under {runs}.{broken} {RUN_FIRST}")
     candidates = [e for e in usable if data_kind in (None, e["data_kind"])]
-    candidates = candidates or (usable if wanted else [])  # asked for: whatever its data
     if not candidates:
-        raise CheckpointError(_nothing_fits(found, matches, wanted, runs, data_kind))
-    best = candidates[0]
-    if wanted:
-        how = "path" if by_path else "run folder" if best["run"] == wanted else "model name"
-        return {**best, "reason": f"asked for by {how} (DESCAN_CHECKPOINT={wanted})"}
+        have = ", ".join(f"{e['run']} ({e['data_kind'] or 'unrecorded'} data)" for e in usable)
+        raise CheckpointError(f"no checkpoint under {runs} was trained on {data_kind} data, the "
+                              f"kind in DATA (found: {have}). Train on this data first (notebook "
+                              "03 or 04), or set DESCAN_CHECKPOINT to one of those runs.")
     kind = "" if data_kind is None else f" trained on {data_kind} data"
     reason = f"the lowest recorded validation score of {len(candidates)} checkpoint(s){kind}"
-    return {**best, "reason": f"{reason} under {runs}"}
+    return {**candidates[0], "reason": f"{reason} under {runs}"}

@@ -96,7 +96,6 @@ def run_notebooks(paths=None, timeout=1800) -> None:
         print(f"  ok in {time.time() - t0:.0f} s -> {target}", flush=True)
 
 
-
 def _score(args) -> None:
     from descan.submit import score_restored
     r = score_restored(args.pred_dir, args.clean_dir)
@@ -139,9 +138,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(flag, dest=key, type=_whole(least), metavar="N",
                        help=f"demo: {what} (default {DEMO_DEFAULTS[key]})")
     p = sub.add_parser("train", help="train notebook 03's (dncnn) or 04's (attention) recipe")
-    p.add_argument("--recipe", choices=("dncnn", "attention"))
+    recipe = p.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--recipe", choices=("dncnn", "attention"))
+    recipe.add_argument("--run-dir", help="train the recipe saved in this run folder (torchrun's)")
     p.add_argument("settings", nargs="*", help="key=value changes, e.g. lr=3e-4 epochs=20")
-    p.add_argument("--run-dir", help="train the recipe saved in this run folder (torchrun's)")
     p.add_argument("--data", help="data folder (default: DESCAN_DATA's rule)")
     p.add_argument("--workspace", help="workspace (default: DESCAN_WORKSPACE's rule)")
     p.add_argument("--processes", type=_whole(1), default=1, help="N > 1: torchrun, N processes")
@@ -155,8 +155,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.cmd == "train" and not (args.recipe or args.run_dir):
-        parser.error("train needs --recipe dncnn|attention (or --run-dir)")
     if args.cmd == "download" and len(args.data_dir) > 1:
         parser.error(f"only one DATA_DIR may be given (got {' and '.join(args.data_dir)})")
     if args.cmd in ("train", "run-notebooks"):

@@ -1,6 +1,5 @@
 """Running a model on whole images (restore, evaluate), with mixed precision and torch.compile."""
 import contextlib
-import time
 
 import numpy as np
 import torch
@@ -16,13 +15,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 def amp_dtype(amp="auto"):
     """The CUDA mixed-precision dtype of ``amp`` ("auto", "bf16", "fp16"; None for "off"). "auto":
     bf16 on GPUs with native bf16 (compute capability 8.0+), fp16 before (Colab's T4)."""
-    choice = amp
-    if choice == "auto":
+    if amp == "auto":
         old_gpu = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
-        choice = "fp16" if old_gpu else "bf16"
-    if choice not in AMP_DTYPES:
+        return torch.float16 if old_gpu else torch.bfloat16
+    if amp not in AMP_DTYPES:
         raise ValueError(f"amp={amp!r} is not one of auto, {', '.join(AMP_DTYPES)}")
-    return AMP_DTYPES[choice]
+    return AMP_DTYPES[amp]
 
 
 def use_grad_scaler(device, amp="auto") -> bool:
@@ -38,33 +36,10 @@ def autocast(device, amp="auto"):
     return torch.autocast("cuda", dtype=dtype)
 
 
-class CompiledOrEager(nn.Module):
-    """``model`` through torch.compile, or as it is after one line saying why compiling failed (no
-    C++ compiler, an old GPU). A wrapper: the model's state_dict keys stay the same."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.compiled, self.first_call = model, None, True
-
-    def forward(self, x):
-        if not self.first_call:
-            return self.model(x) if self.compiled is None else self.compiled(x)
-        self.first_call, t0 = False, time.perf_counter()
-        try:  # torch.compile compiles on the first call
-            self.compiled = self.compiled or torch.compile(self.model)
-            out = self.compiled(x)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: go on without it
-            self.compiled = None
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            print(f"torch.compile failed ({type(e).__name__}: {first}); going on without it")
-            return self.model(x)
-        print(f"torch.compile: first call {time.perf_counter() - t0:.0f} s (compiling, once)")
-        return out
-
-
 def compile_model(model: nn.Module, enabled=False) -> nn.Module:
-    """``model`` wrapped in CompiledOrEager when ``enabled``, else ``model`` itself."""
-    return CompiledOrEager(model) if enabled else model
+    """``model`` through torch.compile when ``enabled`` (it compiles on the first call), else
+    ``model`` itself. Where compiling does not work (no C++ compiler, an old GPU), leave it off."""
+    return torch.compile(model) if enabled else model
 
 
 def tensor_to_images(batch: torch.Tensor) -> list[np.ndarray]:

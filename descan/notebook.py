@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from helpers import (SPLITS, DataError, data_dir, dataset_kind, env_flag, env_path, is_colab,
-                     smoke_mode, workspace_dir)
+from helpers import (DataError, data_dir, dataset_kind, env_flag, env_path, is_colab, smoke_mode,
+                     workspace_dir)
 from descan.data import has_data
 
 NOTEBOOK_PACKAGES = {"cv2": "opencv-python", **{name: name for name in (  # import -> pip name
@@ -40,7 +40,7 @@ def find_data(inputs, depth: int = 3) -> Path | None:
     level = [Path(inputs)] if Path(inputs).is_dir() else []
     for _ in range(depth + 1):
         for folder in level:
-            if all((folder / sub).is_dir() for sub in SPLITS.values()) and has_data(folder):
+            if has_data(folder):
                 return folder
         level = sorted(d for f in level for d in f.iterdir() if d.is_dir()
                        and not d.name.startswith(".") and d.name not in ("clean", "scan"))
@@ -111,12 +111,11 @@ def hosted_setup() -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's random, numpy and (when it is installed) torch, CPU and CUDA."""
+    """Seed Python's random, numpy and torch (CPU and every CUDA device)."""
+    import torch
     random.seed(seed)
     np.random.seed(seed)
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-        torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.manual_seed(seed)
 
 
 def setup(seed: int = 0):

@@ -1,11 +1,7 @@
-"""A training run's recipe: its settings (TrainConfig), its model and its loss, as code.
-
-Notebooks 03 and 04 are where a recipe lives: a parameter cell builds ``CFG``, a model cell defines
-the model (``MODEL_CODE = notebook.this_cell()`` keeps the cell's code above that line), a loss cell
-defines ``training_loss``. ``from_notebook`` runs those cells outside the notebook, so the command
-line, torchrun's processes, the tests and the benchmarks train exactly what the notebook shows.
-A run folder keeps its recipe in ``run.json``; checkpoints keep the model's code. No torch here.
-"""
+"""A training run's recipe: its settings (TrainConfig), its model and its loss, as code. The recipe
+lives in notebook 03's or 04's cells (parameters, model, loss); ``from_notebook`` runs those cells,
+so the command line, torchrun, the tests and the benchmarks train what the notebook shows. A run
+folder keeps its recipe in ``run.json``. No torch here."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +11,7 @@ import math
 import os
 import types
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 from helpers import ROOT
@@ -58,7 +55,7 @@ class TrainConfig:
     val_images_per_pass: int = 8     # whole validation images per forward pass
     workers: int = -1                # loader processes; -1: none on a CPU, up to 4 beside a GPU
     amp: str = "auto"                # GPU mixed precision: auto (bf16 where native, else fp16)
-    compile: bool = False            # torch.compile the model (falls back when it cannot)
+    compile: bool = False            # torch.compile the model (needs a C++ compiler)
     seed: int = 0
 
     def __post_init__(self):
@@ -138,25 +135,18 @@ def notebook_cell(notebook, marker: str) -> str:
     raise ValueError(f"{notebook} has no code cell with {marker!r}: get it from the repository")
 
 
-def run_cell(source: str, namespace: dict, marker: str | None = None) -> dict:
-    """Run a notebook cell's code in ``namespace``, quietly (a model or loss cell's
-    ``notebook.this_cell()`` gives the code above its marker line, as in the notebook)."""
-    if marker:
-        namespace["notebook"] = types.SimpleNamespace(this_cell=lambda: code_above(source, marker))
-    with contextlib.redirect_stdout(io.StringIO()):  # the notebook's prints belong to the notebook
-        exec(compile(source, f"<cell with {marker or 'settings'}>", "exec"), namespace)
-    return namespace
-
-
 def from_notebook(recipe: str, device, smoke: bool, overrides=()) -> dict:
     """The recipe of notebook 03 (``dncnn``) or 04 (``attention``) as its cells define it on
-    ``device`` (a torch.device), in smoke mode or not, with ``key=value`` overrides."""
+    ``device`` (a torch.device), in smoke mode or not, with ``key=value`` overrides. A model or loss
+    cell's ``notebook.this_cell()`` gives the code above its marker line, as in the notebook."""
     if recipe not in NOTEBOOKS:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(NOTEBOOKS)}")
-    path = ROOT / "notebooks" / NOTEBOOKS[recipe]
-    ns = run_cell(notebook_cell(path, MARKERS["config"]), {"DEVICE": device, "SMOKE": smoke})
-    for part in ("model", "loss"):
-        run_cell(notebook_cell(path, MARKERS[part]), ns, MARKERS[part])
+    path, ns = ROOT / "notebooks" / NOTEBOOKS[recipe], {"DEVICE": device, "SMOKE": smoke}
+    for marker in MARKERS.values():
+        source = notebook_cell(path, marker)
+        ns["notebook"] = types.SimpleNamespace(this_cell=partial(code_above, source, marker))
+        with contextlib.redirect_stdout(io.StringIO()):  # the cells' prints belong to the notebook
+            exec(compile(source, f"<cell with {marker}>", "exec"), ns)
     cfg = parse_overrides(overrides, ns["CFG"])
     return make_run(recipe, cfg, ns["MODEL"], ns["MODEL_KWARGS"], ns["MODEL_CODE"], ns["LOSS_CODE"])
 

@@ -215,10 +215,10 @@ def test_choose_checkpoint_honours_a_path_and_a_name(tmp_path):
     got = checkpoints.choose_checkpoint(tmp_path, str(elsewhere))
     assert got["path"] == elsewhere and got["val_score"] == 9.0 and "path" in got["reason"]
     assert checkpoints.choose_checkpoint(tmp_path, "a")["run"] == "a"  # a run folder, though b scores better
-    by_model = checkpoints.choose_checkpoint(tmp_path, "dncnn")  # no run of that name: the model name, best score
-    assert by_model["run"] == "b" and "model name" in by_model["reason"]
-    save_run(tmp_path, "dncnn", 5.0)  # now a run folder has that name: it wins over the model name
-    assert checkpoints.choose_checkpoint(tmp_path, "dncnn")["run"] == "dncnn"
+    with pytest.raises(CheckpointError, match=r"no checkpoint named 'dncnn'.*b \(dncnn\), a \(dncnn\)"):
+        checkpoints.choose_checkpoint(tmp_path, "dncnn")  # a model name is not a run
+    save_run(tmp_path, "dncnn", 5.0)
+    assert "run folder" in checkpoints.choose_checkpoint(tmp_path, "dncnn")["reason"]
     model = checkpoints.model_from_checkpoint(got["path"])
     assert type(model).__name__ == "DnCNN" and not model.training
 

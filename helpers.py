@@ -77,6 +77,8 @@ def workspace_dir(data=None) -> Path:
         colab = drive / "descanning" if drive.is_dir() else Path("/content/workspace")
         base = colab if is_colab() else ROOT / "workspace"
         path = base / dataset_kind(data if data is not None else data_dir())
+    if path.is_file():
+        raise DataError(f"the workspace {path} is a file; DESCAN_WORKSPACE must name a folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -114,8 +116,7 @@ def by_stem(files, folder) -> dict[str, Path]:
     """{file name without extension: path}; DataError when two files share a name."""
     out = {p.stem: p for p in files}
     if len(out) < len(files):
-        stems = [p.stem for p in files]
-        twice = sorted(p.name for p in files if stems.count(p.stem) > 1)
+        twice = sorted(p.name for p in files if [q.stem for q in files].count(p.stem) > 1)
         raise DataError(f"{folder}: {len(twice)} image names appear twice with other extensions, "
                         f"e.g. {examples(twice)}. Keep one file per name.")
     return out
@@ -190,8 +191,8 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)| (lower is better) for two equal-length
-    sequences of RGB uint8 images or of mean-Y values (floats)."""
+    """Mean over images of |mean Y(restored) - mean Y(clean)| (lower is better), of two sequences
+    of RGB uint8 images or mean-Y values."""
     a, b = ([x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in images]
             for images in (restored, clean))
     if len(a) != len(b) or not a:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from helpers import ROOT, DataError, data_dir, env_path, smoke_mode, workspace_dir
-from descan.files import atomic_path
+from descan.files import WRITE_ERRORS, atomic_path
 from descan.notebook import ensure_split, hosted_defaults
 
 
@@ -163,7 +163,9 @@ def main(argv=None) -> int:
                 "run-notebooks": lambda a: run_notebooks(a.notebooks, a.cell_timeout or None)}
     try:
         commands[args.cmd](args)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in WRITE_ERRORS:
+            raise  # not a full disk or a read-only folder: the traceback shows where
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was interrupted has said so (training: last.pt saved)

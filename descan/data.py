@@ -109,6 +109,10 @@ def get_competition_data(data, workspace, cache=None, **options) -> dict:
 def ensure_data(data, workspace) -> dict:
     """Make sure the checked data is in ``data`` (demo or competition data); the summary."""
     t0, data = time.time(), Path(data)
+    for what, path in (("data folder (DESCAN_DATA)", data), ("workspace (DESCAN_WORKSPACE)",
+                                                              Path(workspace))):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"the {what} {path} is a file, not a folder: name a folder instead.")
     cache = zip_cache_dir(data, workspace)
     how = "already in place" if has_data(data) else "prepared"
     if has_data(data) and dataset_kind(data) == "demo":

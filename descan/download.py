@@ -202,7 +202,11 @@ def test_ids(data, workspace, anew=False) -> list[str]:
     the workspace at the folder's first check (or ``anew``: the folder was just made)."""
     data, record = Path(data).resolve(), Path(workspace) / TEST_LIST
     test_zip = zip_cache_dir(data, workspace) / "test_scan.zip"
-    saved = json.loads(record.read_text()) if record.is_file() else {}
+    try:
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+    except ValueError:
+        raise DataError(f"{record} cannot be read (cut short, or edited by hand). Delete it: the "
+                        "test set's list is then recorded again from the test folder.") from None
     if test_zip.is_file():
         try:
             ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))

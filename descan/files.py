@@ -16,9 +16,9 @@ from helpers import check_image
 fcntl = importlib.import_module("fcntl") if os.name == "posix" else None  # atomic_path's locks
 PARTIAL = re.compile(r"\..+\.[0-9a-f]{8}\.partial")  # .<name>.<8 hex>.partial
 _PARTIALS: dict = {}  # big folder -> the partial files in it when this process first wrote there
-_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)",
+WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)",
                  errno.EROFS: "read-only", errno.EACCES: "read-only (permission denied)",
-                 errno.EPERM: "read-only (not permitted)"}
+                 errno.EPERM: "read-only (not permitted)", errno.EISDIR: "a folder"}
 
 
 def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
@@ -36,7 +36,7 @@ def _write_error(e, path):
     if code is None:  # numpy's short write and torch's zip writer carry no errno: free space tells
         with contextlib.suppress(OSError):
             code = errno.ENOSPC if shutil.disk_usage(path.parent).free < 2 ** 20 else None
-    what = _WRITE_ERRORS.get(code)
+    what = WRITE_ERRORS.get(code)
     if what is None:
         return None
     todo = "Use a writable folder"
@@ -69,6 +69,9 @@ def atomic_path(path):
     An error (or a kill) before the end leaves any previous file untouched; a write that fails for
     want of space or permission says "disk full" or "read-only" and the path."""
     path, fd = Path(path), None
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: a file cannot be saved there. "
+                                "Move the folder aside, or save under another name.")
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

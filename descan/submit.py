@@ -227,10 +227,17 @@ def leaderboard_candidates(found, chosen, model, device=None):
     return {**out, name: model}, name
 
 
-def leaderboard_notes(board, chosen: str) -> list[str]:
-    """The chosen entry's estimate against doing nothing, and a better entry if there is one."""
+def leaderboard_notes(board, chosen: str, asked=False) -> list[str]:
+    """The chosen entry's estimate against doing nothing, and a better entry if there is one.
+    DataError when it does worse than doing nothing, unless it was ``asked`` for by name."""
     nothing = float(board.loc[(board["entry"] == "do nothing"), "score"].iloc[0])
     mine, best = board[board["entry"] == chosen].sort_values("score").iloc[0], board.iloc[0]
+    if mine["score"] > nothing and not asked:
+        raise DataError(f"{chosen} scores {mine['score']:.4f} on the validation images, worse than "
+                        f"doing nothing ({nothing:.4f}): its submission would score worse than "
+                        "the scans themselves (a diverged or too short training? see its "
+                        "history). Train it further, choose another checkpoint, or set "
+                        f"DESCAN_CHECKPOINT={chosen.split()[0]} to submit it anyway.")
     notes = [f"validation estimate of {chosen}: {mine['score']:.4f} "
              f"({'x8' if mine['ensemble'] else 'single pass'})   do nothing: {nothing:.4f}"]
     if best["entry"] == "do nothing":

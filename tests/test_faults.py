@@ -592,3 +592,44 @@ def test_a_manifest_without_validation_rows_is_named_with_what_to_do(tmp_path):
     data.write_manifest(manifest, tmp_path / "ws")
     with pytest.raises(DataError, match=r"manifest.csv has 3 training and 0 validation rows.*notebook 01"):
         data.load_split(folder, tmp_path / "ws")
+
+
+def test_a_file_where_a_folder_belongs_is_named(tmp_path, monkeypatch):
+    from descan import data
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match=r"data folder \(DESCAN_DATA\) .*notes.txt is a file"):
+        data.ensure_data(a_file, tmp_path / "ws")
+    with pytest.raises(DataError, match=r"workspace \(DESCAN_WORKSPACE\) .*notes.txt is a file"):
+        data.ensure_data(tmp_path / "data", a_file)
+    monkeypatch.setenv("DESCAN_WORKSPACE", str(a_file))
+    with pytest.raises(DataError, match=r"workspace .*notes.txt is a file; DESCAN_WORKSPACE"):
+        helpers.workspace_dir()
+    (tmp_path / "submission.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"submission.csv is a folder.*Move the folder aside"):
+        submit.write_submission([("a", 1.0)], tmp_path / "submission.csv", ["a"])
+    assert (tmp_path / "submission.csv").is_dir() and a_file.read_text() == "x"
+
+
+def test_a_test_list_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    from descan import download
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
+    imwrite_rgb(tmp_path / "data/test/scan/a.png", np.zeros((4, 4, 3), np.uint8))
+    assert download.test_ids(tmp_path / "data", tmp_path / "ws") == ["a"]
+    (tmp_path / "ws" / download.TEST_LIST).write_text('{"data": "/cut sh')
+    with pytest.raises(DataError, match=r"test_scans.json cannot be read.*Delete it"):
+        download.test_scans(tmp_path / "data", tmp_path / "ws")
+
+
+def test_the_command_line_says_disk_full_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from descan import cli, download
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, f"disk full: could not write {tmp_path / 'x.png'}. 0.0 MB are free")
+
+    monkeypatch.setattr(download, "make_demo_dataset", full)
+    assert cli.main(["download", "--demo", str(tmp_path / "demo")]) == 1
+    assert "error: [Errno 28] disk full: could not write" in capsys.readouterr().err
+    monkeypatch.setattr(download, "make_demo_dataset", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        cli.main(["download", "--demo", str(tmp_path / "demo2")])

@@ -486,4 +486,8 @@ def test_leaderboard_notes_name_a_better_entry():
     assert len(notes) == 2 and "attention_unet scores better (5.1000)" in notes[1]
     assert "DESCAN_CHECKPOINT=attention_unet" in notes[1]
     nothing_wins = _board([("do nothing", False, 4.0), ("dncnn", False, 5.0)])
-    assert "no checkpoint beats doing nothing" in submit.leaderboard_notes(nothing_wins, "dncnn")[1]
+    with pytest.raises(DataError, match=r"dncnn scores 5\.0000 .* worse than doing nothing \(4\.0000"
+                       r"\).*DESCAN_CHECKPOINT=dncnn to submit it anyway"):
+        submit.leaderboard_notes(nothing_wins, "dncnn")  # e.g. a run that diverged, losses finite
+    notes = submit.leaderboard_notes(nothing_wins, "dncnn", asked=True)
+    assert "no checkpoint beats doing nothing" in notes[1]

@@ -21,7 +21,9 @@ simulated for root (EROFS). A bad setting counts as clear only when the run stop
 starts (nothing written) and its message names the setting.
 """
 import argparse
+import atexit
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -38,13 +40,14 @@ from types import SimpleNamespace
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # the broken images are on purpose
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 [os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN")]  # the user's own settings stay out
 import helpers  # noqa: E402
-from descan import checkpoints, cli, data, models, recipes, submit, zips  # noqa: E402
+from descan import checkpoints, cli, crops, data, demo, engine, models, recipes, submit, zips  # noqa: E402
 from descan.download import test_scans  # noqa: E402
 
 CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
@@ -511,6 +514,69 @@ for _var, _value, _words, _read in [
          lambda: checkpoints.run_dir(os.environ["DESCAN_WORKSPACE"], os.environ["DESCAN_RUN_NAME"]))]:
     case(f"setting: {_var}={_value}", [_var, _value, *_words],
          fn=lambda d, v=_var, x=_value, r=_read: (d.setenv(v, x), r()))
+
+# ---- training: sizes, memory, divergence that stays finite, a resume at an epoch's end
+DEMO_PAIRS = {}
+
+def tiny_training(d, **settings):
+    """A Trainer of notebook 03's recipe (a tiny DnCNN, 2 epochs of 4 steps) on a small demo set."""
+    if not DEMO_PAIRS:
+        root = Path(tempfile.mkdtemp(prefix="drill-demo-"))
+        atexit.register(shutil.rmtree, root, True)
+        demo.make_demo_dataset(root, train_pages=6, unseen_pages=2, test_pages=1, crop=48, show_progress=False)
+        m = data.make_manifest(root, val_fraction=0.2)
+        DEMO_PAIRS.update(train=data.manifest_pairs(m, root, "train"), val=data.manifest_pairs(m, root, "val"))
+    run = recipes.from_notebook("dncnn", CPU, smoke=True)
+    run["config"] = dataclasses.replace(run["config"], **{
+        "epochs": 2, "crops_per_epoch": 32, "batch_size": 8, "patch": 32, "crops_per_image": 4, "workers": 0,
+        **settings})
+    run["model"]["kwargs"] = dict(TINY)
+    return engine.Trainer(run, DEMO_PAIRS["train"], DEMO_PAIRS["val"], d.tmp / "run", CPU, "demo")
+
+case("training: patch=100000 (larger than the images)", ["patch=100000", "larger than the training images"],
+     fn=lambda d: tiny_training(d, patch=100000).fit())
+
+@case("training: a batch whose crops alone take half the memory", ["batch_size=8", "patch=32", "GiB"])
+def _(d):
+    d.patch(crops, "available_memory", lambda: 2 ** 16)
+    tiny_training(d).fit()
+
+@case("training: out of memory in a step", ["out of cpu memory", "batch_size=8", "patch=32"])
+def _(d):
+    t = tiny_training(d)
+    t.train_step = raising(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB"))
+    t.fit()
+
+@case("training: Ctrl-C after an epoch's last step, then resumed")
+def _(d):
+    def stop(step):
+        if step == 4:
+            raise KeyboardInterrupt
+    with contextlib.suppress(KeyboardInterrupt):
+        tiny_training(d).fit(on_step=stop)
+    tiny_training(d).fit()
+    losses = list(pd.read_csv(d.tmp / "run/history.csv")["train_loss"])
+    return expect(np.isnan(losses[0]) and losses[1] > 0, f"train losses {losses}", f"train losses {losses}")
+
+@case("05: lr=1 (diverged, losses finite): worse than doing nothing", ["worse than doing nothing", "DESCAN_CHECKPOINT="])
+def _(d):
+    t = tiny_training(d, lr=1.0, epochs=1)
+    t.fit()
+    pairs = DEMO_PAIRS["val"]
+    board = submit.local_leaderboard({"do nothing": models.Identity(), "dncnn": t.model.eval()}, pairs,
+                                     d.tmp / "lb", CPU, 2, ensembles=(False,), show_progress=False)
+    submit.leaderboard_notes(board, "dncnn")
+
+case("data: DESCAN_DATA names a file", ["is a file", "notes.txt"], fn=lambda d: (
+    (d.tmp / "notes.txt").write_text("x"), data.ensure_data(d.protect(d.tmp / "notes.txt"), d.tmp / "ws")))
+case("workspace: DESCAN_WORKSPACE names a file", ["is a file", "DESCAN_WORKSPACE"], fn=lambda d: (
+    (d.tmp / "ws.txt").write_text("x"), d.setenv("DESCAN_WORKSPACE", str(d.protect(d.tmp / "ws.txt"))),
+    helpers.workspace_dir()))
+case("test set: its recorded list cut short", ["test_scans.json", "cannot be read"], fn=lambda d: (
+    d.setenv("DESCAN_ZIP_CACHE", str(d.tmp / "none")), d.dataset(), d.check(),
+    (d.tmp / "ws/test_scans.json").write_text('{"data": "/x'), d.check()))
+case("csv: a folder named submission.csv where the CSV goes", ["submission.csv is a folder"], fn=lambda d: (
+    (d.tmp / "submission.csv").mkdir(), submit.write_submission([("a", 1.0)], d.tmp / "submission.csv", ["a"])))
 
 # ---- full disks and read-only folders
 def short_write(name):  # numpy's tofile on a full disk: part of the bytes, then an OSError without errno

@@ -23,14 +23,18 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
 
 
 def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:
-    """The learning-rate multiplier at ``step``: 1, or linear warm-up then cosine decay to 0 over
-    the epochs, or over the budget when there is one and it ends first."""
+    """The learning-rate multiplier at ``step``: 1, or a linear warm-up then a cosine decay to 0
+    over the run: its epochs, or its budget when there is one and it ends first. The warm-up takes
+    ``warmup_steps``, but at most 5% of the steps the run will make (for a budget: as many as the
+    speed so far allows), so that a short run reaches its peak learning rate too."""
     if cfg.schedule == "constant":
         return 1.0
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     progress = step / max(1, total_steps)
     if cfg.budget_minutes > 0:
         progress = max(progress, seconds / (cfg.budget_minutes * 60))
+    run_steps = step / progress if step and progress else total_steps
+    warmup = min(cfg.warmup_steps, math.ceil(0.05 * run_steps))
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "constant"       # "constant" or "cosine" (with warm-up)
-    warmup_steps: int = 0
+    warmup_steps: int = 0            # at most 5% of the steps the epochs or budget allow
     grad_clip: float = 0.0           # 0 = off
     ema_decay: float = 0.0           # 0 = off; else validate and save the averaged weights
     augment: bool = True             # flips and 90-degree rotations

@@ -1,4 +1,6 @@
 """The training engine: resume after a crash, checkpoint safety, crops, budgets, run names."""
+import dataclasses
+import math
 import types
 
 import numpy as np
@@ -342,3 +344,19 @@ def test_a_run_name_cannot_leave_the_runs_folder(tmp_path, bad):
     with pytest.raises(ValueError, match="DESCAN_RUN_NAME"):
         checkpoints.run_dir(tmp_path, bad)
     assert checkpoints.run_dir(tmp_path, "dncnn-lr0.0003") == tmp_path / "runs" / "dncnn-lr0.0003"
+
+
+@pytest.mark.parametrize("minutes, seconds_per_step", [(1, 0.5), (1, 1.2), (90, 0.5)],
+                         ids=["1 min, 120 steps", "1 min busy, 50 steps", "90 min, 10800 steps"])
+def test_the_warm_up_is_sized_to_the_budget_and_the_peak_lr_is_reached(minutes, seconds_per_step):
+    """04's schedule (warm-up 200 steps, cosine) on a fake clock: the warm-up takes at most 5% of
+    the steps the budget allows, and the learning rate comes within 2% of the recipe's."""
+    cfg = dataclasses.replace(tiny_run("attention")["config"], schedule="cosine", warmup_steps=200,
+                              budget_minutes=minutes, epochs=10_000)
+    allowed = int(minutes * 60 / seconds_per_step)
+    total = cfg.epochs * 1000  # the epochs alone would take far longer than the budget
+    factors = [optim.lr_factor(cfg, step, total, step * seconds_per_step) for step in range(allowed)]
+    peak = int(np.argmax(factors))
+    assert peak <= math.ceil(0.05 * allowed) + 1, (peak, allowed)
+    assert max(factors) >= 0.98
+    assert factors[-1] < 0.01  # the cosine ends with the budget

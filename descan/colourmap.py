@@ -19,19 +19,24 @@ def fit_affine(scan_pixels: np.ndarray, clean_pixels: np.ndarray):
     return coef[:3].T, coef[3]
 
 
-def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run="colour_map",
-                   device="cpu", show_progress=True, pixels_per_image=4096, max_images=2000):
-    """Fit the map on random pixels of (up to ``max_images``) ``train_pairs`` and score it on the
-    whole ``val_pairs`` images as training validates; with a ``workspace``, save it as
-    WORKSPACE/runs/<run>/best.pt (notebook 02 does). Returns (model, validation figures)."""
+def fit_pairs(pairs, pixels_per_image=4096, max_images=2000, show_progress=True):
+    """The least-squares (matrix, offset) of random pixels of (up to ``max_images``) ``pairs``."""
     rng, scans, cleans = np.random.default_rng(0), [], []
-    for p in progress_bar(sample_items(train_pairs, max_images), "sampling pixels",
+    for p in progress_bar(sample_items(pairs, max_images), "sampling pixels",
                           enabled=show_progress, unit="pair"):
         clean, scan = read_rgb(p.clean).reshape(-1, 3), read_rgb(p.scan).reshape(-1, 3)
         idx = rng.choice(len(clean), min(pixels_per_image, len(clean)), replace=False)
         scans.append(scan[idx] / 255.0)
         cleans.append(clean[idx] / 255.0)
-    matrix, offset = fit_affine(np.concatenate(scans), np.concatenate(cleans))
+    return fit_affine(np.concatenate(scans), np.concatenate(cleans))
+
+
+def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run="colour_map",
+                   device="cpu", show_progress=True, pixels_per_image=4096, max_images=2000):
+    """Fit the map on random pixels of (up to ``max_images``) ``train_pairs`` and score it on the
+    whole ``val_pairs`` images as training validates; with a ``workspace``, save it as
+    WORKSPACE/runs/<run>/best.pt (notebook 02 does). Returns (model, validation figures)."""
+    matrix, offset = fit_pairs(train_pairs, pixels_per_image, max_images, show_progress)
     model = ColourMap()
     with torch.no_grad():
         model.matrix.copy_(torch.as_tensor(matrix, dtype=torch.float32))

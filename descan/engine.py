@@ -13,13 +13,14 @@ import torch
 from helpers import PARAM_LIMIT, DataError, read_rgb
 from descan import checkpoints as ckpt
 from descan import distributed as dist
+from descan.colourmap import fit_pairs
 from descan.crops import CropDataset, build_cache, check_patch, default_workers, make_loader
 from descan.data import scanner_group
 from descan.demo import input_augment
 from descan.files import atomic_path, progress_bar
 from descan.inference import autocast, compile_model, evaluate, use_grad_scaler
 from descan.losses import from_code
-from descan.models import Identity, build, count_parameters
+from descan.models import ColourHead, Identity, build, count_parameters
 from descan.notebook import seed_everything
 from descan.optim import lr_factor, make_optimizer, stop_if_diverged, update_ema
 from descan.plots import plot_history
@@ -126,6 +127,17 @@ class Trainer:
             update_ema(self.ema, self.model, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
         return loss.detach()
 
+    def start_from_colour_fit(self) -> None:
+        """A model with a ColourHead starts as the least-squares colour map of the training pairs
+        (colourmap.fit_pairs): training adds what the classical fit cannot do."""
+        heads = [m for model in (self.model, self.ema) if model is not None
+                 for m in model.modules() if isinstance(m, ColourHead)]
+        if heads:
+            fit = dist.share(fit_pairs(self.train_pairs, max_images=200, show_progress=False)
+                             if dist.is_main() else None)
+            for head in heads:
+                head.start_from(*fit)
+
     def _budget_left(self) -> bool:
         return self.cfg.budget_minutes <= 0 or self.seconds < self.cfg.budget_minutes * 60
 
@@ -162,6 +174,9 @@ class Trainer:
                               input_augment(cfg.degrade_prob, cfg.colour_jitter))
         self.do_nothing = dist.share(self.validate(Identity()) if dist.is_main() else None)
         try:
+            if self.step == 0 and not self.history:  # a new run: step 0 is validated, a candidate
+                self.start_from_colour_fit()
+                self._end_epoch(None, 0.0, False)
             while not self._done():
                 dataset.set_epoch(self.epoch, self.item)
                 share = dist.shard(dataset, self.pairs_per_batch)  # this process's share
@@ -268,8 +283,10 @@ class Trainer:
                          title=f"{self.run['model']['name']} ({self.data_kind} data)")
             unseen = f" | unseen scanners: score {val['unseen_score']:.4f}, pixel Y MAE " \
                 f"{val['unseen_pixel_y_mae']:.3f}" if "unseen_score" in val else ""
-            loss = "n/a (no step since the resume)" if train_loss is None else f"{train_loss:.5f}"
-            print(f"epoch {self.history[-1]['epoch']}: train loss {loss} | val score "
+            loss = "n/a (no step since the last validation)" if train_loss is None else \
+                f"{train_loss:.5f}"
+            when = f"epoch {self.history[-1]['epoch']}" if self.step else "step 0 (the start)"
+            print(f"{when}: train loss {loss} | val score "
                   f"{val['score']:.4f} | pixel Y MAE {val['pixel_y_mae']:.3f} | PSNR "
                   f"{val['psnr']:.2f} dB{unseen}{' | saved best.pt' if improved else ''}")
         self.history = dist.share(self.history)

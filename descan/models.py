@@ -77,6 +77,14 @@ class ColourHead(nn.Module):
         nn.init.zeros_(self.predict[-1].bias)
         self.global_estimate = None
 
+    @torch.no_grad()
+    def start_from(self, matrix, offset) -> None:
+        """Start as one fixed colour map (e.g. the least-squares fit): what it predicts at first."""
+        p = torch.cat([torch.as_tensor(matrix).flatten() - torch.eye(3).flatten(),
+                       torch.as_tensor(offset).flatten()]).float()
+        self.predict[-1].weight.zero_()
+        self.predict[-1].bias.copy_(p)
+
     def forward(self, x):
         small = F.adaptive_avg_pool2d(x.float(), self.size)
         feat, flat = self.features(small), small.flatten(2)

@@ -86,7 +86,7 @@ def test_two_processes_match_one(folders, capsys):
     assert out.count("epoch 1: train loss") == 1 and out.count("best validation score") == 1  # process 0 speaks
     assert "x 2 processes (torchrun)" in out and "$ torchrun " in out
     history = pd.read_csv(run / "history.csv")
-    assert list(history["epoch"]) == [1, 2] and list(history["step"]) == [4, 8]
+    assert list(history["epoch"]) == [1, 1, 2] and list(history["step"]) == [0, 4, 8]
     w0, w1 = (torch.load(run / f"rank{r}.weights", weights_only=True) for r in (0, 1))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     last = checkpoints.load_checkpoint(run / "last.pt", kind="last")
@@ -137,7 +137,7 @@ def test_interrupt_then_kill_then_resume(folders):
     r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Resuming ") == 1
-    assert list(pd.read_csv(history)["epoch"]) == list(range(1, 7))
+    assert list(pd.read_csv(history)["epoch"]) == [1, *range(1, 7)]  # step 0, then the 6 epochs
     assert checkpoints.load_checkpoint(folder / "last.pt", kind="last")["step"] == 24
 
 

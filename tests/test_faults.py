@@ -409,7 +409,8 @@ def test_best_pt_is_the_best_validation_score_not_the_lowest_training_loss(demo_
     """As in a smoke run once reported: the last epoch has the lowest training loss but a worse
     validation score than epoch 2; best.pt must hold epoch 2's weights and score."""
     train, val = demo_pairs
-    scores, losses, snapshots = iter([6.0, 5.48, 6.85]), iter([0.09] * 2 + [0.058] * 2 + [0.029] * 2), []
+    scores = iter([9.0, 6.0, 5.48, 6.85])  # step 0 (the starting point), then three epochs
+    losses, snapshots = iter([0.09] * 2 + [0.058] * 2 + [0.029] * 2), []
     t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
     real_step = t.train_step
 
@@ -425,12 +426,12 @@ def test_best_pt_is_the_best_validation_score_not_the_lowest_training_loss(demo_
     monkeypatch.setattr(t, "train_step", step)
     monkeypatch.setattr(t, "validate", validate)
     t.fit()
-    assert [round(r["train_loss"], 3) for r in t.history] == [0.09, 0.058, 0.029]
+    assert [round(r["train_loss"], 3) for r in t.history[1:]] == [0.09, 0.058, 0.029]  # after step 0
     best = checkpoints.load_checkpoint(tmp_path / "best.pt", kind="best")
     assert best["val"]["score"] == 5.48 and best["epoch"] == 2
-    for k, v in snapshots[1].items():
+    for k, v in snapshots[2].items():
         assert torch.equal(best["model"][k], v), k
-    assert not torch.equal(best["model"]["body.0.weight"], snapshots[2]["body.0.weight"])
+    assert not torch.equal(best["model"]["body.0.weight"], snapshots[3]["body.0.weight"])
 
 
 def test_restored_pixels_above_1_are_clamped_not_wrapped():
@@ -546,7 +547,7 @@ def test_a_loss_that_is_not_finite_stops_training_before_anything_of_it_is_saved
     for name in (checkpoints.LAST, checkpoints.BEST):
         state = checkpoints.load_checkpoint(tmp_path / name)
         assert state["epoch"] <= 1 and checkpoints.unknown_model(state, name) is None, name
-    assert [row["epoch"] for row in t.history] == [1]
+    assert [row["step"] for row in t.history] == [0, 2]  # the start and epoch 1, both finite
 
 
 def test_a_checkpoint_with_weights_that_are_not_finite_is_never_submitted(tmp_path):

@@ -47,7 +47,7 @@ def check_the_edits_reached_the_run(run_dir: Path) -> int:
     saved = json.loads((run_dir / "run.json").read_text())
     assert saved["config"]["lr"] == 3e-4 and saved["model"]["kwargs"]["width"] == 24
     cfg = recipes.load_run(run_dir)["config"]
-    history = pd.read_csv(run_dir / "history.csv")
+    history = pd.read_csv(run_dir / "history.csv").query("step > 0")  # step 0: the start, no step
     assert 0 < history["lr"].max() <= 3e-4  # warm-up and cosine: never above the edited lr
     total = cfg.epochs * (cfg.crops_per_epoch // cfg.batch_size)
     want = [cfg.lr * optim.lr_factor(cfg, step - 1, total, 0.0) for step in history["step"]]

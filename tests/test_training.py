@@ -84,9 +84,9 @@ def test_a_resume_at_the_end_of_an_epoch_records_no_made_up_training_loss(demo_p
         trainer(tiny_run(), train, val, tmp_path / "run").fit(on_step=stop)
     trainer(tiny_run(), train, val, tmp_path / "run").fit()
     history = pd.read_csv(tmp_path / "run/history.csv")
-    assert list(history["step"]) == [4, 8]
-    assert np.isnan(history["train_loss"][0]) and history["train_loss"][1] > 0
-    assert "train loss n/a (no step since the resume)" in capsys.readouterr().out
+    assert list(history["step"]) == [0, 4, 8]  # step 0: the starting point, validated
+    assert history["train_loss"][:2].isna().all() and history["train_loss"][2] > 0
+    assert "train loss n/a (no step since the last validation)" in capsys.readouterr().out
 
 
 def test_a_patch_larger_than_the_images_or_the_memory_is_named(demo_pairs, tmp_path, monkeypatch):
@@ -146,8 +146,8 @@ def test_a_changed_lr_stops_with_the_ways_out_then_continues_on_request(demo_pai
     t = trainer(run, train, val, folder)
     r = t.fit()
     assert r["epochs"] == 2 and t.optimizer.param_groups[0]["lr"] == pytest.approx(0.0003)
-    assert [row["settings_changed"] for row in r["history"]] == ["", "lr 0.001 -> 0.0003"]
-    assert list(pd.read_csv(folder / "history.csv")["settings_changed"].fillna("")) == ["", "lr 0.001 -> 0.0003"]
+    assert [row["settings_changed"] for row in r["history"]] == ["", "", "lr 0.001 -> 0.0003"]
+    assert list(pd.read_csv(folder / "history.csv")["settings_changed"].fillna("")) == ["", "", "lr 0.001 -> 0.0003"]
     # a finished run says what it is and how to extend or restart it
     capsys.readouterr()
     trainer(run, train, val, folder).fit()
@@ -158,12 +158,13 @@ def test_a_changed_lr_stops_with_the_ways_out_then_continues_on_request(demo_pai
 def test_budget_stops_training_says_so_and_still_validates(demo_pairs, tmp_path, capsys):
     train, val = demo_pairs
     r = trainer(tiny_run(epochs=50, budget_minutes=1e-6), train, val, tmp_path).fit()
-    assert r["steps"] == 1 and len(r["history"]) == 1 and np.isfinite(r["best_score"])
+    assert r["steps"] == 1 and len(r["history"]) == 2 and np.isfinite(r["best_score"])  # steps 0, 1
     assert (tmp_path / "best.pt").exists()
     out = capsys.readouterr().out
     assert "Budget of 1e-06 min spent after 1 steps (25% of epoch 1); best validation score" in out
-    assert "at step 1 (do nothing: " in out
-    row = r["history"][0]
+    best = min(r["history"], key=lambda row: row["val_score"])
+    assert f"{best['val_score']:.4f} at step {best['step']} (do nothing: " in out
+    row = r["history"][1]
     assert row["loss_name"].startswith("MSE") and row["do_nothing_score"] > 0  # the loss cell's docstring
 
 
@@ -178,8 +179,9 @@ def test_best_checkpoint_rebuilds_the_model_from_the_file_alone(demo_pairs, tmp_
     assert type(model).__name__ == "DnCNN" and len(model.body) == 2 + 3 * 1 + 1
     again = inference.evaluate(model, [(helpers.read_rgb(p.clean), helpers.read_rgb(p.scan)) for p in val],
                                groups=[data.scanner_group(p.name) for p in val])
-    assert again["score"] == pytest.approx(t.history[-1]["val_score"], abs=1e-9)  # seen scanners
-    assert again["unseen_score"] == pytest.approx(t.history[-1]["val_unseen_score"], abs=1e-9)
+    assert again["score"] == pytest.approx(state["val"]["score"], abs=1e-9)  # seen scanners
+    assert again["unseen_score"] == pytest.approx(state["val"]["unseen_score"], abs=1e-9)
+    assert state["val"]["score"] == min(row["val_score"] for row in t.history)
 
 
 def best_state(model, step=1):
@@ -332,8 +334,8 @@ def test_short_budgets_validate_inside_the_epoch_too(demo_pairs, tmp_path):
     """With val_every_minutes, best.pt has a candidate at every interval, not only at epoch ends."""
     train, val = demo_pairs
     r = trainer(tiny_run(epochs=1, val_every_minutes=1e-9), train, val, tmp_path).fit()
-    assert [row["step"] for row in r["history"]] == [1, 2, 3, 4]  # 3 inside the epoch, then its end
-    assert [row["epoch"] for row in r["history"]] == [1, 1, 1, 1] and r["epochs"] == 1
+    assert [row["step"] for row in r["history"]] == [0, 1, 2, 3, 4]  # step 0, 3 inside, the end
+    assert [row["epoch"] for row in r["history"]] == [1, 1, 1, 1, 1] and r["epochs"] == 1
     cpu, cuda = (recipes.from_notebook("dncnn", torch.device(d), smoke=False)["config"] for d in ("cpu", "cuda"))
     assert cpu.val_every_minutes == 2.0 and cpu.budget_minutes == 10.0  # CPU: 5 within 10 minutes
     assert cuda.val_every_minutes == 0.0
@@ -360,3 +362,18 @@ def test_the_warm_up_is_sized_to_the_budget_and_the_peak_lr_is_reached(minutes, 
     assert peak <= math.ceil(0.05 * allowed) + 1, (peak, allowed)
     assert max(factors) >= 0.98
     assert factors[-1] < 0.01  # the cosine ends with the budget
+
+
+def test_step_0_of_the_04_recipe_scores_the_colour_fit_and_is_a_candidate(demo_pairs, tmp_path):
+    """04's model starts as the least-squares colour map of the training pairs (its colour head
+    set to the fit, its other paths adding nothing): step 0 is validated and can be best.pt."""
+    from descan import colourmap
+    train, val = demo_pairs
+    t = trainer(tiny_run("attention", epochs=1), train, val, tmp_path / "run")
+    t.fit()
+    history = pd.read_csv(tmp_path / "run/history.csv")
+    _, fitted = colourmap.fit_colour_map(train, val, show_progress=False)
+    assert history["step"][0] == 0 and np.isnan(history["train_loss"][0])
+    assert abs(history["val_score"][0] - fitted["score"]) <= 0.05, (history["val_score"][0], fitted)
+    best = checkpoints.load_checkpoint(tmp_path / "run/best.pt", kind="best")
+    assert best["val"]["score"] <= fitted["score"] + 0.05  # never worse than the classical fit

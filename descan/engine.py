@@ -149,6 +149,15 @@ class Trainer:
         score, step = best.get("val_score", math.nan), best.get("step")
         return f"best validation score {score:.4f} at step {step}"
 
+    def _finished(self) -> str:
+        cfg = self.cfg
+        what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else \
+            f"its budget of {cfg.budget_minutes:g} min"
+        return (f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished {what} "
+                f"after {self.step} steps; {self._best()}. To train it further: raise epochs (now "
+                f"{cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now {cfg.budget_minutes:g}). "
+                "To start over: set another DESCAN_RUN_NAME, or move the folder aside.")
+
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget are used up, resuming from last.pt when present.
         ``on_step(step)`` is called after every optimiser step (tests use it to simulate a crash).
@@ -156,13 +165,7 @@ class Trainer:
         cfg = self.cfg
         dist.main_first(lambda: resume(self))  # under torchrun every process restores the same
         if self._done():
-            what = f"its {cfg.epochs} epochs" if self.epoch >= cfg.epochs else \
-                f"its budget of {cfg.budget_minutes:g} min"
-            print(f"Nothing to train: run '{self.run_dir.name}' ({self.run_dir}) has finished "
-                  f"{what} after {self.step} steps; {self._best()}. To train it further: raise "
-                  f"epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
-                  f"{cfg.budget_minutes:g}). To start over: set another DESCAN_RUN_NAME, or move "
-                  "the folder aside.")
+            print(self._finished())
             return self._result()
         workers = cfg.workers if cfg.workers >= 0 else default_workers(self.device,
                                                                        dist.local_processes())

@@ -238,8 +238,10 @@ def leaderboard_notes(board, chosen: str, asked=False) -> list[str]:
                         "the scans themselves (a diverged or too short training? see its "
                         "history). Train it further, choose another checkpoint, or set "
                         f"DESCAN_CHECKPOINT={chosen.split()[0]} to submit it anyway.")
+    weighted = mine.get("weighted_score", math.nan)
     notes = [f"validation estimate of {chosen}: {mine['score']:.4f} "
-             f"({'x8' if mine['ensemble'] else 'single pass'})   do nothing: {nothing:.4f}"]
+             f"({'x8' if mine['ensemble'] else 'single pass'})   do nothing: {nothing:.4f}"
+             + ("" if math.isnan(weighted) else f"   weighted as the leaderboard: {weighted:.4f}")]
     if best["entry"] == "do nothing":
         notes.append("note: on these images no checkpoint beats doing nothing; the models need "
                      "more (or better) training before a submission is worth one of the day's 3")

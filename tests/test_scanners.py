@@ -157,3 +157,14 @@ def test_colour_jitter_changes_the_global_colour_only_of_inputs():
     assert np.array_equal(clean, img)
     assert demo.input_augment(0.0, 0.0) is None
 
+
+
+def test_the_weighted_figure_weighs_the_scanners_as_the_leaderboard_does():
+    from descan import metrics
+    per = [{"mean_y": m, "mean_y_clean": 100.0, "pixel_y_mae": 1.0, "psnr": 30.0}
+           for m in (102.0, 104.0, 110.0)]  # |errors| 2 and 4 on training scanners, 10 on another
+    out = metrics.group_figures(per, ["seen", "seen", "unseen"])
+    assert out["score"] == 3.0 and out["unseen_score"] == 10.0  # the checkpoint is chosen on 3.0
+    assert out["weighted_score"] == pytest.approx(483 / 500 * 3.0 + 17 / 500 * 10.0)
+    assert "weighted_score" not in metrics.group_figures(per, ["seen"] * 3)
+    assert "weighted_score" not in metrics.group_figures(per, ["unseen"] * 3)

@@ -30,8 +30,9 @@ def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
     return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
 
 
-def _write_error(e, path):
-    """The OSError saying "disk full" or "read-only" with the path for a failed write, or None."""
+def _write_error(e, path, tmp=None):
+    """The OSError saying "disk full" (with the space it needed and the space free) or "read-only"
+    with the path for a failed write of ``tmp`` meant for ``path``, or None."""
     code = getattr(e, "errno", None)
     if code is None:  # numpy's short write and torch's zip writer carry no errno: free space tells
         with contextlib.suppress(OSError):
@@ -42,7 +43,9 @@ def _write_error(e, path):
     todo = "Use a writable folder"
     if "disk" in what:
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
-        todo = f"{free / 2 ** 20:,.1f} MB are free there: free some space"
+        written = tmp.stat().st_size if tmp is not None and tmp.is_file() else 0
+        todo = (f"It needs more than the {written / 2 ** 20:,.1f} MB it had written; "
+                f"{free / 2 ** 20:,.1f} MB are free there: free some space")
     return OSError(code, f"{what}: could not write {path}. {todo}; any previous {path.name} is "
                          "unchanged.")
 
@@ -85,7 +88,7 @@ def atomic_path(path):
     except (OSError, RuntimeError) as e:
         if not _write_error(e, path):
             raise
-        raise _write_error(e, path) from e
+        raise _write_error(e, path, tmp) from e
     finally:
         if fd is not None:
             with contextlib.suppress(FileNotFoundError):

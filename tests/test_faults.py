@@ -634,3 +634,13 @@ def test_the_command_line_says_disk_full_without_a_traceback(tmp_path, monkeypat
     monkeypatch.setattr(download, "make_demo_dataset", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         cli.main(["download", "--demo", str(tmp_path / "demo2")])
+
+
+def test_a_full_disk_says_the_space_it_needed_and_the_space_free(tmp_path):
+    target = tmp_path / "best.pt"
+    with pytest.raises(OSError, match=r"disk full: could not write .*best\.pt\. It needs more than the "
+                                      r"2\.9 MB it had written; [\d,.]+ MB are free there"):
+        with files.atomic_path(target) as tmp:
+            tmp.write_bytes(b"x" * 3_000_000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert files_under(tmp_path) == []  # the partial file is gone

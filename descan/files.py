@@ -30,6 +30,11 @@ def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
     return tqdm(iterable, desc=desc, total=total, leave=False, unit=unit, disable=not enabled)
 
 
+def size_text(size: int) -> str:
+    """A file or disk size for a message: MB, or bytes under one MB."""
+    return f"{size / 2 ** 20:,.1f} MB" if size >= 2 ** 20 else f"{size:,} bytes"
+
+
 def _write_error(e, path, tmp=None):
     """The OSError saying "disk full" (with the space it needed and the space free) or "read-only"
     with the path for a failed write of ``tmp`` meant for ``path``, or None."""
@@ -44,8 +49,8 @@ def _write_error(e, path, tmp=None):
     if "disk" in what:
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
         written = tmp.stat().st_size if tmp is not None and tmp.is_file() else 0
-        todo = (f"It needs more than the {written / 2 ** 20:,.1f} MB it had written; "
-                f"{free / 2 ** 20:,.1f} MB are free there: free some space")
+        todo = (f"It needs more than the {size_text(written)} it had written; "
+                f"{size_text(free)} are free there: free some space")
     return OSError(code, f"{what}: could not write {path}. {todo}; any previous {path.name} is "
                          "unchanged.")
 

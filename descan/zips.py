@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from helpers import IMAGE_EXTS, DataError, examples
-from descan.files import atomic_path, progress_bar
+from descan.files import atomic_path, progress_bar, size_text
 
 ZIP_NAMES = ("train_clean.zip", "train_scan.zip", "test_scan.zip")
 TEST_MAX_IMAGES = 2000  # a nameless zip with fewer images is the test set (~500; training ~10,000)
@@ -97,17 +97,15 @@ def unpack_zip(zip_path, dest, show_progress=True) -> dict:
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
+                left = sum(i.file_size for i in todo.values()) - done
                 raise DataError(f"disk full while unpacking {Path(zip_path).name} into {dest}: "
-                                f"{mb(sum(i.file_size for i in todo.values()) - done)} more are "
-                                f"needed, {mb(shutil.disk_usage(dest).free)} free. Free some "
+                                f"{size_text(left)} more are needed, "
+                                f"{size_text(shutil.disk_usage(dest).free)} free. Free some "
                                 "space there, then run again: the images unpacked so far are "
                                 "kept, and the zip is fine.") from None
             done += info.file_size
     return {"written": len(todo), "skipped": len(entries) - len(todo)}
 
-
-def mb(size: int) -> str:
-    return f"{size / 2 ** 20:,.1f} MB" if size >= 2 ** 20 else f"{size:,} bytes"
 
 
 def identify_zip(path) -> str:

@@ -206,8 +206,8 @@ class Trainer:
         return self._result()
 
     def _run_epoch(self, loader, on_step):
-        """Steps until the epoch or the budget ends; validates at its end (and every
-        ``val_every_minutes`` inside it), saves last.pt every ``checkpoint_minutes``."""
+        """Steps until the epoch or the budget ends; validates at its end, saves last.pt every
+        ``checkpoint_minutes``."""
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
         self.model.train()
         loss_sum, n_loss, crops = torch.zeros((), device=self.device), 0, 0
@@ -215,7 +215,6 @@ class Trainer:
         bar = progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", total=left,
                            enabled=dist.is_main())
         t_epoch = t_last = last_save = time.time()
-        last_val = self.seconds
         for clean, scan in bar:
             loss_sum += self.train_step(clean, scan, total_steps)
             n_loss, crops = n_loss + 1, crops + clean.shape[0]
@@ -233,12 +232,7 @@ class Trainer:
                                 crops_s=f"{crops / took:.0f}")
             if on_step is not None:
                 on_step(self.step)
-            inside = self.item < self.items_per_epoch and self._budget_left()
-            if inside and 0 < cfg.val_every_minutes * 60 <= self.seconds - last_val:
-                self._end_epoch(loss_sum.item() / n_loss, crops / max(1e-9, took), False)
-                self.model.train()
-                last_val, last_save, t_last = self.seconds, time.time(), time.time()
-            elif now - last_save >= cfg.checkpoint_minutes * 60:
+            if now - last_save >= cfg.checkpoint_minutes * 60:
                 stop_if_diverged(loss_sum.item(), self.step, cfg)
                 self.save("last")
                 last_save = time.time()

@@ -51,7 +51,6 @@ class TrainConfig:
     colour_jitter: float = 0.0       # probability of a random global colour response on an input
     budget_minutes: float = 0.0      # wall-clock training budget over the whole run; 0 = none
     checkpoint_minutes: float = 2.0  # also save last.pt this often inside an epoch
-    val_every_minutes: float = 0.0   # also validate this often inside an epoch; 0 = no
     val_images_per_pass: int = 8     # whole validation images per forward pass
     workers: int = -1                # loader processes; -1: none on a CPU, up to 4 beside a GPU
     amp: str = "auto"                # GPU mixed precision: auto (bf16 where native, else fp16)
@@ -178,7 +177,7 @@ def load_run(run_dir) -> dict:
 
 
 # Settings that may change between sessions of one run without a word: how long and how often.
-FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "val_every_minutes", "workers",
-             "val_images_per_pass", "amp", "compile")
+FREE_KEYS = ("epochs", "budget_minutes", "checkpoint_minutes", "workers", "val_images_per_pass",
+             "amp", "compile")
 # Settings that decide which crops each step sees: a run cannot go on with other values.
 DATA_KEYS = ("crops_per_epoch", "batch_size", "patch", "crops_per_image", "seed")

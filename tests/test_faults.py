@@ -397,7 +397,7 @@ def test_a_split_of_one_source_page_is_refused_by_name(tmp_path):
 # ---------------------------------------------------------------- claims that deliberate bugs slipped past
 
 SIZES = dict(epochs=3, crops_per_epoch=16, batch_size=8, patch=32, crops_per_image=4, workers=0,
-             checkpoint_minutes=0.0, val_every_minutes=0.0)
+             checkpoint_minutes=0.0)
 
 
 def tiny_run(**kw):

@@ -191,7 +191,10 @@ def test_in_a_notebook_the_kits_errors_show_their_message_not_a_traceback(tmp_pa
 
 
 def test_training_as_a_command_writes_what_the_notebook_does(tmp_path):
+    """A small demo set first (the default one trains the same, only slower), then the command."""
     env = clean_env(DESCAN_SMOKE="1", MPLBACKEND="Agg")
+    subprocess.run([sys.executable, "-m", "descan", "download", "--demo", "--pages", "6", "--size", "64",
+                    str(tmp_path / "data")], capture_output=True, cwd=ROOT, env=env, check=True)
     r = subprocess.run([sys.executable, "-m", "descan", "train", "--recipe", "dncnn", "epochs=1",
                         "--data", str(tmp_path / "data"), "--workspace", str(tmp_path / "ws")],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

@@ -1,4 +1,4 @@
-"""Seen vs unseen scanners: do nothing, the classical colour map and the notebooks' models, in one run.
+"""Seen vs unseen scanners: do nothing, the classical colour map and 3D LUT and the notebooks' models, in one run.
 
     python benchmarks/compare_models.py [--minutes 6] [--seeds 2] [--jobs 2] [--pages 40]
 
@@ -142,6 +142,8 @@ def main():
         rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0, **untrained(models.Identity())}]
         cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
+        lut, _ = colourmap.fit_colour_map(train, val, show_progress=False, lut_size=17)
+        rows.append({"row": "3D colour LUT (17^3 vertices)", "seed": 0, "steps": 0, **untrained(lut)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         jobs = [(row, recipe, changes, model_changes, seed, args.minutes, threads, data_dir, work,
                  heldout)

@@ -59,6 +59,22 @@ class ColourMap(nn.Module):
         return torch.einsum("ij,njhw->nihw", self.matrix.to(x.dtype), x) + offset
 
 
+class ColourLUT(nn.Module):
+    """A 3D colour lookup table: each pixel's RGB reads the table between the vertices of a size^3
+    grid by trilinear interpolation (3 * size^3 parameters; the identity until fitted in
+    descan/colourmap.py). Unlike ColourMap it bends each colour on its own, tone curves included."""
+
+    def __init__(self, size=17):
+        super().__init__()
+        v = torch.linspace(0, 1, size)  # vertex i is i / (size - 1); table[0, :, b, g, r]: D, H, W
+        self.table = nn.Parameter(torch.stack(torch.meshgrid(v, v, v, indexing="ij")[::-1])[None])
+
+    def forward(self, x):  # the grid is RGB in order: grid[..., 0] indexes the last dim, R
+        grid = x.to(self.table.dtype).clamp(0, 1).permute(0, 2, 3, 1).unsqueeze(1) * 2 - 1
+        table = self.table.expand(len(x), -1, -1, -1, -1)
+        return F.grid_sample(table, grid, mode="bilinear", align_corners=True)[:, :, 0]  # trilinear
+
+
 class ColourHead(nn.Module):
     """A global colour correction learnt from the pairs: the whole scan, shrunk to ``size`` px,
     gives one 3x3 colour matrix and offset per image (the identity at first), from a few strided
@@ -98,7 +114,8 @@ class ColourHead(nn.Module):
 
 # ---- building models from code -------------------------------------------------------------------
 
-SHARED = {"colour_map": ColourMap, "identity": Identity, "colour_head": ColourHead}
+SHARED = {"colour_map": ColourMap, "colour_lut": ColourLUT, "identity": Identity,
+          "colour_head": ColourHead}
 # checkpoints saved before models were kept as code: the notebook cell of each, arguments now gone
 LEGACY = {"dncnn": ("03_train_dncnn.ipynb", "DnCNN"),
           "attention_unet": ("04_train_attention.ipynb", "AttentionUNet")}

@@ -15,7 +15,7 @@ def run(*args):
 def test_compare_models_prints_its_table():
     out = run("benchmarks/compare_models.py", "--minutes", "0.01", "--seeds", "1", "--pages", "4",
               "--unseen-pages", "2", "--size", "64", "--jobs", "1", "--only", "U-Net + colour head")
-    for row in ("do nothing (the scans)", "classical colour map", "U-Net + colour head",
+    for row in ("do nothing (the scans)", "classical colour map", "3D colour LUT", "U-Net + colour head",
                 "unseen_score", "best trained row on unseen scanners"):
         assert row in out
     # every trained row has its parameter count: the notebooks' models, nothing that was removed

@@ -224,3 +224,60 @@ def test_the_colour_map_is_fitted_saved_and_submittable(tmp_path):
     assert again["score"] == pytest.approx(val_figures["score"], abs=1e-9)
     assert again["unseen_score"] == pytest.approx(val_figures["unseen_score"], abs=1e-9)
     assert not np.allclose(model.matrix.detach().numpy(), np.eye(3))  # it learned something
+
+
+def test_the_colour_lut_starts_as_the_identity_for_any_batch_and_size():
+    lut = models.build(None, "colour_lut", {"size": 5})  # what a best.pt without code rebuilds
+    x = torch.rand(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(lut(x), x, atol=1e-6, rtol=0)  # R, G, B read in the right order
+    assert models.count_parameters(lut) == 3 * 5 ** 3
+    assert models.count_parameters(models.ColourLUT()) == 3 * 17 ** 3
+    torch.testing.assert_close(lut(x * 3 - 1), (x * 3 - 1).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_the_colour_lut_recovers_a_tone_curve_that_the_affine_map_cannot():
+    from descan import colourmap
+    rng = np.random.default_rng(0)
+    mix = np.array([[0.8, 0.15, 0.05], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]])
+
+    def scanner(scan):  # a gamma per channel, then a channel mix
+        return np.clip(scan ** 1.6 @ mix.T, 0, 1)
+    train, held_out = rng.random((200_000, 3)), rng.uniform(0.05, 0.95, (20_000, 3))
+    # rarely reached colours shrink little here: this is about the table, not about real scans
+    lut = colourmap.fit_lut(train, scanner(train), shrink=1e-3)
+    with torch.no_grad():  # the held-out pixels as one image, 1 x 20,000
+        got = lut(torch.tensor(held_out.T, dtype=torch.float32)[None, :, None])[0, :, 0].numpy().T
+    error = np.abs(got - scanner(held_out)) * 255
+    assert error.mean() < 1 and error.max() < 3, (error.mean(), error.max())  # in grey levels
+    matrix, offset = colourmap.fit_affine(train, scanner(train))
+    affine_error = np.abs(held_out @ matrix.T + offset - scanner(held_out)) * 255
+    assert affine_error.mean() > 5 and affine_error.max() > 15  # a 3x3 map cannot bend the tones
+
+
+def test_the_colour_lut_runs_under_bfloat16_autocast_on_the_cpu():
+    from descan import colourmap
+    rng = np.random.default_rng(1)
+    scan = rng.random((20_000, 3))
+    lut = colourmap.fit_lut(scan, np.sqrt(scan), size=9)
+    x = torch.rand(3, 3, 6, 11)
+    want = lut(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        same, low = lut(x), lut(x.bfloat16())
+    torch.testing.assert_close(same.float(), want, atol=1e-6, rtol=0)
+    for out in (low, lut(x.bfloat16())):  # bfloat16 images, with autocast and without
+        assert torch.isfinite(out).all() and (out.float() - want).abs().max() < 2 / 255
+
+
+def test_the_colour_lut_is_fitted_saved_and_rebuilt_the_same(demo_pairs, tmp_path):
+    from descan import colourmap
+    train, val = demo_pairs
+    lut, val_figures = colourmap.fit_colour_map(train, val, tmp_path, "demo", show_progress=False,
+                                                lut_size=17)
+    entry = checkpoints.find_checkpoints(tmp_path)[0]
+    assert entry["run"] == "colour_lut" and entry["error"] is None
+    assert entry["val_score"] == pytest.approx(val_figures["score"]) and np.isfinite(entry["val_score"])
+    rebuilt = checkpoints.model_from_checkpoint(entry["path"])
+    scan = torch.from_numpy(helpers.read_rgb(val[0].scan)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        assert torch.equal(rebuilt(scan), lut(scan))
+        assert (lut(scan) - scan).abs().max() > 0.02  # it learned something

@@ -31,11 +31,6 @@ def sample_pixels(pairs, pixels_per_image=4096, max_images=2000, show_progress=T
     return np.concatenate(scans) / np.float32(255), np.concatenate(cleans) / np.float32(255)
 
 
-def fit_pairs(pairs, pixels_per_image=4096, max_images=2000, show_progress=True):
-    """The least-squares (matrix, offset) of random pixels of (up to ``max_images``) ``pairs``."""
-    return fit_affine(*sample_pixels(pairs, pixels_per_image, max_images, show_progress))
-
-
 def fit_lut(scan_pixels, clean_pixels, size=17, shrink=1.0):
     """A ColourLUT of (N, 3) pixel arrays: each pixel adds its clean value to the 8 vertices around
     its scan value with trilinear weights, the affine fit its value at each vertex with ``shrink``
@@ -44,7 +39,7 @@ def fit_lut(scan_pixels, clean_pixels, size=17, shrink=1.0):
     # scored best at 1 to 2 (3.7; affine 4.9; 0: 4.3), unseen ones and pixel error best near 0
     lut, (matrix, offset) = ColourLUT(size), fit_affine(scan_pixels, clean_pixels)
     k = shrink * len(scan_pixels) / size ** 3
-    vertices = lut.table.detach()[0].reshape(3, -1).double().numpy()  # the identity: each one's RGB
+    vertices = lut.table.detach().reshape(3, -1).double().numpy()  # the identity: each one's RGB
     sums, weights = k * (matrix @ vertices + offset[:, None]), np.full(size ** 3, k)
     pos = np.clip(scan_pixels.T, 0, 1) * np.float32(size - 1)  # (3, N): R, G, B in grid steps
     low = np.minimum(np.floor(pos), size - 2)

@@ -13,14 +13,14 @@ import torch
 from helpers import PARAM_LIMIT, DataError, read_rgb
 from descan import checkpoints as ckpt
 from descan import distributed as dist
-from descan.colourmap import fit_pairs
+from descan.colourmap import fit_affine, fit_lut, sample_pixels
 from descan.crops import CropDataset, build_cache, check_patch, default_workers, make_loader
 from descan.data import scanner_group
 from descan.demo import input_augment
 from descan.files import atomic_path, progress_bar
 from descan.inference import autocast, compile_model, evaluate, use_grad_scaler
 from descan.losses import from_code
-from descan.models import ColourHead, Identity, build, count_parameters
+from descan.models import ColourHead, ColourLUT, Identity, build, count_parameters
 from descan.notebook import seed_everything
 from descan.optim import lr_factor, make_optimizer, stop_if_diverged, update_ema
 from descan.plots import plot_history
@@ -128,15 +128,18 @@ class Trainer:
         return loss.detach()
 
     def start_from_colour_fit(self) -> None:
-        """A model with a ColourHead starts as the least-squares colour map of the training pairs
-        (colourmap.fit_pairs): training adds what the classical fit cannot do."""
-        heads = [m for model in (self.model, self.ema) if model is not None
-                 for m in model.modules() if isinstance(m, ColourHead)]
-        if heads:
-            fit = dist.share(fit_pairs(self.train_pairs, max_images=200, show_progress=False)
-                             if dist.is_main() else None)
-            for head in heads:
-                head.start_from(*fit)
+        """A model with a ColourLUT starts with it fitted to the training pairs, else one with a
+        ColourHead as their least-squares colour map: training adds what the fit cannot do. Every
+        process fits the same (the same seeded pixels), so nothing needs to be shared."""
+        found = [m for model in (self.model, self.ema) if model is not None for m in model.modules()]
+        luts = [m for m in found if isinstance(m, ColourLUT)]
+        heads = [] if luts else [m for m in found if isinstance(m, ColourHead)]
+        if luts or heads:
+            pixels = sample_pixels(self.train_pairs, max_images=200, show_progress=False)
+        for lut in luts:
+            lut.load_state_dict(fit_lut(*pixels, lut.table.shape[-1]).state_dict())
+        for head in heads:
+            head.start_from(*fit_affine(*pixels))
 
     def _budget_left(self) -> bool:
         return self.cfg.budget_minutes <= 0 or self.seconds < self.cfg.budget_minutes * 60

@@ -66,12 +66,12 @@ class ColourLUT(nn.Module):
 
     def __init__(self, size=17):
         super().__init__()
-        v = torch.linspace(0, 1, size)  # vertex i is i / (size - 1); table[0, :, b, g, r]: D, H, W
-        self.table = nn.Parameter(torch.stack(torch.meshgrid(v, v, v, indexing="ij")[::-1])[None])
+        v = torch.linspace(0, 1, size)  # vertex i is i / (size - 1); table[:, b, g, r]: D, H, W
+        self.table = nn.Parameter(torch.stack(torch.meshgrid(v, v, v, indexing="ij")[::-1]))
 
     def forward(self, x):  # the grid is RGB in order: grid[..., 0] indexes the last dim, R
         grid = x.to(self.table.dtype).clamp(0, 1).permute(0, 2, 3, 1).unsqueeze(1) * 2 - 1
-        table = self.table.expand(len(x), -1, -1, -1, -1)
+        table = self.table[None].expand(len(x), -1, -1, -1, -1)
         return F.grid_sample(table, grid, mode="bilinear", align_corners=True)[:, :, 0]  # trilinear
 
 

@@ -364,15 +364,18 @@ def test_the_warm_up_is_sized_to_the_budget_and_the_peak_lr_is_reached(minutes, 
     assert factors[-1] < 0.01  # the cosine ends with the budget
 
 
-def test_step_0_of_the_04_recipe_scores_the_colour_fit_and_is_a_candidate(demo_pairs, tmp_path):
-    """04's model starts as the least-squares colour map of the training pairs (its colour head
-    set to the fit, its other paths adding nothing): step 0 is validated and can be best.pt."""
+@pytest.mark.parametrize("lut", [True, False], ids=["colour LUT", "colour head"])
+def test_step_0_of_the_04_recipe_scores_the_colour_fit_and_is_a_candidate(demo_pairs, tmp_path, lut):
+    """04's model starts as the classical fit of the training pairs (its colour LUT fitted, or
+    without one its colour head set to the least-squares map; its other paths adding nothing):
+    step 0 is validated and can be best.pt."""
     from descan import colourmap
     train, val = demo_pairs
-    t = trainer(tiny_run("attention", epochs=1), train, val, tmp_path / "run")
+    kwargs = {**TINY_UNET, "colour_head": True, "colour_lut": lut}
+    t = trainer(tiny_run("attention", model_kwargs=kwargs, epochs=1), train, val, tmp_path / "run")
     t.fit()
     history = pd.read_csv(tmp_path / "run/history.csv")
-    _, fitted = colourmap.fit_colour_map(train, val, show_progress=False)
+    _, fitted = colourmap.fit_colour_map(train, val, show_progress=False, lut_size=17 if lut else 0)
     assert history["step"][0] == 0 and np.isnan(history["train_loss"][0])
     assert abs(history["val_score"][0] - fitted["score"]) <= 0.05, (history["val_score"][0], fitted)
     best = checkpoints.load_checkpoint(tmp_path / "run/best.pt", kind="best")

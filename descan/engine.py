@@ -131,7 +131,7 @@ class Trainer:
         """A model with a ColourLUT starts with it fitted to the training pairs, else one with a
         ColourHead as their least-squares colour map: training adds what the fit cannot do. Every
         process fits the same (the same seeded pixels), so nothing needs to be shared."""
-        found = [m for model in (self.model, self.ema) if model is not None for m in model.modules()]
+        found = [m for net in (self.model, self.ema) if net is not None for m in net.modules()]
         luts = [m for m in found if isinstance(m, ColourLUT)]
         heads = [] if luts else [m for m in found if isinstance(m, ColourHead)]
         if luts or heads:

@@ -61,7 +61,7 @@ def scanner_variant(p: dict, rng: np.random.Generator) -> dict:
 def _tone(img, gamma, saturation, black, span):
     """Tone curve per channel, saturation, then black point and span to white, on float RGB."""
     img = np.clip(img, 0, 1) ** np.asarray(gamma, np.float32)
-    grey = img.mean(axis=2, keepdims=True)
+    grey = (img[..., 0] + img[..., 1] + img[..., 2])[..., None] / 3  # = mean(axis=2), faster
     return black + span * (grey + (img - grey) * saturation)
 
 
@@ -81,7 +81,7 @@ def _halftone(img, rng, strength, scanner):
     """CMYK halftone: each ink screened with round dots at 15/75/0/45 degrees (classic angles)."""
     period = scanner["period"] * rng.uniform(0.95, 1.05) if scanner else rng.uniform(4.0, 7.0)
     rgb = (img * 255).astype(np.uint8).astype(np.float32) / 255.0
-    k = 1.0 - rgb.max(axis=2)
+    k = 1.0 - np.maximum.reduce([rgb[..., 0], rgb[..., 1], rgb[..., 2]])  # = max(axis=2), faster
     cmy = (1.0 - rgb - k[..., None]) / np.maximum(1.0 - k[..., None], 1e-6)
     yy, xx = np.mgrid[0:k.shape[0], 0:k.shape[1]].astype(np.float32)
     offset = rng.random(2) * period

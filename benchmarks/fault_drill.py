@@ -304,7 +304,7 @@ def _(d):
     demo._demo_page = real
     made = getting.get_demo(d.tmp / "data", **small)
     counts = [len(list(d.tmp.glob(f"data/{sub}/*"))) for sub in helpers.SPLITS.values()]
-    return expect(made and counts == [8, 8, 4], f"made {made}, counts {counts}", "made again: 8 pairs, 4 test scans")
+    return expect(made and counts == [8, 8, 3], f"made {made}, counts {counts}", "made again: 8 pairs, 3 test scans")
 
 @case("manifest: no validation rows", ["0 validation rows", "notebook 01"])
 def _(d):

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--downloader", metavar="PROGRAM", help="used as gdown is (default: gdown)")
     for flag, key, least, what in (("--pages", "train_pages", 2, "training pages"),
                                    ("--unseen-pages", "unseen_pages", 0, "unseen-scanner pages"),
-                                   ("--test-pages", "test_pages", 1, "test pages per group"),
+                                   ("--test-pages", "test_pages", 1, "seen-scanner test pages"),
                                    ("--size", "crop", 16, "side of the crops in pixels")):
         p.add_argument(flag, dest=key, type=_whole(least), metavar="N",
                        help=f"demo: {what} (default {DEMO_DEFAULTS[key]})")

@@ -10,8 +10,8 @@ from helpers import DEMO_MARKER, SPLITS, check_image, to_uint8
 from descan.files import progress_bar, write_image
 
 # The demo set's defaults (make_demo_dataset's and the demo command's), in the marker's order.
-DEMO_DEFAULTS = {"seed": 0, "train_pages": 40, "unseen_pages": 8, "test_pages": 4,
-                 "crops_per_page": 2, "crop": 256}
+DEMO_DEFAULTS = {"seed": 0, "train_pages": 40, "unseen_pages": 8, "test_pages": 16,
+                 "other_test_scans": 1, "crops_per_page": 2, "crop": 256}
 FAMILIES = ("halftone", "bleed", "colour", "texture", "external", "internal")  # of degradation
 MARKER_TEXT = ("SYNTHETIC DEMO DATA made by `bash data_download.sh --demo` (descan.demo.make_demo_"
                "dataset).\nProcedural pages with a simulated print-and-scan by named scanner "
@@ -25,8 +25,8 @@ _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_CO
 
 
 def settings_line(s: dict) -> str:
-    """The marker file's line of the settings a demo folder was made with (version 2: scanners)."""
-    return "version=2 " + " ".join(f"{k}={s[k]}" for k in DEMO_DEFAULTS)
+    """The marker file's line of the settings a demo folder was made with (version 3: test mix)."""
+    return "version=3 " + " ".join(f"{k}={s[k]}" for k in DEMO_DEFAULTS)
 
 
 # A scanner: tone curve (gamma of R, G, B), saturation, white and black points (R, G, B), blur
@@ -41,7 +41,7 @@ SCANNERS = {name: dict(zip(_FIELDS, row)) for name, row in {
     "magenta_cast": ((1.0, 1.15, .95), 1.0, (.97, .9, .95), (.04, .05, .04), .75, 2.2, 5.2, .4, 90),
 }.items()}
 # Training pairs come from the SEEN scanners; validation also has pairs of the UNSEEN_VAL ones
-# (scanner03_000 ...); the test set adds scans of the TEST ones (scanner01_000 ...) as the real one.
+# (scanner03_000 ...); as in the real test set, a few test scans are by TEST ones (scanner01_000).
 SEEN_SCANNERS = ("flatbed_warm", "flatbed_cool")
 UNSEEN_VAL_SCANNERS = {3: "sheetfed_dark", 4: "office_bright"}
 TEST_SCANNERS = {1: "aged_yellow", 2: "magenta_cast"}
@@ -61,7 +61,7 @@ def scanner_variant(p: dict, rng: np.random.Generator) -> dict:
 def _tone(img, gamma, saturation, black, span):
     """Tone curve per channel, saturation, then black point and span to white, on float RGB."""
     img = np.clip(img, 0, 1) ** np.asarray(gamma, np.float32)
-    grey = img.mean(axis=2, keepdims=True)
+    grey = (img[..., 0] + img[..., 1] + img[..., 2])[..., None] / 3  # = mean(axis=2), faster
     return black + span * (grey + (img - grey) * saturation)
 
 
@@ -81,7 +81,7 @@ def _halftone(img, rng, strength, scanner):
     """CMYK halftone: each ink screened with round dots at 15/75/0/45 degrees (classic angles)."""
     period = scanner["period"] * rng.uniform(0.95, 1.05) if scanner else rng.uniform(4.0, 7.0)
     rgb = (img * 255).astype(np.uint8).astype(np.float32) / 255.0
-    k = 1.0 - rgb.max(axis=2)
+    k = 1.0 - np.maximum.reduce([rgb[..., 0], rgb[..., 1], rgb[..., 2]])  # = max(axis=2), faster
     cmy = (1.0 - rgb - k[..., None]) / np.maximum(1.0 - k[..., None], 1e-6)
     yy, xx = np.mgrid[0:k.shape[0], 0:k.shape[1]].astype(np.float32)
     offset = rng.random(2) * period
@@ -222,7 +222,8 @@ def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
     """Make page i of a split (from seed, split and i alone) and write its crops: pairs as .png,
     test scans as .tif, named like the competition's (DemoMag.00012.01, scanner03_007)."""
-    n, crop, size = s["crops_per_page"], s["crop"], s["crop"] * 3 // 2
+    crop, size = s["crop"], s["crop"] * 3 // 2
+    n = 1 if split == "test_unseen" else s["crops_per_page"]  # other scanners' tests: 1 crop
     if split in ("train", "test"):  # every title on both seen scanners
         stem = f"{DEMO_TITLES[i % 4]}.{i if split == 'train' else s['train_pages'] + i:05d}"
         names = [f"{stem}.{c + 1:02d}" for c in range(n)]
@@ -245,18 +246,17 @@ def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
             write_image(root / SPLITS["test_scan"] / f"{name}.tif", scan[win])
 
 
-def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop=256, seed=0,
-                      show_progress=True, unseen_pages=8) -> dict:
-    """The demo set in the competition's layout, from ``seed``: aligned crops of pages (1.5 x crop
-    on a side) scanned by the seen scanners (train and test pages), the unseen validation ones
-    (unseen pages, pairs) and the test-only ones (test pages again). Returns the counts."""
-    root = Path(root)
-    s = {"seed": seed, "train_pages": train_pages, "unseen_pages": unseen_pages,
-         "test_pages": test_pages, "crops_per_page": crops_per_page, "crop": crop}
+def make_demo_dataset(root, show_progress=True, **settings) -> dict:
+    """The demo set in the competition's layout (DEMO_DEFAULTS changed by ``settings``): crops of
+    pages (1.5 x crop on a side) by the seen scanners (train and test pages), the unseen validation
+    ones (unseen pages, pairs) and test-only ones (other_test_scans, one a page). The counts."""
+    root, s = Path(root), {**DEMO_DEFAULTS, **settings}
+    if len(s) > len(DEMO_DEFAULTS):
+        raise TypeError(f"unknown demo settings: {sorted(set(s) - set(DEMO_DEFAULTS))}")
     for sub in SPLITS.values():
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / DEMO_MARKER).write_text(MARKER_TEXT + settings_line(s) + "\n")
-    counts = (train_pages, test_pages, unseen_pages, test_pages)  # in SPLIT_SEEDS' order
+    counts = [s[k] for k in ("train_pages", "test_pages", "unseen_pages", "other_test_scans")]
     jobs = [(root, split, i, s) for split, n in zip(SPLIT_SEEDS, counts) for i in range(n)]
     for job in progress_bar(jobs, "making demo pages", show_progress):
         _demo_page(*job)
@@ -265,9 +265,9 @@ def make_demo_dataset(root, train_pages=40, test_pages=4, crops_per_page=2, crop
 
 def demo_counts(s: dict) -> dict:
     """How many pairs (unseen ones among them) and test scans the demo settings ``s`` make."""
-    n = s["crops_per_page"]
-    return {"train_pairs": (s["train_pages"] + s["unseen_pages"]) * n,
-            "unseen_pairs": s["unseen_pages"] * n, "test_scans": 2 * s["test_pages"] * n}
+    n, unseen = s["crops_per_page"], s["unseen_pages"] * s["crops_per_page"]
+    return {"train_pairs": s["train_pages"] * n + unseen, "unseen_pairs": unseen,
+            "test_scans": s["test_pages"] * n + s["other_test_scans"]}
 
 
 # ---- Input-only augmentation of training crops ---------------------------------------------------

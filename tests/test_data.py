@@ -138,6 +138,12 @@ def _demo(root, seed=0):
                                   seed=seed, show_progress=False, unseen_pages=2)
 
 
+def test_the_demo_refuses_a_setting_it_does_not_know(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown demo settings: \['test_page'\]"):
+        demo.make_demo_dataset(tmp_path, test_page=4)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def _file_bytes(root):
     root = Path(root)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -145,18 +151,18 @@ def _file_bytes(root):
 
 def test_demo_dataset_layout_and_determinism(tmp_path):
     r = _demo(tmp_path / "a")
-    assert r["train_pairs"] == 10 and r["unseen_pairs"] == 4 and r["test_scans"] == 4
+    assert r["train_pairs"] == 10 and r["unseen_pairs"] == 4 and r["test_scans"] == 3
     a = _file_bytes(tmp_path / "a")
     assert "DEMO_DATA.txt" in a
     assert sum(k.startswith("train/clean/") and k.endswith(".png") for k in a) == 10
     assert sum(k.startswith("train/scan/") and k.endswith(".png") for k in a) == 10
-    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 4
+    assert sum(k.startswith("test/scan/") and k.endswith(".tif") for k in a) == 3
     assert "train/clean/DemoMaking.00000.01.png" in a and "train/clean/scanner03_000.png" in a
     assert "test/scan/scanner01_000.tif" in a
     assert helpers.dataset_kind(tmp_path / "a") == "demo"
     assert data.data_label(tmp_path / "a").startswith("DEMO DATA")
     summary = data.check_dataset(tmp_path / "a", show_progress=False)
-    assert summary["train_sizes"] == {"64x64": 10} and summary["test_sizes"] == {"64x64": 4}
+    assert summary["train_sizes"] == {"64x64": 10} and summary["test_sizes"] == {"64x64": 3}
 
     _demo(tmp_path / "b")
     assert _file_bytes(tmp_path / "b") == a  # byte-identical for the same seed
@@ -165,7 +171,7 @@ def test_demo_dataset_layout_and_determinism(tmp_path):
     c = _file_bytes(tmp_path / "c")
     assert set(c) == set(a)
     changed = [k for k in a if k.endswith((".png", ".tif")) and a[k] != c[k]]
-    assert len(changed) == 24  # every image differs for another seed
+    assert len(changed) == 23  # every image differs for another seed
 
 
 def test_demo_scans_are_aligned_and_degraded(tmp_path):

@@ -240,8 +240,8 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     assert "DEMO_DATA.txt" in files
     assert len([f for f in files if f.startswith("train/clean/") and f.endswith(".png")]) == 8
     assert len([f for f in files if f.startswith("train/scan/") and f.endswith(".png")]) == 8
-    assert len([f for f in files if f.startswith("test/scan/") and f.endswith(".tif")]) == 4
-    assert "8 pairs (4 of them from unseen scanners, for validation only) and 4 test scans" in r.stdout
+    assert len([f for f in files if f.startswith("test/scan/") and f.endswith(".tif")]) == 3
+    assert "8 pairs (4 of them from unseen scanners, for validation only) and 3 test scans" in r.stdout
     assert "NOT the competition data" in r.stdout
     assert files_under(workspace)  # the passed check is recorded in the workspace, not in the data
     before = {f: (data / f).stat().st_mtime_ns for f in files}
@@ -254,7 +254,7 @@ def test_demo_mode_makes_the_layout_and_is_idempotent(tmp_path, workspace):
     r = run_script("--demo", data, "--size", "48")
     assert r.returncode == 0, r.out
     assert "Replacing the older demo data" in r.stdout
-    assert len(files_under(data)) == 21
+    assert len(files_under(data)) == 20
     assert cv2.imread(str(data / "train/clean/DemoMaking.00000.01.png")).shape == (48, 48, 3)
 
 
@@ -274,8 +274,21 @@ def test_an_interrupted_demo_generation_is_made_again_not_taken_for_complete(tmp
     monkeypatch.undo()
     assert len(files_under(tmp_path / "data/train/clean")) < 8  # cut short: some pairs only
     assert download.get_demo(tmp_path / "data", **settings)  # made again, not "nothing to do"
-    assert [len(files_under(tmp_path / f"data/{sub}")) for sub in helpers.SPLITS.values()] == [8, 8, 4]
+    assert [len(files_under(tmp_path / f"data/{sub}")) for sub in helpers.SPLITS.values()] == [8, 8, 3]
     assert not download.get_demo(tmp_path / "data", **settings)  # complete now: nothing to do
+
+
+def test_a_demo_folder_of_the_previous_version_is_made_again(tmp_path, capsys):
+    from descan import download
+    settings = {"train_pages": 2, "unseen_pages": 2, "test_pages": 1, "crop": 32}
+    download.get_demo(tmp_path, **settings)
+    marker = tmp_path / helpers.DEMO_MARKER  # as version 2 wrote it (half the test set unseen)
+    old = "version=2 seed=0 train_pages=2 unseen_pages=2 test_pages=1 crops_per_page=2 crop=32"
+    text = marker.read_text()
+    marker.write_text(text[:text.index("version=")] + old + "\n")
+    assert download.get_demo(tmp_path, **settings)
+    assert "Replacing the older demo data" in capsys.readouterr().out
+    assert old not in marker.read_text()
 
 
 def test_demo_refuses_a_real_data_folder(tmp_path):

@@ -39,8 +39,8 @@ def test_the_scanner_groups_are_disjoint():
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("scanners")
-    demo.make_demo_dataset(root, train_pages=8, unseen_pages=4, test_pages=2, crop=32,
-                           show_progress=False)
+    demo.make_demo_dataset(root, train_pages=8, unseen_pages=4, test_pages=2, other_test_scans=2,
+                           crop=32, show_progress=False)
     return root
 
 
@@ -56,15 +56,27 @@ def test_demo_names_follow_the_competition(demo_root):
     assert data.scanner_group("DemoMag.00001.01") == "seen"
 
 
+def test_the_demo_test_set_mixes_the_scanners_as_the_real_one(tmp_path):
+    demo.make_demo_dataset(tmp_path, crop=32, show_progress=False)  # the default counts, small crops
+    groups = [data.scanner_group(p.name) for p in (tmp_path / "test/scan").iterdir()]
+    training = {p.name[:9] for p in (tmp_path / "train/scan").iterdir()}
+    others = {p.name[:9] for p in (tmp_path / "test/scan").iterdir()
+              if data.scanner_group(p.name) == "unseen"}
+    assert len(groups) == demo.demo_counts(demo.DEMO_DEFAULTS)["test_scans"]
+    assert groups.count("seen") / len(groups) >= 0.95, groups  # the leaderboard's: 483 of 500
+    assert others and not others & training, (others, training)  # scanners never in training
+
+
 def test_the_demo_command_takes_its_sizes_as_options(tmp_path, capsys):
     folder = tmp_path / "demo"
     options = ["--pages", "2", "--unseen-pages", "2", "--test-pages", "1", "--size", "32"]
     assert cli.main(["download", "--demo", str(folder), *options]) == 0
     marker = (folder / helpers.DEMO_MARKER).read_text().splitlines()
-    settings = "version=2 seed=0 train_pages=2 unseen_pages=2 test_pages=1 crops_per_page=2 crop=32"
+    settings = ("version=3 seed=0 train_pages=2 unseen_pages=2 test_pages=1 other_test_scans=1 "
+                "crops_per_page=2 crop=32")
     assert settings in marker
     assert len(list((folder / "train/clean").iterdir())) == 8
-    assert len(list((folder / "test/scan").iterdir())) == 4
+    assert len(list((folder / "test/scan").iterdir())) == 3  # 1 page x 2 crops, 1 other scan
     assert "8 pairs (4 of them from unseen scanners" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["download", "--demo", str(folder), "--pages", "1"])

@@ -16,7 +16,6 @@ from helpers import (DEMO_MARKER, IMAGE_EXTS, SPLITS, DataError, Pair, dataset_k
 from descan import download
 from descan.download import has_data, misplaced, test_scans, zip_cache_dir
 from descan.files import atomic_path, progress_bar
-from descan.metrics import image_metrics
 from descan.zips import ZIP_NAMES, check_zip_set, unpack_zip
 
 MANIFEST_FILE = "manifest.csv"
@@ -240,11 +239,6 @@ def load_split(data, workspace) -> tuple[list[Pair], list[Pair]]:
     return train, val
 
 
-def title_of(name: str) -> str:
-    """The magazine title of an image name: 'BookOfMaking.00012.02' -> 'BookOfMaking'."""
-    return name.split(".")[0]
-
-
 def sample_items(items, n: int, seed: int = 0) -> list:
     """``n`` of ``items`` picked at random (deterministic), in their order; all for n <= 0."""
     items = list(items)
@@ -252,15 +246,3 @@ def sample_items(items, n: int, seed: int = 0) -> list:
         return items
     keep = np.random.default_rng(seed).choice(len(items), size=n, replace=False)
     return [items[i] for i in sorted(keep)]
-
-
-def pair_stats(pairs, show_progress=True):
-    """Per-pair statistics of the scans against the clean images (notebook 02), as a DataFrame."""
-    import pandas as pd
-    rows = []
-    for p in progress_bar(pairs, "per-image statistics", enabled=show_progress, unit="pair"):
-        m = image_metrics(read_rgb(p.scan), read_rgb(p.clean))
-        rows.append({"name": p.name, "title": title_of(p.name), "mean_y_clean": m["mean_y_clean"],
-                     "mean_y_scan": m["mean_y"], "abs_mean_y_diff": m["abs_mean_y_err"],
-                     "pixel_y_mae": m["pixel_y_mae"], "psnr": m["psnr"]})
-    return pd.DataFrame(rows)

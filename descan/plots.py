@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from helpers import mean_y, y_channel
+from helpers import y_channel
 from descan.files import atomic_path
 
 
@@ -105,57 +105,3 @@ def show_pairs(rows, titles, zoom=None, suptitle=None, cell=3.0):
                 _show(axes[i, j * step + 1], img[top:top + size, left:left + size],
                       f"zoom ({size} px)", interpolation="nearest")
     return _done(fig, suptitle)
-
-
-def show_error_maps(rows, suptitle=None, cell=3.0):
-    """One row per (label, clean, other): clean, other, the signed difference other - clean (RGB
-    mean) and the Y error |Y(other) - Y(clean)| the metric is built on; one scale for all rows."""
-    signed = [o.mean(axis=2) - c.mean(axis=2) for _, c, o in rows]
-    yerr = [np.abs(y_channel(o).astype(np.int16) - y_channel(c)) for _, c, o in rows]
-    lim = max(1.0, max(float(np.percentile(np.abs(s), 95)) for s in signed))
-    top = max(1.0, max(float(np.percentile(e, 99)) for e in yerr))
-    fig, axes = plt.subplots(len(rows), 4, figsize=(cell * 4, cell * len(rows)), squeeze=False)
-    for i, (label, clean, other) in enumerate(rows):
-        _show(axes[i, 0], clean, f"clean\nmean Y {mean_y(clean):.1f}")
-        _show(axes[i, 1], other, f"{label}\nmean Y {mean_y(other):.1f}")
-        _show(axes[i, 2], signed[i], f"difference, red: darker\n(RGB mean, clipped at ±{lim:.0f})",
-              cmap="RdBu", vmin=-lim, vmax=lim)
-        _show(axes[i, 3], yerr[i], f"|Y error|, mean {yerr[i].mean():.1f}\n(clipped at {top:.0f})",
-              cmap="magma", vmin=0, vmax=top)
-    return _done(fig, suptitle)
-
-
-def show_colour_histograms(groups, suptitle=None):
-    """R, G and B histograms (fraction of pixels, log scale) of each group of images, e.g.
-    {"clean": cleans, "scan": scans}."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), sharey=True)
-    for k, (label, images) in enumerate(groups.items()):
-        hist = np.zeros((3, 256))
-        for img in images:
-            hist += np.stack([np.bincount(img[..., c].ravel(), minlength=256) for c in range(3)])
-        for ax, h, colour in zip(axes, hist / max(1.0, hist[0].sum()), ("red", "green", "blue")):
-            ax.plot(h, color=colour, ls=["-", "--", ":", "-."][k % 4], label=label)
-    for ax, name in zip(axes, "RGB"):
-        ax.set(yscale="log", xlim=(0, 255), xlabel=f"{name} value")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("fraction of pixels")
-    return _done(fig, suptitle)
-
-
-def show_mean_y_scatter(df, mark=None, title=None):
-    """Each image's mean Y, scan (column mean_y_scan) against clean (mean_y_clean), a colour per
-    title, and y = x: the score is the mean vertical distance to it. ``mark``: a boolean column
-    whose rows get a black ring (e.g. the validation images)."""
-    x, y = "mean_y_clean", "mean_y_scan"
-    fig, ax = plt.subplots(figsize=(6, 5.8))
-    for key, g in df.groupby("title", sort=True):
-        ax.scatter(g[x], g[y], s=12, alpha=0.7, label=str(key))
-    if mark is not None and df[mark].any():
-        ax.scatter(df[df[mark]][x], df[df[mark]][y], s=40, facecolors="none", edgecolors="black",
-                   lw=0.8, label="validation (held out)")
-    lo, hi = float(df[[x, y]].min().min()) - 2, float(df[[x, y]].max().max()) + 2
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (score 0)")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xlabel="mean Y of the clean image",
-           ylabel="mean Y of the scan")
-    ax.legend(fontsize=8, loc="upper left")
-    return _done(fig, title)

@@ -1,7 +1,5 @@
 """Every notebook's first cell: Colab (install what is missing, mount Google Drive), Kaggle (the
 attached data in place, the workspace in /kaggle/working), then seeds, versions and the device."""
-from __future__ import annotations
-
 import importlib.util
 import os
 import random
@@ -85,19 +83,18 @@ def hosted_setup() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
         print(f"installed {', '.join(missing)}")
     if is_kaggle():  # Kaggle's paths, said; with attached data, notebook 01's split
-        chosen, inputs = hosted_defaults(), kaggle_root() / "input"
-        data = data_dir()
-        workspace, attached = workspace_dir(data), data.is_relative_to(inputs)
-        if "DESCAN_DATA" in chosen and not attached:
-            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under "
-                  f"{inputs}; the data goes to {data} (downloaded: Internet must be on). To use "
-                  "the competition's files in place, attach them with 'Add Input', run this again.")
+        chosen, data = hosted_defaults(), data_dir()
+        print(f"Kaggle: workspace {workspace_dir(data)} (kept in the notebook's version: Save "
+              "Version)")
+        if data.is_relative_to(kaggle_root() / "input"):
+            print(f"Kaggle: data {data} (the attached input, read in place)")
+            ensure_split(data, workspace_dir(data))
+        elif "DESCAN_DATA" in chosen:
+            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan; the data "
+                  f"goes to {data} (downloaded: Internet must be on). To use the competition's "
+                  "files in place, attach them with 'Add Input' and run this again.")
         else:
-            where = " (the attached input, read in place)" if attached else ""
-            print(f"Kaggle: data {data}{where}")
-        print(f"Kaggle: workspace {workspace} (kept in the notebook's version: Save Version)")
-        if attached:
-            ensure_split(data, workspace)
+            print(f"Kaggle: data {data}")
     elif not env_flag("DESCAN_DRIVE", True):
         print(f"DESCAN_DRIVE=0: Google Drive not mounted.\n{NO_DRIVE}")
     elif not Path("/content/drive/MyDrive").is_dir():

@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="make the synthetic demo set instead")
     p.add_argument("--tries", type=_whole(1), default=3, help="attempts per zip (%(default)s)")
     p.add_argument("--retry-wait", type=_whole(0), default=10,
-                   help="seconds between attempts (%(default)s)")
+                   help="seconds between tries (%(default)s)")
     p.add_argument("--timeout", type=_whole(1), default=30,
                    help="seconds without data before giving up (%(default)s)")
     p.add_argument("--downloader", default="gdown", help="the download program (%(default)s)")

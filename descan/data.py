@@ -216,8 +216,8 @@ def make_manifest(data, val_fraction=0.1, seed=0):
     if {split[p.name] for p in seen} != {"train", "val"}:
         pages = sorted({page_id(p.name) for p in seen})
         raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source "
-                        f"page ({examples(pages)}): training and validation need at least two "
-                        f"pages (val_fraction={val_fraction}).")
+                        f"page ({examples(pages)}): the split (val_fraction={val_fraction}) needs "
+                        "two pages or more, one for training and one for validation.")
     return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
                           "clean": p.clean.relative_to(data).as_posix(),
                           "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],

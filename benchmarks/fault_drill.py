@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 [os.environ.pop(v) for v in list(os.environ) if v.startswith("DESCAN")]  # the user's own settings stay out
 import helpers  # noqa: E402
 from descan import checkpoints, cli, crops, data, demo, engine, models, recipes, submit, zips  # noqa: E402
-from descan.download import test_scans  # noqa: E402
+from descan.data import test_scans  # noqa: E402
 
 CASES, TINY, HEADER = [], {"width": 8, "depth": 3}, "Image File,Y Channel Value\n"
 CPU, NOTEBOOK_CODE = torch.device("cpu"), object()  # NOTEBOOK_CODE: the model cell's code

@@ -25,15 +25,14 @@ def _whole(minimum):
 def _download(args) -> None:
     """Get the competition data (or the demo set with --demo), as data_download.sh does."""
     from descan import data, download
-    from descan.demo import DEMO_DEFAULTS
     default = ROOT / "data" / ("demo" if args.demo else "real")
     with contextlib.suppress(ModuleNotFoundError):  # Colab, also in its terminal
         if not args.demo and Path("/content").is_dir() and importlib.util.find_spec("google.colab"):
             default = Path("/content/data")
     folder = Path(args.data_dir[0]) if args.data_dir else env_path("DESCAN_DATA") or default
     if args.demo:
-        sizes = {k: v for k, v in vars(args).items() if k in DEMO_DEFAULTS and v is not None}
-        fresh = download.get_demo(folder, **sizes)
+        demo = {k: vars(args)[k] for k in ("train_pages", "unseen_pages", "test_pages", "crop")}
+        fresh = download.get_demo(folder, **demo)
         r = data.check_dataset(folder, workspace_dir(folder), show_progress=False, force=fresh)
     else:
         r = data.get_competition_data(folder, workspace_dir(folder), tries=args.tries,
@@ -108,35 +107,37 @@ def _score(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from descan.demo import DEMO_DEFAULTS
+    from descan.demo import DEMO_DEFAULTS as DEMO
     from descan.download import DRIVE_IDS, FALLBACK_TEST_ID
-    parser = argparse.ArgumentParser(prog="python -m descan",
-                                     description="The Descanning starter kit's command line.")
+    parser = argparse.ArgumentParser(prog="python -m descan")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     p = sub.add_parser("score", help="competition score of restored images against clean ones")
     p.add_argument("pred_dir")
     p.add_argument("clean_dir")
     p = sub.add_parser("download", help="get the competition data, or make the demo set",
-                       description="Get the competition's zips, check and unpack them (steps "
+                       description="Download, check and unpack the competition's zips (steps "
                        "already done are skipped), or make the synthetic demo set.",
-                       epilog=f"DESCAN_DRIVE_IDS: the zips' Google Drive ids, any order (default "
-                       f"{' '.join(DRIVE_IDS)}; and {FALLBACK_TEST_ID} while test_scan.zip is "
-                       "missing). DESCAN_ZIP_CACHE: where they are kept (default DATA_DIR/zips).")
+                       epilog=f"DESCAN_DRIVE_IDS: the zips' Google Drive ids, in any order "
+                       f"(default {' '.join(DRIVE_IDS)}, then {FALLBACK_TEST_ID} while "
+                       "test_scan.zip is missing). DESCAN_ZIP_CACHE: where the zips are kept "
+                       "(default DATA_DIR/zips).")
     p.add_argument("data_dir", nargs="*", metavar="DATA_DIR", help="where the images go (default "
                    "$DESCAN_DATA, else ./data/demo (--demo), /content/data (Colab), ./data/real)")
     p.add_argument("--demo", action="store_true", help="make the synthetic demo set instead")
-    for flag, default, least, what in (("--tries", 3, 1, "attempts per zip"),
-                                       ("--retry-wait", 10, 0, "seconds between attempts"),
-                                       ("--timeout", 30, 1, "seconds without data: give up")):
-        p.add_argument(flag, type=_whole(least), default=default, metavar="N",
-                       help=f"{what} (default {default})")
-    p.add_argument("--downloader", metavar="PROGRAM", help="used as gdown is (default: gdown)")
-    for flag, key, least, what in (("--pages", "train_pages", 2, "training pages"),
-                                   ("--unseen-pages", "unseen_pages", 0, "unseen-scanner pages"),
-                                   ("--test-pages", "test_pages", 1, "seen-scanner test pages"),
-                                   ("--size", "crop", 16, "side of the crops in pixels")):
-        p.add_argument(flag, dest=key, type=_whole(least), metavar="N",
-                       help=f"demo: {what} (default {DEMO_DEFAULTS[key]})")
+    p.add_argument("--tries", type=_whole(1), default=3, help="attempts per zip (%(default)s)")
+    p.add_argument("--retry-wait", type=_whole(0), default=10,
+                   help="seconds between tries (%(default)s)")
+    p.add_argument("--timeout", type=_whole(1), default=30,
+                   help="seconds without data before giving up (%(default)s)")
+    p.add_argument("--downloader", default="gdown", help="the download program (%(default)s)")
+    p.add_argument("--pages", dest="train_pages", type=_whole(2), default=DEMO["train_pages"],
+                   metavar="N", help="demo: training pages (%(default)s)")
+    p.add_argument("--unseen-pages", type=_whole(0), default=DEMO["unseen_pages"],
+                   help="demo: pages of the unseen scanners (%(default)s)")
+    p.add_argument("--test-pages", type=_whole(1), default=DEMO["test_pages"],
+                   help="demo: seen-scanner test pages (%(default)s)")
+    p.add_argument("--size", dest="crop", type=_whole(16), default=DEMO["crop"], metavar="N",
+                   help="demo: side of the crops in pixels (%(default)s)")
     p = sub.add_parser("train", help="train notebook 03's (dncnn) or 04's (attention) recipe")
     recipe = p.add_mutually_exclusive_group(required=True)
     recipe.add_argument("--recipe", choices=("dncnn", "attention"))

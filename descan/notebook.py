@@ -1,7 +1,5 @@
 """Every notebook's first cell: Colab (install what is missing, mount Google Drive), Kaggle (the
 attached data in place, the workspace in /kaggle/working), then seeds, versions and the device."""
-from __future__ import annotations
-
 import importlib.util
 import os
 import random
@@ -15,7 +13,7 @@ import numpy as np
 
 from helpers import (DataError, data_dir, dataset_kind, env_flag, env_path, is_colab, smoke_mode,
                      workspace_dir)
-from descan.data import has_data
+from descan.data import MANIFEST_FILE, has_data, make_manifest, write_manifest
 
 NOTEBOOK_PACKAGES = {"cv2": "opencv-python", **{name: name for name in (  # import -> pip name
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "tqdm", "gdown", "torchsummary")}}
@@ -48,9 +46,8 @@ def find_data(inputs, depth: int = 3) -> Path | None:
 
 
 def hosted_defaults() -> dict:
-    """On Kaggle, unless already set, DESCAN_DATA (the attached data, used in place, else
-    KAGGLE/working/data; smoke mode keeps its demo data) and DESCAN_WORKSPACE
-    (KAGGLE/working/workspace/<demo|real>), set in the environment. Returns what it set."""
+    """On Kaggle, set DESCAN_DATA (the attached data, else working/data; not in smoke mode) and
+    DESCAN_WORKSPACE (working/workspace/<demo|real>) unless they are set; returns what it set."""
     if not is_kaggle():
         return {}
     root, chosen = kaggle_root(), {}
@@ -66,10 +63,9 @@ def hosted_defaults() -> dict:
 def ensure_split(data, workspace) -> None:
     """Notebook 01's (seeded) split unless the workspace has a manifest: for a notebook or a
     command run on its own (each Kaggle notebook has its own /kaggle/working)."""
-    from descan.data import MANIFEST_FILE, make_manifest, write_manifest
     if not (Path(workspace) / MANIFEST_FILE).is_file() and has_data(data):
-        print(f"no {MANIFEST_FILE} in {workspace}: making the page-grouped split as notebook 01 "
-              "does")
+        print(f"no {MANIFEST_FILE} in {workspace}: making the page-grouped split as notebook "
+              "01 does")
         write_manifest(make_manifest(data), workspace)
 
 
@@ -85,19 +81,17 @@ def hosted_setup() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
         print(f"installed {', '.join(missing)}")
     if is_kaggle():  # Kaggle's paths, said; with attached data, notebook 01's split
-        chosen, inputs = hosted_defaults(), kaggle_root() / "input"
-        data = data_dir()
-        workspace, attached = workspace_dir(data), data.is_relative_to(inputs)
-        if "DESCAN_DATA" in chosen and not attached:
-            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan under "
-                  f"{inputs}; the data goes to {data} (downloaded: Internet must be on). To use "
-                  "the competition's files in place, attach them with 'Add Input', run this again.")
+        chosen, data = hosted_defaults(), data_dir()
+        print(f"Kaggle: workspace {workspace_dir(data)} (kept when you Save Version)")
+        if data.is_relative_to(kaggle_root() / "input"):
+            print(f"Kaggle: data {data} (the attached input, read in place)")
+            ensure_split(data, workspace_dir(data))
+        elif "DESCAN_DATA" in chosen:
+            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan; the data "
+                  f"goes to {data} (downloaded: Internet must be on). To use the competition's "
+                  "files in place, attach them with 'Add Input' and run this again.")
         else:
-            where = " (the attached input, read in place)" if attached else ""
-            print(f"Kaggle: data {data}{where}")
-        print(f"Kaggle: workspace {workspace} (kept in the notebook's version: Save Version)")
-        if attached:
-            ensure_split(data, workspace)
+            print(f"Kaggle: data {data}")
     elif not env_flag("DESCAN_DRIVE", True):
         print(f"DESCAN_DRIVE=0: Google Drive not mounted.\n{NO_DRIVE}")
     elif not Path("/content/drive/MyDrive").is_dir():

@@ -1,7 +1,5 @@
 """The competition's zips: check, identify (by name or contents, never by the id's place in a
 list) and unpack them flat, safely and idempotently. No torch."""
-from __future__ import annotations
-
 import errno
 import re
 import shutil
@@ -31,81 +29,75 @@ def check_zip(path) -> int:
         raise DataError(f"{path} does not exist")
     try:
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise BrokenZip(f"{path} is corrupt (entry {bad} fails its CRC check). Delete it "
-                                "and download it again.")
-            return len(zf.infolist())
+            bad, count = zf.testzip(), len(zf.infolist())
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        if isinstance(e, OSError) and e.errno in UNREADABLE:
+        if getattr(e, "errno", None) in UNREADABLE:
             raise DataError(f"cannot read {path} ({e}); it was not judged and is kept as it is. "
-                            "Check the file's permissions and the disk (or Drive) it is on, then "
-                            "try again.") from None
+                            "Check the file's permissions and its disk (or Drive).") from None
         with open(path, "rb") as f:
             head = f.read(200).lower()
         hint = (" It looks like a web page (Google Drive quota or sign-in page), not a zip."
                 if b"<html" in head or b"<!doctype" in head else "")
         raise BrokenZip(f"{path} is not a complete zip file ({e}).{hint} Delete it and download "
                         "it again, or put a good copy there by hand.") from None
+    if bad is not None:
+        raise BrokenZip(f"{path} is corrupt (entry {bad} fails its CRC check). Delete it and "
+                        "download it again.")
+    return count
 
 
 def image_entries(zip_path, check=True) -> dict:
-    """{file name: ZipInfo} of the images in a zip, whatever its folders, all safe; ``check``
-    reads it whole first (check_zip), else only its table of contents is read."""
-    if check:
-        check_zip(zip_path)
-    out = {}
+    """{file name: ZipInfo} of the images in a zip, whatever its folders; DataError for an entry
+    unsafe to unpack. ``check``: read the zip whole first, else only its table of contents."""
+    if check or not zipfile.is_zipfile(zip_path):
+        check_zip(zip_path)  # says what is wrong with it
     with zipfile.ZipFile(zip_path) as zf:
         infos = zf.infolist()
+    out = {}
     for info in infos:
         name = info.filename.replace("\\", "/")
         parts = [p for p in name.split("/") if p not in ("", ".")]
-        if name.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-            raise DataError(f"{zip_path}: entry {info.filename!r} would be written outside the "
-                            "target folder; refusing to unpack this zip.")
+        if (name.startswith("/") or ".." in parts or (parts and ":" in parts[0])
+                or stat.S_ISLNK(info.external_attr >> 16)):
+            raise DataError(f"{zip_path}: entry {info.filename!r} is a symbolic link or would be "
+                            "written outside the target folder; refusing to unpack this zip.")
         hidden = "__MACOSX" in parts or any(p.startswith(".") for p in parts)
-        if info.is_dir() or not parts or hidden or not name.lower().endswith(IMAGE_EXTS):
+        if hidden or not name.lower().endswith(IMAGE_EXTS):
             continue
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"{zip_path}: entry {info.filename!r} is a symbolic link, not an "
-                            "image; refusing to unpack this zip. Make the zip again without links.")
         if parts[-1] in out:
-            raise DataError(f"{zip_path}: two entries are both named {parts[-1]} "
-                            f"({out[parts[-1]].filename}, {info.filename}); cannot flatten.")
+            raise DataError(f"{zip_path}: two entries are named {parts[-1]} ({info.filename} and "
+                            f"{out[parts[-1]].filename}); one folder cannot hold both.")
         out[parts[-1]] = info
     return out
 
 
 def unpack_zip(zip_path, dest, show_progress=True) -> dict:
     """Unpack a zip's images flat into ``dest``, skipping those there with the right size."""
-    entries = image_entries(zip_path)
+    entries, dest = image_entries(zip_path), Path(dest)
     if not entries:
         raise DataError(f"{zip_path} holds no images ({', '.join(IMAGE_EXTS)}): delete it and "
                         "put the right zip there.")
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    done = 0
+    dest.mkdir(parents=True, exist_ok=True)
     todo = {n: i for n, i in entries.items()
-            if not (Path(dest) / n).is_file() or (Path(dest) / n).stat().st_size != i.file_size}
+            if not (dest / n).is_file() or (dest / n).stat().st_size != i.file_size}
+    left = sum(i.file_size for i in todo.values())
     with zipfile.ZipFile(zip_path) as zf:
         for fname, info in progress_bar(sorted(todo.items()), f"unpacking {Path(zip_path).name}",
                                         enabled=show_progress, unit="img"):
             try:
-                with atomic_path(Path(dest) / fname) as tmp, zf.open(info) as src, \
+                with atomic_path(dest / fname) as tmp, zf.open(info) as src, \
                         open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
+                    shutil.copyfileobj(src, out, 1 << 20)
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                left = sum(i.file_size for i in todo.values()) - done
                 raise DataError(f"disk full while unpacking {Path(zip_path).name} into {dest}: "
                                 f"{size_text(left)} more are needed, "
                                 f"{size_text(shutil.disk_usage(dest).free)} free. Free some "
                                 "space there, then run again: the images unpacked so far are "
                                 "kept, and the zip is fine.") from None
-            done += info.file_size
+            left -= info.file_size
     return {"written": len(todo), "skipped": len(entries) - len(todo)}
-
 
 
 def identify_zip(path) -> str:
@@ -119,10 +111,9 @@ def identify_zip(path) -> str:
     n = len(image_entries(path))
     if n < TEST_MAX_IMAGES:
         return "test_scan.zip"
-    raise DataError(f"'{path.name}' (Google Drive's name) holds {n} images, so it is a training "
-                    "zip, but its name does not say whether it holds the clean images or the "
-                    "scans. Look inside it, then rename it to train_clean.zip or train_scan.zip in "
-                    "the zip cache and run the download again.")
+    raise DataError(f"'{path.name}' (Google Drive's name) holds {n} images: a training zip, but "
+                    "its name says neither clean nor scan. Look inside it, rename it to "
+                    "train_clean.zip or train_scan.zip and run the download again.")
 
 
 def check_zip_set(zips: dict) -> None:

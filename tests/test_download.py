@@ -603,19 +603,19 @@ def zipped(tmp_path, monkeypatch):
 
 
 def test_a_test_set_unpacked_in_part_is_completed_from_its_zip(tmp_path, zipped):
-    from descan import download
+    from descan import data as data_module
     assert zipped()["test_scans"] == 6
     for name in TEST_SCANS[3:]:  # an unpack cut short (a kill, a full disk), stamps or none
         (tmp_path / f"data/test/scan/{name}.tif").unlink()
     assert zipped()["test_scans"] == 6
-    scans = download.test_scans(tmp_path / "data", tmp_path / "ws")
+    scans = data_module.test_scans(tmp_path / "data", tmp_path / "ws")
     assert [p.stem for p in scans] == TEST_SCANS and all(p.is_file() for p in scans)
 
 
 def test_a_test_scan_missing_with_no_zip_stops_the_submission(tmp_path, zipped, monkeypatch):
     """Data placed by hand: the test list is recorded at the first check and rechecked."""
     from descan import data as data_module
-    from descan import download, submit
+    from descan import submit
     zipped()
     monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
     data, ws = tmp_path / "data", tmp_path / "ws2"
@@ -625,12 +625,12 @@ def test_a_test_scan_missing_with_no_zip_stops_the_submission(tmp_path, zipped, 
     with pytest.raises(helpers.DataError, match=rf"lacks 1 of the 6 test scans .*{TEST_SCANS[4]}"):
         data_module.ensure_data(data, ws)
     with pytest.raises(helpers.DataError, match=rf"lacks 1 of the 6 .*{TEST_SCANS[4]}.*Put them"):
-        download.test_scans(data, ws)
+        data_module.test_scans(data, ws)
     assert snapshot(data) == before and not (tmp_path / "no zips").exists()
     (data / "test/scan/Other.00001.01.tif").write_bytes(tif(img(1)))  # one it never had
     (data / f"test/scan/{TEST_SCANS[4]}.tif").write_bytes(tif(img(1)))
     with pytest.raises(helpers.DataError, match=r"1 images that are not in .*Other\.00001\.01"):
-        download.test_scans(data, ws)
+        data_module.test_scans(data, ws)
     with pytest.raises(ValueError, match=r"2 test images have no row"):  # and the CSV's own check
         submit.write_submission([(n, 1.0) for n in TEST_SCANS[:4]], tmp_path / "s.csv", TEST_SCANS)
 

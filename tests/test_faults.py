@@ -613,13 +613,13 @@ def test_a_file_where_a_folder_belongs_is_named(tmp_path, monkeypatch):
 
 
 def test_a_test_list_that_cannot_be_read_is_named(tmp_path, monkeypatch):
-    from descan import download
+    from descan import data
     monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
     imwrite_rgb(tmp_path / "data/test/scan/a.png", np.zeros((4, 4, 3), np.uint8))
-    assert download.test_ids(tmp_path / "data", tmp_path / "ws") == ["a"]
-    (tmp_path / "ws" / download.TEST_LIST).write_text('{"data": "/cut sh')
+    assert [p.stem for p in data.test_scans(tmp_path / "data", tmp_path / "ws")] == ["a"]
+    (tmp_path / "ws" / data.TEST_LIST).write_text('{"data": "/cut sh')
     with pytest.raises(DataError, match=r"test_scans.json cannot be read.*Delete it"):
-        download.test_scans(tmp_path / "data", tmp_path / "ws")
+        data.test_scans(tmp_path / "data", tmp_path / "ws")
 
 
 def test_the_command_line_says_disk_full_without_a_traceback(tmp_path, monkeypatch, capsys):

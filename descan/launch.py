@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from helpers import ROOT, DataError, dataset_kind
-from descan import checkpoints, data, distributed, recipes
+from descan import checkpoints, data, distributed, engine, recipes
 
 
 def processes_for(device) -> int:
@@ -34,7 +34,6 @@ def train(run: dict, data_dir, workspace, run_name: str, device, processes: int 
 
 def train_saved(folder, data_dir, workspace, device) -> dict:
     """Train the recipe saved in ``folder``: what every process does (under torchrun, too)."""
-    from descan import engine
     run = recipes.load_run(folder)
     run["config"] = recipes.with_env(run["config"])
     train_pairs, val_pairs = distributed.main_first(lambda: data.load_split(data_dir, workspace))
@@ -54,36 +53,29 @@ def torchrun_command(folder, processes: int, data_dir, workspace) -> list[str]:
             "--data", str(data_dir), "--workspace", str(workspace)]
 
 
-def _stream(proc) -> None:
-    """Copy the process's output here as it comes (progress bars' carriage returns included)."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    while chunk := os.read(proc.stdout.fileno(), 4096):
-        sys.stdout.write(decoder.decode(chunk))
-        sys.stdout.flush()
-
-
 def launch(folder, processes: int, data_dir, workspace) -> None:
     """Train the recipe saved in ``folder`` with ``processes`` processes under torchrun, streaming
     their output. Stopping the notebook (or Ctrl-C) sends SIGINT to all of them and waits: process 0
-    saves last.pt once, and running the cell again resumes. A failure raises DataError."""
+    saves last.pt once, and running the cell again resumes. A second Ctrl-C stops them at once."""
     cmd = torchrun_command(Path(folder), processes, data_dir, workspace)
     print("$ torchrun " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        _stream(proc)
-        code = proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)  # torchrun and its processes: process 0 saves last.pt
-        try:
-            _stream(proc)
-            proc.wait()
-        except KeyboardInterrupt:  # a second interrupt: stop at once
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
-    finally:
-        proc.stdout.close()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    interrupted = False
+    with proc.stdout:
+        while True:
+            try:  # the output as it comes, progress bars' carriage returns included
+                if not (chunk := os.read(proc.stdout.fileno(), 4096)):
+                    break
+                sys.stdout.write(decoder.decode(chunk))
+                sys.stdout.flush()
+            except KeyboardInterrupt:  # the first: process 0 saves last.pt; a second: stop now
+                os.killpg(proc.pid, signal.SIGKILL if interrupted else signal.SIGINT)
+                interrupted = True
+    code = proc.wait()
+    if interrupted:
+        raise KeyboardInterrupt
     if code != 0:
         raise DataError(f"training with {processes} processes stopped (exit code {code}); the "
                         "reason is in the output above. Run the cell again to resume from last.pt, "

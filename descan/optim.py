@@ -1,4 +1,4 @@
-"""The optimiser and the learning-rate schedule of a training run."""
+"""The optimiser, the learning-rate schedule and the weights' moving average of a training run."""
 from __future__ import annotations
 
 import math
@@ -16,17 +16,17 @@ def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
-    """Load a saved optimiser state, keeping this machine's fused/foreach choice."""
-    groups = [{**saved, **{k: now[k] for k in ("fused", "foreach") if k in now}}
+    """Load a saved optimiser's moments and last learning rate; the other settings stay this
+    run's (weight decay, this machine's fused or multi-tensor kernels)."""
+    groups = [{**now, "params": saved["params"], "lr": saved["lr"]}
               for saved, now in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:
     """The learning-rate multiplier at ``step``: 1, or a linear warm-up then a cosine decay to 0
-    over the run: its epochs, or its budget when there is one and it ends first. The warm-up takes
-    ``warmup_steps``, but at most 5% of the steps the run will make (for a budget: as many as the
-    speed so far allows), so that a short run reaches its peak learning rate too."""
+    over the run (its epochs, or its budget when that ends first). The warm-up takes at most
+    warmup_steps, and at most 5% of the steps the run will make (as the speed so far tells)."""
     if cfg.schedule == "constant":
         return 1.0
     progress = step / max(1, total_steps)
@@ -40,8 +40,7 @@ def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:
 
 @torch.no_grad()
 def update_ema(ema, model, decay: float):
-    """Move ``ema``'s weights towards ``model``'s by 1 - ``decay`` (integer buffers are copied).
-    The trainer warms the decay up as (1 + step) / (10 + step), so the random start fades fast."""
+    """Move ``ema``'s weights towards ``model``'s by 1 - ``decay`` (integer buffers are copied)."""
     pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
     floats = [(e, p) for e, p in pairs if e.dtype.is_floating_point]
     if floats:  # a few kernels, not one per tensor

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # descan's modules from low to high: each may import only modules before it (and helpers)
 ORDER = ["files", "metrics", "demo", "zips", "download", "data", "plots", "recipes",
-         "notebook", "models", "inference", "crops", "losses", "checkpoints", "optim", "resume", "colourmap",
+         "notebook", "models", "inference", "crops", "losses", "checkpoints", "optim", "colourmap",
          "distributed", "engine", "launch", "submit", "cli"]
 NO_TORCH = ["helpers", "descan", "descan.demo", "descan.zips", "descan.data",
             "descan.plots",

@@ -32,29 +32,27 @@ def local_processes() -> int:
 
 def _interrupt_once(signum, frame):
     """Ctrl-C reaches every process, and torchrun passes it on again: the first one interrupts
-    (process 0 saves last.pt), later ones are ignored so that they cannot break that save."""
+    (process 0 saves last.pt), the later ones are ignored so that they cannot break that save."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def init(device) -> torch.device:
-    """Join torchrun's process group when started by it (WORLD_SIZE > 1): NCCL with one GPU per
-    process (by LOCAL_RANK), gloo on CPUs. Returns this process's device."""
+    """Join torchrun's process group when started by it: NCCL with one GPU per process (by
+    LOCAL_RANK), gloo on CPUs. Only process 0 prints. Returns this process's device."""
     device = torch.device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or tdist.is_initialized():
         return device
     if device.type == "cuda":
-        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-        if local >= gpus:
-            raise DataError(f"torchrun started process {local} but only {gpus} GPUs are visible: "
-                            "set PROCESSES (--nproc_per_node) to at most the number of GPUs")
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise DataError(f"torchrun started more processes than there are GPUs "
+                            f"({torch.cuda.device_count()}): lower PROCESSES (--nproc_per_node)")
         torch.cuda.set_device(device)
-    # a long timeout: the other processes wait while process 0 validates
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                             timeout=datetime.timedelta(minutes=60))
+                             timeout=datetime.timedelta(minutes=60))  # while process 0 validates
     signal.signal(signal.SIGINT, _interrupt_once)
-    if not is_main():  # one voice: only process 0 prints
+    if not is_main():
         sys.stdout = open(os.devnull, "w")
     return device
 
@@ -90,7 +88,7 @@ def average(value: float) -> float:
 
 
 def main_first(fn):
-    """``fn()`` in process 0, then in the others once it has succeeded there: a problem every
+    """``fn()`` in process 0, then in the others once it has succeeded there: a problem that every
     process would meet (no data, a settings mismatch on resume) is reported once."""
     if not is_main():
         tdist.barrier()
@@ -101,16 +99,16 @@ def main_first(fn):
 
 
 def wrap(model, device):
-    """``model`` in one process; else DistributedDataParallel around it (on GPUs, its BatchNorm
+    """``model`` in one process; else DistributedDataParallel around it (on GPUs its BatchNorm
     layers become SyncBatchNorm, in place). Parameters and state_dict keys stay as they are."""
     if world_size() == 1:
         return model
     # channels-last (1, C, 1, 1) weights: both layouts are the same memory; the warning is empty
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    if torch.device(device).type != "cuda":
-        return torch.nn.parallel.DistributedDataParallel(model)
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index])
+    gpu = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    if gpu:
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu)
 
 
 def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:

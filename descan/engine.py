@@ -5,12 +5,10 @@ import copy
 import hashlib
 import math
 import os
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -18,7 +16,7 @@ from helpers import PARAM_LIMIT, DataError, read_rgb
 from descan import checkpoints as ckpt
 from descan import distributed as dist
 from descan import colourmap, crops, data, demo, files, inference, losses, models, notebook
-from descan import optim, plots, recipes
+from descan import optim, plots
 
 # the figures of a validation, for the run and for doing nothing, in history.csv
 FIGURES = ("score", "pixel_y_mae", "psnr", "unseen_score", "unseen_pixel_y_mae")
@@ -72,10 +70,9 @@ class Trainer:
         """best.pt (the validated weights: the averaged ones with EMA) or last.pt (all)."""
         if not dist.is_main():
             return
-        spec, best = self.run["model"], kind == "best"
+        best = kind == "best"
         model = self.ema if best and self.ema is not None else self.model
-        state = {"kind": kind, "model_name": spec["name"], "model_kwargs": spec["kwargs"],
-                 "model_code": spec["code"],
+        state = {"kind": kind, **{f"model_{k}": v for k, v in self.run["model"].items()},
                  "model": {k: v.contiguous() for k, v in model.state_dict().items()},
                  "epoch": self.epoch + best, "step": self.step, "config": asdict(self.cfg),
                  "data_kind": self.data_kind}
@@ -85,7 +82,7 @@ class Trainer:
             state.update(ema=self.ema.state_dict() if self.ema is not None else None,
                          optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                          item=self.item, seconds=self.seconds, history=self.history,
-                         data_id=self.data_id, rng=rng_state())
+                         data_id=self.data_id, rng=optim.rng_state())
         ckpt.save_checkpoint(state, self.run_dir / (ckpt.BEST if best else ckpt.LAST))
 
     def resume(self) -> bool:
@@ -96,7 +93,7 @@ class Trainer:
         if not path.exists():
             return False
         state = ckpt.load_checkpoint(path, kind="last")
-        diffs, fixed = settings_changed(state, self.cfg, self.run["model"], self.data_id)
+        diffs, fixed = optim.settings_changed(state, self.cfg, self.run["model"], self.data_id)
         self.changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diffs.items())
         if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
             tag = "-".join(f"{k.split('_')[0]}{new}" for k, (_, new) in list(diffs.items())[:2])
@@ -116,7 +113,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.item, self.step = state["epoch"], state["item"], state["step"]
         self.seconds, self.history = state["seconds"], list(state["history"])
-        set_rng_state(state["rng"])
+        optim.set_rng_state(state["rng"])
         print(f"Resuming {path}: epoch {self.epoch + 1}, step {self.step}, {self.seconds / 60:.1f} "
               f"min trained so far, best score {self.best()['val_score']:.4f}"
               + (f"; DESCAN_RESUME=continue: changed {self.changed}" if diffs else ""))
@@ -298,35 +295,3 @@ class Trainer:
                   f"{val['pixel_y_mae']:.3f} | PSNR {val['psnr']:.2f} dB{unseen}"
                   + (" | saved best.pt" if improved else ""))
         self.history = dist.share(self.history)
-
-
-def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, list]:
-    """(changed settings {name: (old, new)}, what forbids going on) between a last.pt's ``state``
-    and a run's settings ``cfg``, model ``spec`` and split fingerprint ``data_id``."""
-    old = state.get("config", {})
-    diffs = {k: (old[k], v) for k, v in asdict(cfg).items()
-             if k in old and k not in recipes.FREE_KEYS and old[k] != v}
-    fixed = [k for k in diffs if k in recipes.DATA_KEYS]
-    if state.get("data_id") != data_id:
-        fixed.append("training/validation pairs")
-    saved = {k: state.get(f"model_{k}") for k in ("name", "kwargs", "code")}
-    if saved != spec:
-        fixed.append(f"the model ({spec['name']}: its arguments or its code)")
-        was = saved["kwargs"] or {}
-        diffs.update({k: (was.get(k), v) for k, v in spec["kwargs"].items() if was.get(k) != v})
-    return diffs, fixed
-
-
-def rng_state() -> dict:
-    """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
-    name, keys, *rest = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
-
-
-def set_rng_state(state: dict) -> None:
-    """Set the global RNG states saved by rng_state()."""
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])

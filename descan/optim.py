@@ -1,11 +1,16 @@
-"""The optimiser, the learning-rate schedule and the weights' moving average of a training run."""
+"""The optimiser, the learning-rate schedule and the weights' moving average of a training run;
+and what resuming it checks and restores besides: changed settings, the random generators."""
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from helpers import DataError
+from descan.recipes import DATA_KEYS, FREE_KEYS
 
 
 def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
@@ -57,3 +62,35 @@ def stop_if_diverged(loss: float, step: int, cfg) -> None:
                         f"a learning rate too high (lr={cfg.lr:g}), or fp16 mixed precision "
                         f"overflowing (amp={cfg.amp!r}; on a GPU try 'bf16' or 'off'). last.pt and "
                         "best.pt keep the last good state: start a new run (DESCAN_RUN_NAME).")
+
+
+def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, list]:
+    """(changed settings {name: (old, new)}, what forbids going on) between a last.pt's ``state``
+    and a run's settings ``cfg``, model ``spec`` and split fingerprint ``data_id``."""
+    old = state.get("config", {})
+    diffs = {k: (old[k], v) for k, v in asdict(cfg).items()
+             if k in old and k not in FREE_KEYS and old[k] != v}
+    fixed = [k for k in diffs if k in DATA_KEYS]
+    if state.get("data_id") != data_id:
+        fixed.append("training/validation pairs")
+    saved = {k: state.get(f"model_{k}") for k in ("name", "kwargs", "code")}
+    if saved != spec:
+        fixed.append(f"the model ({spec['name']}: its arguments or its code)")
+        was = saved["kwargs"] or {}
+        diffs.update({k: (was.get(k), v) for k, v in spec["kwargs"].items() if was.get(k) != v})
+    return diffs, fixed
+
+
+def rng_state() -> dict:
+    """Python's, numpy's and torch's global RNG states, in a form weights_only loading accepts."""
+    name, keys, *rest = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), *rest]}
+
+
+def set_rng_state(state: dict) -> None:
+    """Set the global RNG states saved by rng_state()."""
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])

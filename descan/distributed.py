@@ -58,7 +58,6 @@ def init(device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group after a run that ended normally."""
     if world_size() > 1:
         tdist.destroy_process_group()
 
@@ -88,8 +87,7 @@ def average(value: float) -> float:
 
 
 def main_first(fn):
-    """``fn()`` in process 0, then in the others once it has succeeded there: a problem that every
-    process would meet (no data, a settings mismatch on resume) is reported once."""
+    """``fn()`` in process 0, then in the others: a problem they would all meet is told once."""
     if not is_main():
         tdist.barrier()
     result = fn()
@@ -99,8 +97,7 @@ def main_first(fn):
 
 
 def wrap(model, device):
-    """``model`` in one process; else DistributedDataParallel around it (on GPUs its BatchNorm
-    layers become SyncBatchNorm, in place). Parameters and state_dict keys stay as they are."""
+    """``model`` in one process, else DistributedDataParallel around it (the same parameters)."""
     if world_size() == 1:
         return model
     # channels-last (1, C, 1, 1) weights: both layouts are the same memory; the warning is empty
@@ -120,8 +117,8 @@ def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
 
 
 def shard(dataset, pairs_per_batch: int, rank_=None, processes: int = 0):
-    """Process r's share of ``dataset``: items r, r+N, r+2N ... of its first whole batches, so
-    that step s of the N processes together is step s of one process (N = 1: ``dataset``)."""
+    """Process r's items r, r+N, r+2N ... of the whole batches: N processes' step s together is
+    one process's step s."""
     processes = processes or world_size()
     if processes == 1:
         return dataset

@@ -18,9 +18,6 @@ from descan import distributed as dist
 from descan import colourmap, crops, data, demo, files, inference, losses, models, notebook
 from descan import optim, plots
 
-# the figures of a validation, for the run and for doing nothing, in history.csv
-FIGURES = ("score", "pixel_y_mae", "psnr", "unseen_score", "unseen_pixel_y_mae")
-
 
 class Trainer:
     """Train a run's model with validation, resumable checkpoints, mixed precision and a budget.
@@ -172,18 +169,16 @@ class Trainer:
         if to_train:
             self._train(on_step)
         best = self.best()
-        best_text = f"best validation score {best['val_score']:.4f} at step {best['step']}"
-        if not to_train:
-            print(f"Nothing to train: run '{self.run_dir.name}' has finished after {self.step} "
-                  f"steps; {best_text}. To train it further, raise epochs (now {cfg.epochs}) or "
-                  f"the budget (DESCAN_TRAIN_MINUTES, now {cfg.budget_minutes:g}); to start "
-                  "over, set another DESCAN_RUN_NAME.")
-        elif self.out_of_time():
+        if not to_train or self.out_of_time():  # says so, and how to train further
             where = f"all of epoch {self.epoch}" if self.item == 0 else \
                 f"{100 * self.item / self.items_per_epoch:.0f}% of epoch {self.epoch + 1}"
-            print(f"Budget of {cfg.budget_minutes:g} min spent after {self.step} steps ({where}); "
-                  f"{best_text} (do nothing: {self.do_nothing['score']:.4f}). "
-                  "DESCAN_TRAIN_MINUTES sets the budget.")
+            nothing = f" (do nothing: {self.do_nothing['score']:.4f})" if to_train else ""
+            what = f"Budget of {cfg.budget_minutes:g} min spent" if to_train else \
+                f"Nothing to train: run '{self.run_dir.name}' has finished"
+            print(f"{what} after {self.step} steps ({where}); best validation score "
+                  f"{best['val_score']:.4f} at step {best['step']}{nothing}. To train it further, "
+                  f"raise epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
+                  f"{cfg.budget_minutes:g}); to start over, set another DESCAN_RUN_NAME.")
         return {"best_score": best["val_score"], "epochs": self.epoch, "steps": self.step,
                 "minutes": self.seconds / 60, "best_path": self.run_dir / ckpt.BEST,
                 "history": self.history}
@@ -272,7 +267,8 @@ class Trainer:
                        crops_per_s=crops_per_s, settings_changed=self.changed,
                        loss_name=(self.loss_fn.__doc__ or "loss").strip().split("\n")[0])
             for prefix, figures in (("val_", val), ("do_nothing_", self.do_nothing)):
-                row.update({prefix + k: figures.get(k, math.nan) for k in FIGURES})
+                for k in ("score", "pixel_y_mae", "psnr", "unseen_score", "unseen_pixel_y_mae"):
+                    row[prefix + k] = figures.get(k, math.nan)
             self.history.append(row)
             self.changed = ""
             if improved:

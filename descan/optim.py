@@ -21,17 +21,15 @@ def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict):
-    """Load a saved optimiser's moments and last learning rate; the other settings stay this
-    run's (weight decay, this machine's fused or multi-tensor kernels)."""
+    """Load a saved optimiser's moments and last lr; the other settings stay this run's."""
     groups = [{**now, "params": saved["params"], "lr": saved["lr"]}
               for saved, now in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def lr_factor(cfg, step: int, total_steps: int, seconds: float) -> float:
-    """The learning-rate multiplier at ``step``: 1, or a linear warm-up then a cosine decay to 0
-    over the run (its epochs, or its budget when that ends first). The warm-up takes at most
-    warmup_steps, and at most 5% of the steps the run will make (as the speed so far tells)."""
+    """The learning-rate multiplier at ``step``: 1, or a linear warm-up (warmup_steps, at most 5%
+    of the steps the run will make) then a cosine decay to 0 at the end of the epochs or budget."""
     if cfg.schedule == "constant":
         return 1.0
     progress = step / max(1, total_steps)
@@ -65,8 +63,7 @@ def stop_if_diverged(loss: float, step: int, cfg) -> None:
 
 
 def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, list]:
-    """(changed settings {name: (old, new)}, what forbids going on) between a last.pt's ``state``
-    and a run's settings ``cfg``, model ``spec`` and split fingerprint ``data_id``."""
+    """({setting: (old, new)}, what forbids going on) between a last.pt's ``state`` and a run."""
     old = state.get("config", {})
     diffs = {k: (old[k], v) for k, v in asdict(cfg).items()
              if k in old and k not in FREE_KEYS and old[k] != v}
@@ -89,7 +86,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Set the global RNG states saved by rng_state()."""
+    """Set the global RNG states that rng_state() saved."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

@@ -27,11 +27,9 @@ class Trainer:
     def __init__(self, run: dict, train_pairs, val_pairs, run_dir, device=None, data_kind="real"):
         self.run, self.cfg, spec = run, run["config"], run["model"]
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs)
-        if not self.train_pairs or not self.val_pairs:
-            raise DataError(f"need training and validation pairs, got {len(self.train_pairs)} and "
-                            f"{len(self.val_pairs)}; check the split in notebook 01")
         names = [p.name for p in self.train_pairs] + ["|"] + [p.name for p in self.val_pairs]
-        self.data_id = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]  # the split's
+        # the split's fingerprint: a run resumes on the same pairs only
+        self.data_id = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
         self.run_dir, self.data_kind = Path(run_dir), data_kind
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -94,14 +92,13 @@ class Trainer:
         self.changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diffs.items())
         if fixed or (diffs and os.environ.get("DESCAN_RESUME", "").strip().lower() != "continue"):
             tag = "-".join(f"{k.split('_')[0]}{new}" for k, (_, new) in list(diffs.items())[:2])
-            raise ckpt.CheckpointError(
+            name = f"{self.run_dir.name}-{tag or 'new'}".replace(" ", "")
+            raise ckpt.CheckpointError(  # what changed, and the ways out
                 f"{path} was trained with other settings: {self.changed or 'see below'}."
                 + (f" {', '.join(fixed)} differ, so this run cannot go on." if fixed else "")
-                + "\n  - start a new run with the new settings (suggested): DESCAN_RUN_NAME="
-                + f"{self.run_dir.name}-{tag or 'new'}".replace(" ", "") + "\n"
-                + ("" if fixed else "  - or carry on this run with the new settings (recorded in "
-                   "its history): DESCAN_RESUME=continue\n")
-                + "  - or set the settings back to the run's.")
+                + f"\n  - start a new run (suggested): DESCAN_RUN_NAME={name}"
+                + ("" if fixed else "\n  - or go on with them (recorded): DESCAN_RESUME=continue")
+                + "\n  - or set the settings back to the run's.")
         self.model.load_state_dict(state["model"])
         if self.ema is not None:  # an EMA switched on now starts from the trained weights
             self.ema.load_state_dict(state.get("ema") or state["model"])
@@ -221,14 +218,14 @@ class Trainer:
         """Steps until the epoch or the budget ends, last.pt every checkpoint_minutes."""
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
         self.model.train()
-        loss_sum, n_loss, n_crops = torch.zeros((), device=self.device), 0, 0
+        loss_sum, n_loss = torch.zeros((), device=self.device), 0
         left = self.steps_per_epoch - self.item // self.pairs_per_batch
         bar = files.progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
                                  total=left, enabled=dist.is_main())
         t_epoch = t_last = last_save = time.time()
         for clean, scan in bar:
             loss_sum += self.train_step(clean, scan, total_steps)
-            n_loss, n_crops = n_loss + 1, n_crops + clean.shape[0]
+            n_loss += 1
             self.step, self.item = self.step + 1, self.item + self.pairs_per_batch
             now = time.time()
             self.seconds = dist.share(self.seconds + now - t_last)  # process 0's clock for all
@@ -239,7 +236,7 @@ class Trainer:
                 bar.refresh()
             if self.step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
-                                crops_s=f"{n_crops / took:.0f}")
+                                crops_s=f"{n_loss * cfg.batch_size / took:.0f}")
             if on_step is not None:
                 on_step(self.step)
             if now - last_save >= cfg.checkpoint_minutes * 60:
@@ -250,7 +247,7 @@ class Trainer:
                 break
         bar.close()
         self._end_epoch(loss_sum.item() / n_loss if n_loss else None,
-                        n_crops * dist.world_size() / max(1e-9, time.time() - t_epoch))
+                        n_loss * cfg.batch_size / max(1e-9, time.time() - t_epoch))
 
     def _end_epoch(self, train_loss, crops_per_s):
         """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png.

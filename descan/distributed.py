@@ -11,20 +11,13 @@ import torch.distributed as tdist
 
 from helpers import DataError
 
-_DEVICE = None  # this process's device, for the small tensors of the collectives
-
-
-def rank() -> int:
-    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
-
 
 def world_size() -> int:
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
 
-def local_processes() -> int:
-    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if world_size() > 1 else 1
+def rank() -> int:
+    return tdist.get_rank() if world_size() > 1 else 0
 
 
 def is_main() -> bool:
@@ -32,40 +25,40 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_processes() -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if world_size() > 1 else 1
+
+
 def _interrupt_once(signum, frame):
     """Ctrl-C reaches every process, and torchrun passes it on again: the first one interrupts
-    (process 0 saves last.pt), later ones are ignored so that they cannot break that save."""
+    (process 0 saves last.pt), the later ones are ignored so that they cannot break that save."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def init(device) -> torch.device:
-    """Join torchrun's process group when started by it (WORLD_SIZE > 1): NCCL with one GPU per
-    process (by LOCAL_RANK), gloo on CPUs. Returns this process's device."""
-    global _DEVICE
+    """Join torchrun's process group when started by it: NCCL with one GPU per process (by
+    LOCAL_RANK), gloo on CPUs. Only process 0 prints. Returns this process's device."""
     device = torch.device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or tdist.is_initialized():
         return device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        if local >= torch.cuda.device_count():
-            raise DataError(f"torchrun started process {local} but only "
-                            f"{torch.cuda.device_count()} GPUs are visible: give --nproc_per_node "
-                            "at most the number of GPUs (PROCESSES in the notebooks)")
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise DataError(f"torchrun started more processes than there are GPUs "
+                            f"({torch.cuda.device_count()}): lower PROCESSES (--nproc_per_node)")
         torch.cuda.set_device(device)
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",  # others wait for
-                             timeout=datetime.timedelta(minutes=60))  # process 0's validation
-    _DEVICE = device
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                             timeout=datetime.timedelta(minutes=60))  # while process 0 validates
     signal.signal(signal.SIGINT, _interrupt_once)
-    if not is_main():  # one voice: only process 0 prints
+    if not is_main():
         sys.stdout = open(os.devnull, "w")
     return device
 
 
 def teardown() -> None:
-    """Leave the process group after a run that ended normally."""
-    if tdist.is_available() and tdist.is_initialized():
+    if world_size() > 1:
         tdist.destroy_process_group()
 
 
@@ -77,34 +70,25 @@ def peer_failed(error: BaseException) -> bool:
         "Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
-def from_main(value: float) -> float:
-    """Process 0's value of a number, in every process."""
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_DEVICE)
-    if world_size() > 1:
-        tdist.broadcast(t, src=0)
-    return float(t.item())
-
-
-def average(value: float) -> float:
-    """The mean of a number over the processes (e.g. each one's training loss on its share)."""
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_DEVICE)
-    if world_size() > 1:
-        tdist.all_reduce(t)
-    return float(t.item()) / world_size()
-
-
 def share(obj):
-    """Process 0's copy of a picklable object (the history, a validation result), in every one."""
+    """Process 0's copy of a picklable object (the clock, the history), in every process."""
     box = [obj]
     if world_size() > 1:
         tdist.broadcast_object_list(box, src=0)
     return box[0]
 
 
+def average(value: float) -> float:
+    """The mean of a number over the processes (each one's training loss on its share)."""
+    values = [value] * world_size()
+    if world_size() > 1:
+        tdist.all_gather_object(values, value)
+    return sum(values) / len(values)
+
+
 def main_first(fn):
-    """``fn()`` in process 0, then in the others once it has succeeded there: a problem every
-    process would meet (no data, a settings mismatch on resume) is reported once."""
-    if world_size() > 1 and not is_main():
+    """``fn()`` in process 0, then in the others: a problem they would all meet is told once."""
+    if not is_main():
         tdist.barrier()
     result = fn()
     if world_size() > 1 and is_main():
@@ -113,17 +97,15 @@ def main_first(fn):
 
 
 def wrap(model, device):
-    """``model`` in one process; else DistributedDataParallel around it (on GPUs, its BatchNorm
-    layers become SyncBatchNorm, in place). Parameters and state_dict keys stay as they are."""
+    """``model`` in one process, else DistributedDataParallel around it (the same parameters)."""
     if world_size() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
     # channels-last (1, C, 1, 1) weights: both layouts are the same memory; the warning is empty
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    if torch.device(device).type == "cuda":
+    gpu = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+    if gpu:
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
-        return DistributedDataParallel(model, device_ids=[torch.device(device).index])
-    return DistributedDataParallel(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu)
 
 
 def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
@@ -135,8 +117,8 @@ def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
 
 
 def shard(dataset, pairs_per_batch: int, rank_=None, processes: int = 0):
-    """Process r's share of ``dataset``: items r, r+N, r+2N ... of its first whole batches, so
-    that step s of the N processes together is step s of one process (N = 1: ``dataset``)."""
+    """Process r's items r, r+N, r+2N ... of the whole batches: N processes' step s together is
+    one process's step s."""
     processes = processes or world_size()
     if processes == 1:
         return dataset

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
 from helpers import ROOT, DataError, dataset_kind
-from descan import checkpoints, data, distributed, recipes
+from descan import checkpoints, data, distributed, engine, recipes
 
 
 def processes_for(device) -> int:
@@ -21,9 +20,8 @@ def processes_for(device) -> int:
 
 
 def train(run: dict, data_dir, workspace, run_name: str, device, processes: int = 1) -> dict | None:
-    """Save ``run`` (a recipe from recipes.make_run) in WORKSPACE/runs/RUN_NAME/run.json and train
-    it: here with one process, else under torchrun with ``processes`` (its output streams here).
-    Returns the Trainer's result (None under torchrun: read the run folder's files)."""
+    """Save ``run`` (recipes.make_run) as WORKSPACE/runs/RUN_NAME/run.json and train it, here or
+    under torchrun. Returns the Trainer's result (None under torchrun: see the run's files)."""
     folder = checkpoints.run_dir(workspace, run_name)
     distributed.check_batch(run["config"].batch_size, run["config"].crops_per_image, processes)
     recipes.save_run(run, folder)
@@ -34,17 +32,15 @@ def train(run: dict, data_dir, workspace, run_name: str, device, processes: int 
 
 def train_saved(folder, data_dir, workspace, device) -> dict:
     """Train the recipe saved in ``folder``: what every process does (under torchrun, too)."""
-    from descan import engine
     run = recipes.load_run(folder)
     run["config"] = recipes.with_env(run["config"])
     train_pairs, val_pairs = distributed.main_first(lambda: data.load_split(data_dir, workspace))
-    procs = distributed.world_size()
+    procs, kind = distributed.world_size(), dataset_kind(data_dir)
     print(f"training {run['model']['name']} {run['model']['kwargs']} on {len(train_pairs)} pairs "
-          f"({dataset_kind(data_dir)} data), validating on {len(val_pairs)}, device {device}"
-          + (f" x {procs} processes (torchrun)" if procs > 1 else "")
-          + f", run {folder}\n{run['config']}")
-    trainer = engine.Trainer(run, train_pairs, val_pairs, folder, device, dataset_kind(data_dir))
-    return trainer.fit()
+          f"({kind} data), validating on {len(val_pairs)}, device {device}"
+          + (f" x {procs} processes (torchrun)" if procs > 1 else "") + f", run {folder}\n"
+          + str(run["config"]))
+    return engine.Trainer(run, train_pairs, val_pairs, folder, device, kind).fit()
 
 
 def torchrun_command(folder, processes: int, data_dir, workspace) -> list[str]:
@@ -54,36 +50,28 @@ def torchrun_command(folder, processes: int, data_dir, workspace) -> list[str]:
             "--data", str(data_dir), "--workspace", str(workspace)]
 
 
-def _stream(proc) -> None:
-    """Copy the process's output here as it comes (progress bars' carriage returns included)."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    while chunk := os.read(proc.stdout.fileno(), 4096):
-        sys.stdout.write(decoder.decode(chunk))
-        sys.stdout.flush()
-
-
 def launch(folder, processes: int, data_dir, workspace) -> None:
-    """Train the recipe saved in ``folder`` with ``processes`` processes under torchrun, streaming
-    their output. Stopping the notebook (or Ctrl-C) sends SIGINT to all of them and waits: process 0
-    saves last.pt once, and running the cell again resumes. A failure raises DataError."""
-    cmd = torchrun_command(Path(folder), processes, data_dir, workspace)
+    """Train the recipe saved in ``folder`` under torchrun, its output streamed here. Stopping the
+    notebook (Ctrl-C) passes SIGINT on and waits while process 0 saves last.pt; a second one
+    stops the processes at once. Running the cell again resumes."""
+    cmd = torchrun_command(folder, processes, data_dir, workspace)
     print("$ torchrun " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        _stream(proc)
-        code = proc.wait()
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)  # torchrun and its processes: process 0 saves last.pt
-        try:
-            _stream(proc)
-            proc.wait()
-        except KeyboardInterrupt:  # a second interrupt: stop at once
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
-    finally:
-        proc.stdout.close()
+    decoder, interrupted = codecs.getincrementaldecoder("utf-8")("replace"), False
+    with proc.stdout:
+        while True:
+            try:  # as it comes, progress bars' carriage returns included
+                if not (chunk := os.read(proc.stdout.fileno(), 4096)):
+                    break
+                sys.stdout.write(decoder.decode(chunk))
+                sys.stdout.flush()
+            except KeyboardInterrupt:
+                os.killpg(proc.pid, signal.SIGKILL if interrupted else signal.SIGINT)
+                interrupted = True
+    code = proc.wait()
+    if interrupted:
+        raise KeyboardInterrupt
     if code != 0:
         raise DataError(f"training with {processes} processes stopped (exit code {code}); the "
                         "reason is in the output above. Run the cell again to resume from last.pt, "

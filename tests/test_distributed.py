@@ -73,8 +73,9 @@ def test_two_processes_match_one(folders, capsys):
     Tolerance: process r takes items r, r+2 ... of the very sequence of crops one process draws, so
     both runs see the same crops in every step; what differs is floating point only (each process
     averages the loss over 4 crops and DDP averages the two gradients, instead of one mean over 8;
-    the sums run in another order). After 8 AdamW steps those ~1e-7 differences stay below 1e-4 of
-    each tensor's norm (measured: at most 9e-7, median 1e-8). Other crops from the same initial
+    the sums run in another order). After 8 AdamW steps those ~1e-8 differences stay below 1e-4 of
+    each tensor's norm, or of 0.01 for a smaller tensor (measured: at most 1.4e-5, for the output
+    bias, whose norm is 7e-4 after starting at zero; else at most 1.2e-6). Other crops from the same initial
     weights (a sharding bug) move the tensors by 2e-4 to 1.1 of their norm (median 9e-3).
     """
     data_dir, ws = folders
@@ -104,7 +105,7 @@ def test_two_processes_match_one(folders, capsys):
         torch.set_num_threads(threads)
     for k, v in one.model.state_dict().items():
         if v.is_floating_point():
-            rel = (v - w0[k]).norm() / v.norm().clamp_min(1e-12)
+            rel = (v - w0[k]).norm() / v.norm().clamp_min(1e-2)  # outro.bias starts at 0: ~7e-4
             assert rel < 1e-4, (k, float(rel))
     assert history["val_score"].tolist() == pytest.approx([r["val_score"] for r in one.history], rel=1e-3)
 
@@ -181,7 +182,8 @@ def test_one_process_is_left_alone(monkeypatch):
     model = torch.nn.Conv2d(3, 3, 1)
     assert distributed.init("cpu") == torch.device("cpu") and distributed.world_size() == 1
     assert distributed.wrap(model, "cpu") is model and distributed.shard([1, 2], 2) == [1, 2]
-    assert distributed.from_main(2.5) == 2.5 and distributed.share({"a": 1}) == {"a": 1}
+    assert distributed.share(2.5) == 2.5 and distributed.share({"a": 1}) == {"a": 1}  # the clock, the history
+    assert distributed.average(2.5) == 2.5
 
 
 def test_the_shards_together_are_one_process_batches():

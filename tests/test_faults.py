@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import helpers  # noqa: E402
 from builders import (files_under, imwrite_rgb, notebook_model, notebook_run, pair_dirs,  # noqa: E402
                       uniform)
-from descan import checkpoints, engine, files, inference, models, recipes, resume, submit  # noqa: E402
+from descan import checkpoints, engine, files, inference, models, optim, recipes, submit  # noqa: E402
 from descan.checkpoints import CheckpointError  # noqa: E402
 from helpers import DataError  # noqa: E402
 
@@ -485,7 +485,7 @@ def test_resume_restores_the_global_rng_states(demo_pairs, tmp_path):
     saved = checkpoints.load_checkpoint(tmp_path / "last.pt", kind="last")["rng"]
     t = engine.Trainer(tiny_run(), train, val, tmp_path, "cpu")
     scramble_rngs()
-    assert resume.resume(t)
+    assert t.resume()
     assert torch.equal(torch.get_rng_state(), saved["torch"])
     assert np.array_equal(np.random.get_state()[1], saved["numpy"][1].numpy().astype(np.uint32))
     random_now = random.getstate()
@@ -501,7 +501,7 @@ def test_why_resuming_needs_no_rng_state_every_crop_has_its_own_seed(demo_pairs,
     full.fit()
     with pytest.raises(Crash):
         engine.Trainer(tiny_run(), train, val, tmp_path / "cut", "cpu").fit(on_step=crash_at(3))
-    monkeypatch.setattr(resume, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(optim, "set_rng_state", lambda state: None)
     resumed = engine.Trainer(tiny_run(), train, val, tmp_path / "cut", "cpu")
     scramble_rngs()
     resumed.fit()

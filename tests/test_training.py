@@ -10,7 +10,7 @@ import torch
 
 import helpers
 from builders import notebook_model, notebook_run
-from descan import checkpoints, crops, data, demo, engine, inference, losses, optim, recipes, resume
+from descan import checkpoints, crops, data, demo, engine, inference, losses, optim, recipes
 
 TINY = {"width": 8, "depth": 3}  # a DnCNN small enough to train in a second on a CPU
 TINY_UNET = dict(width=8, enc_blocks=(1, 1, 1), mid_blocks=1, dec_blocks=(1, 1, 1))  # 04's model, tiny
@@ -53,7 +53,7 @@ def test_resume_after_crash_gives_the_same_weights(demo_pairs, tmp_path, recipe)
     with pytest.raises(Crash):
         trainer(tiny_run(recipe), train, val, tmp_path / "cut").fit(on_step=crash)
     resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
-    assert resume.resume(resumed) and resumed.step == 2 and resumed.epoch == 0
+    assert resumed.resume() and resumed.step == 2 and resumed.epoch == 0
     resumed = trainer(tiny_run(recipe), train, val, tmp_path / "cut")
     resumed.fit()
     a, b = weights(full), weights(resumed)
@@ -291,8 +291,8 @@ def test_ema_warms_up_then_averages(demo_pairs, tmp_path, monkeypatch):
     train, val = demo_pairs
     t = trainer(tiny_run(ema_decay=0.999, epochs=1), train, val, tmp_path)
     decays = []
-    real = engine.update_ema
-    monkeypatch.setattr(engine, "update_ema", lambda ema, model, decay: (decays.append(decay), real(ema, model, decay)))
+    real = optim.update_ema
+    monkeypatch.setattr(optim, "update_ema", lambda ema, model, decay: (decays.append(decay), real(ema, model, decay)))
     t.fit()
     assert decays == pytest.approx([0.1, 2 / 11, 3 / 12, 4 / 13])
     assert min(0.999, (1 + 10_000) / (10 + 10_000)) == 0.999  # later: the configured decay

@@ -1,5 +1,6 @@
 """The data folder: ensure_data gets it and checks it once (recorded in the workspace), notebook
 01's make_manifest fixes the page-grouped split, load_split reads it back. No torch."""
+import contextlib
 import hashlib
 import json
 import re
@@ -94,7 +95,9 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
     fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
     stamp = workspace / "data_check.json"
-    saved = json.loads(stamp.read_text()) if stamp.is_file() and not force else {}
+    saved = {}
+    with contextlib.suppress(OSError, ValueError):  # none, or cut short: the check runs again
+        saved = {} if force else json.loads(stamp.read_text())
     if saved.get("fingerprint") == fingerprint:
         return saved["summary"]
     summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),

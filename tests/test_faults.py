@@ -5,6 +5,7 @@ data, settings (key=value) are refused by name; and the claims that deliberate b
 The last test runs benchmarks/fault_drill.py in its quick mode."""
 import dataclasses
 import errno
+import json
 import os
 import random
 import re
@@ -620,6 +621,19 @@ def test_a_test_list_that_cannot_be_read_is_named(tmp_path, monkeypatch):
     (tmp_path / "ws" / data.TEST_LIST).write_text('{"data": "/cut sh')
     with pytest.raises(DataError, match=r"test_scans.json cannot be read.*Delete it"):
         data.test_scans(tmp_path / "data", tmp_path / "ws")
+
+
+def test_a_data_check_record_cut_short_is_made_again(tmp_path, monkeypatch):
+    """data_check.json only saves time: cut short, the check runs again and rewrites it."""
+    from descan import data
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
+    for name in ("train/clean/a.png", "train/scan/a.png", "test/scan/t.png"):
+        imwrite_rgb(tmp_path / "data" / name, np.zeros((4, 4, 3), np.uint8))
+    first = data.check_dataset(tmp_path / "data", tmp_path / "ws", show_progress=False)
+    (tmp_path / "ws/data_check.json").write_text('{"fingerprint": "cut sh')
+    again = data.check_dataset(tmp_path / "data", tmp_path / "ws", show_progress=False)
+    assert again["train_pairs"] == first["train_pairs"] == 1 and again["test_scans"] == 1
+    assert json.loads((tmp_path / "ws/data_check.json").read_text())["summary"] == again
 
 
 def test_the_command_line_says_disk_full_without_a_traceback(tmp_path, monkeypatch, capsys):

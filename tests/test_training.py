@@ -336,7 +336,8 @@ def test_a_cpu_recipe_validates_every_minute_or_two_of_its_budget():
     for recipe in ("dncnn", "attention"):
         cfg = recipes.from_notebook(recipe, torch.device("cpu"), smoke=False)["config"]
         steps = cfg.crops_per_epoch // cfg.batch_size
-        assert steps <= 60 and cfg.epochs * steps >= 400 and cfg.budget_minutes == 10.0, (recipe, cfg)
+        # a CPU makes about 1,200 steps of 03's model, 700 of 04's, in 10 minutes (docs/benchmarks.md)
+        assert steps <= 60 and cfg.epochs * steps >= 2000 and cfg.budget_minutes == 10.0, (recipe, cfg)
     gpu = recipes.from_notebook("dncnn", torch.device("cuda"), smoke=False)["config"]
     assert gpu.crops_per_epoch // gpu.batch_size == 160
 

@@ -140,9 +140,10 @@ def main():
             return {**val, "heldout_score": test["score"], "heldout_pixel_y_mae": test["pixel_y_mae"],
                     "step0_score": float("nan")}
         rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0, **untrained(models.Identity())}]
-        cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False)
+        pixels = colourmap.sample_pixels(train, show_progress=False)  # one sample for both fits
+        cmap, _ = colourmap.fit_colour_map(train, val, show_progress=False, pixels=pixels)
         rows.append({"row": "classical colour map (12 numbers)", "seed": 0, "steps": 0, **untrained(cmap)})
-        lut, _ = colourmap.fit_colour_map(train, val, show_progress=False, lut_size=17)
+        lut, _ = colourmap.fit_colour_map(train, val, show_progress=False, lut_size=17, pixels=pixels)
         rows.append({"row": "3D colour LUT (17^3 vertices)", "seed": 0, "steps": 0, **untrained(lut)})
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         jobs = [(row, recipe, changes, model_changes, seed, args.minutes, threads, data_dir, work,

@@ -55,12 +55,12 @@ def fit_lut(scan_pixels, clean_pixels, size=17, shrink=1.0):
 
 
 def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run=None,
-                   device="cpu", show_progress=True, pixels_per_image=4096, max_images=2000,
-                   lut_size=0):
-    """Fit the affine map (``lut_size``: a ColourLUT) on random pixels of (up to ``max_images``)
-    ``train_pairs``; score it on the whole ``val_pairs`` as training validates; with a
-    ``workspace``, save it as WORKSPACE/runs/<run or model name>/best.pt. Returns (model, val)."""
-    scan, clean = sample_pixels(train_pairs, pixels_per_image, max_images, show_progress)
+                   device="cpu", show_progress=True, lut_size=0, pixels=None):
+    """Fit the affine map (``lut_size``: a ColourLUT) on ``pixels`` (sample_pixels' (scan, clean);
+    by default sampled here from ``train_pairs``); score it on the whole ``val_pairs`` as training
+    validates; with a ``workspace``, save it as WORKSPACE/runs/<run or model>/best.pt. Returns
+    (model, validation figures)."""
+    scan, clean = pixels or sample_pixels(train_pairs, show_progress=show_progress)
     if lut_size:
         name, kwargs, model = "colour_lut", {"size": lut_size}, fit_lut(scan, clean, lut_size)
     else:

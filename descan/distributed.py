@@ -71,11 +71,21 @@ def peer_failed(error: BaseException) -> bool:
 
 
 def share(obj):
-    """Process 0's copy of a picklable object (the clock, the history), in every process."""
+    """Process 0's copy of a picklable object (the history, a fit), in every process."""
     box = [obj]
     if world_size() > 1:
         tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_main(value: float) -> float:
+    """Process 0's number in every process: one small broadcast, cheap enough for every step."""
+    if world_size() == 1:
+        return value
+    gpu = tdist.get_backend() == "nccl"  # NCCL sends only GPU tensors (init set this one's GPU)
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if gpu else "cpu")
+    tdist.broadcast(t, src=0)
+    return t.item()
 
 
 def average(value: float) -> float:

@@ -150,15 +150,17 @@ class Trainer:
         """A model with a ColourLUT starts with it fitted to the training pairs, else one with a
         ColourHead as their least-squares colour map: training adds what the fit cannot do. Every
         process fits the same (the same seeded pixels), so nothing needs to be shared."""
-        found = [m for net in (self.model, self.ema) if net is not None for m in net.modules()]
-        luts = [m for m in found if isinstance(m, models.ColourLUT)]
-        heads = [] if luts else [m for m in found if isinstance(m, models.ColourHead)]
-        if luts or heads:
-            pixels = colourmap.sample_pixels(self.train_pairs, max_images=200, show_progress=False)
+        luts = [m for m in self.model.modules() if isinstance(m, models.ColourLUT)]
+        heads = [m for m in self.model.modules() if isinstance(m, models.ColourHead) and not luts]
+        if not luts and not heads:
+            return
+        pixels = colourmap.sample_pixels(self.train_pairs, max_images=200, show_progress=False)
         for lut in luts:
             lut.load_state_dict(colourmap.fit_lut(*pixels, lut.table.shape[-1]).state_dict())
         for head in heads:
             head.start_from(*colourmap.fit_affine(*pixels))
+        if self.ema is not None:  # the average starts from the fitted model too
+            self.ema.load_state_dict(self.model.state_dict())
 
     def fit(self, on_step=None) -> dict:
         """Train until the epochs or the budget run out, resuming from last.pt when present.
@@ -231,7 +233,7 @@ class Trainer:
             n_loss += 1
             self.step, self.item = self.step + 1, self.item + self.pairs_per_batch
             now = time.time()
-            self.seconds = dist.share(self.seconds + now - t_last)  # process 0's clock for all
+            self.seconds = dist.from_main(self.seconds + now - t_last)  # process 0's clock
             t_last, took = now, now - t_epoch
             if n_loss == 5 and cfg.budget_minutes > 0:  # the bar's length: what the budget allows
                 can = n_loss + int((cfg.budget_minutes * 60 - self.seconds) / (took / n_loss))

@@ -67,13 +67,13 @@ def test_scans(data, workspace, anew=False) -> list[Path]:
         ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))
     else:
         ids = saved["ids"] if saved.get("data") == here and not anew else sorted(found)
+    if not ids:  # and nothing recorded, so that scans put there later are taken
+        raise DataError(f"no test scans in {folder}")
     if saved != {"data": here, "ids": ids}:
         with atomic_path(record) as tmp:
             tmp.write_text(json.dumps({"data": here, "ids": ids}, indent=0))
     missing, extra = sorted(set(ids) - set(found)), sorted(set(found) - set(ids))
     source = "test_scan.zip" if test_zip.is_file() else f"the list recorded in {record}"
-    if not ids:
-        raise DataError(f"no test scans in {folder}")
     if missing:
         todo = ("Run the download again: it unpacks what is missing." if test_zip.is_file() else
                 f"Put them back, or delete {record} if you replaced the test set on purpose.")

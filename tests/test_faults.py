@@ -623,6 +623,16 @@ def test_a_test_list_that_cannot_be_read_is_named(tmp_path, monkeypatch):
         data.test_scans(tmp_path / "data", tmp_path / "ws")
 
 
+def test_an_empty_test_folder_is_refused_and_its_scans_taken_once_put_there(tmp_path, monkeypatch):
+    from descan import data
+    monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
+    (tmp_path / "data/test/scan").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"no test scans in .*test/scan"):
+        data.test_scans(tmp_path / "data", tmp_path / "ws")
+    imwrite_rgb(tmp_path / "data/test/scan/a.png", np.zeros((4, 4, 3), np.uint8))
+    assert [p.stem for p in data.test_scans(tmp_path / "data", tmp_path / "ws")] == ["a"]
+
+
 def test_a_data_check_record_cut_short_is_made_again(tmp_path, monkeypatch):
     """data_check.json only saves time: cut short, the check runs again and rewrites it."""
     from descan import data

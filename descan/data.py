@@ -64,7 +64,7 @@ def test_scans(data, workspace, anew=False) -> list[Path]:
         raise DataError(f"{record} cannot be read (cut short, or edited by hand). Delete it: the "
                         "test set's list is then recorded again from the test folder.") from None
     if test_zip.is_file():
-        ids = sorted(Path(name).stem for name in image_entries(test_zip, check=False))
+        ids = sorted(Path(name).stem for name in image_entries(test_zip))
     else:
         ids = saved["ids"] if saved.get("data") == here and not anew else sorted(found)
     if not ids:  # and nothing recorded, so that scans put there later are taken
@@ -158,17 +158,16 @@ def ensure_data(data, workspace) -> dict:
                                                               Path(workspace))):
         if path.exists() and not path.is_dir():
             raise DataError(f"the {what} {path} is a file, not a folder: name a folder instead.")
-    how = "already in place" if has_data(data) else "prepared"
+    had = has_data(data)
     zipped = any((zip_cache_dir(data, workspace) / n).is_file() for n in ZIP_NAMES)
-    if has_data(data) and dataset_kind(data) == "demo":
-        summary = check_dataset(data, workspace)
-    elif dataset_kind(data) == "demo" and not zipped:
-        summary = check_dataset(data, workspace, show_progress=False, force=get_demo(data))
+    if dataset_kind(data) == "demo" and (had or not zipped):  # zips in the cache: real data
+        fresh = not had and get_demo(data)  # a demo set in place is taken as it is
+        summary = check_dataset(data, workspace, show_progress=not fresh, force=fresh)
     else:
         summary = get_competition_data(data, workspace)
-    print(f"{data_label(data)} {how} in {data}: {summary['train_pairs']} training pairs, "
-          f"{summary['test_scans']} test scans (checked {summary['checked']}; "
-          f"{time.time() - t0:.1f} s)")
+    print(f"{data_label(data)} {'already in place' if had else 'prepared'} in {data}: "
+          f"{summary['train_pairs']} training pairs, {summary['test_scans']} test scans (checked "
+          f"{summary['checked']}; {time.time() - t0:.1f} s)")
     return summary
 
 

@@ -21,8 +21,8 @@ WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota excee
                  errno.EPERM: "read-only (not permitted)", errno.EISDIR: "a folder"}
 
 
-def progress_bar(iterable=None, desc="", enabled=True, total=None, unit="it"):
-    """A tqdm bar over ``iterable`` (or updated by hand); shows nothing unless ``enabled``."""
+def progress_bar(iterable, desc="", enabled=True, total=None, unit="it"):
+    """A tqdm bar over ``iterable``; shows nothing unless ``enabled``."""
     if importlib.util.find_spec("ipywidgets"):  # widget bars in Colab and Jupyter
         from tqdm.auto import tqdm
     else:  # text bars, without tqdm.auto's warning about the missing widgets
@@ -35,9 +35,9 @@ def size_text(size: int) -> str:
     return f"{size / 2 ** 20:,.1f} MB" if size >= 2 ** 20 else f"{size:,} bytes"
 
 
-def _write_error(e, path, tmp=None):
-    """The OSError saying "disk full" (with the space it needed and the space free) or "read-only"
-    with the path for a failed write of ``tmp`` meant for ``path``, or None."""
+def _write_error(e, path, tmp):
+    """The OSError saying "disk full" (the space needed and free) or "read-only", with ``path``, for
+    a failed write of ``tmp``; None for other errors."""
     code = getattr(e, "errno", None)
     if code is None:  # numpy's short write and torch's zip writer carry no errno: free space tells
         with contextlib.suppress(OSError):
@@ -48,7 +48,7 @@ def _write_error(e, path, tmp=None):
     todo = "Use a writable folder"
     if "disk" in what:
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
-        written = tmp.stat().st_size if tmp is not None and tmp.is_file() else 0
+        written = tmp.stat().st_size if tmp.is_file() else 0
         todo = (f"It needs more than the {size_text(written)} it had written; "
                 f"{size_text(free)} are free there: free some space")
     return OSError(code, f"{what}: could not write {path}. {todo}; any previous {path.name} is "
@@ -72,10 +72,8 @@ def _remove_stale(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    An error (or a kill) before the end leaves any previous file untouched; a write that fails for
-    want of space or permission says "disk full" or "read-only" and the path."""
+    """Yield a temporary path beside ``path`` that replaces it in one step at the end: an error or
+    a kill before then leaves any previous file untouched."""
     path, fd = Path(path), None
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: a file cannot be saved there. "
@@ -91,9 +89,10 @@ def atomic_path(path):
         os.fsync(fd)  # the data written through any handle of tmp
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        if not _write_error(e, path):
+        error = _write_error(e, path, tmp)
+        if error is None:
             raise
-        raise _write_error(e, path, tmp) from e
+        raise error from e
     finally:
         if fd is not None:
             with contextlib.suppress(FileNotFoundError):

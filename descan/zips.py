@@ -1,5 +1,5 @@
-"""The competition's zips: check, identify (by name or contents, never by the id's place in a
-list) and unpack them flat, safely and idempotently. No torch."""
+"""The competition's zips: check, identify (by name, else by contents) and unpack them flat,
+safely and idempotently. No torch."""
 import errno
 import re
 import shutil
@@ -21,15 +21,15 @@ class BrokenZip(DataError):
     """The file's own bytes are at fault: not a zip, truncated or corrupt."""
 
 
-def check_zip(path) -> int:
-    """The number of entries of a complete zip. BrokenZip when its bytes are at fault; a plain
+def check_zip(path) -> None:
+    """Read a whole zip, every entry's CRC included: BrokenZip when its bytes are at fault; a plain
     DataError when it cannot be read (permissions, the disk): then it is not judged."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
     try:
         with zipfile.ZipFile(path) as zf:
-            bad, count = zf.testzip(), len(zf.infolist())
+            bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         if getattr(e, "errno", None) in UNREADABLE:
             raise DataError(f"cannot read {path} ({e}); it was not judged and is kept as it is. "
@@ -43,13 +43,12 @@ def check_zip(path) -> int:
     if bad is not None:
         raise BrokenZip(f"{path} is corrupt (entry {bad} fails its CRC check). Delete it and "
                         "download it again.")
-    return count
 
 
-def image_entries(zip_path, check=True) -> dict:
-    """{file name: ZipInfo} of the images in a zip, whatever its folders; DataError for an entry
-    unsafe to unpack. ``check``: read the zip whole first, else only its table of contents."""
-    if check or not zipfile.is_zipfile(zip_path):
+def image_entries(zip_path) -> dict:
+    """{file name: ZipInfo} of the images in a zip (from its table of contents: check_zip reads the
+    rest), whatever its folders; DataError for an entry unsafe to unpack."""
+    if not zipfile.is_zipfile(zip_path):
         check_zip(zip_path)  # says what is wrong with it
     with zipfile.ZipFile(zip_path) as zf:
         infos = zf.infolist()

@@ -35,9 +35,8 @@ def _download(args) -> None:
         fresh = download.get_demo(folder, **demo)
         r = data.check_dataset(folder, workspace_dir(folder), show_progress=False, force=fresh)
     else:
-        r = data.get_competition_data(folder, workspace_dir(folder), tries=args.tries,
-                                      wait=args.retry_wait, timeout=args.timeout,
-                                      downloader=args.downloader)
+        options = {k: vars(args)[k] for k in ("tries", "wait", "timeout", "downloader")}
+        r = data.get_competition_data(folder, workspace_dir(folder), **options)
     print(f"{data.data_label(folder)} in {folder}: {r['train_pairs']} training pairs, "
           f"{r['test_scans']} test scans (checked {r['checked']})")
 
@@ -125,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                    "$DESCAN_DATA, else ./data/demo (--demo), /content/data (Colab), ./data/real)")
     p.add_argument("--demo", action="store_true", help="make the synthetic demo set instead")
     p.add_argument("--tries", type=_whole(1), default=3, help="attempts per zip (%(default)s)")
-    p.add_argument("--retry-wait", type=_whole(0), default=10,
+    p.add_argument("--retry-wait", dest="wait", type=_whole(0), default=10,
                    help="seconds between tries (%(default)s)")
     p.add_argument("--timeout", type=_whole(1), default=30,
                    help="seconds without data before giving up (%(default)s)")

@@ -95,11 +95,10 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
     fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
     stamp = workspace / "data_check.json"
-    saved = {}
-    with contextlib.suppress(OSError, ValueError):  # none, or cut short: the check runs again
-        saved = {} if force else json.loads(stamp.read_text())
-    if saved.get("fingerprint") == fingerprint:
-        return saved["summary"]
+    with contextlib.suppress(OSError, ValueError, KeyError):  # none, or cut short: checked again
+        saved = json.loads(stamp.read_text())
+        if saved["fingerprint"] == fingerprint and not force:
+            return saved["summary"]
     summary = {"kind": dataset_kind(data), "train_pairs": len(pairs), "test_scans": len(test),
                "extensions": sorted({p.suffix.lower() for p in files}),
                "train_sizes": check_pairs(pairs, show_progress),
@@ -211,18 +210,17 @@ def make_manifest(data, val_fraction=0.1, seed=0):
     import pandas as pd
     data = Path(data)
     pairs = pair_files(data / SPLITS["train_clean"], data / SPLITS["train_scan"])
-    seen = [p for p in pairs if scanner_group(p.name) == "seen"]
-    split = split_names([p.name for p in seen], val_fraction=val_fraction, seed=seed)
-    split.update({p.name: "val" for p in pairs if scanner_group(p.name) == "unseen"})
-    if {split[p.name] for p in seen} != {"train", "val"}:
-        pages = sorted({page_id(p.name) for p in seen})
+    seen = [p.name for p in pairs if scanner_group(p.name) == "seen"]
+    split = split_names(seen, val_fraction=val_fraction, seed=seed)
+    if set(split.values()) != {"train", "val"}:
+        pages = sorted({page_id(n) for n in seen})
         raise DataError(f"the {len(pairs)} training pairs of {data} come from {len(pages)} source "
                         f"page ({examples(pages)}): the split (val_fraction={val_fraction}) needs "
                         "two pages or more, one for training and one for validation.")
-    return pd.DataFrame([{"name": p.name, "page": page_id(p.name),
-                          "clean": p.clean.relative_to(data).as_posix(),
-                          "scan": p.scan.relative_to(data).as_posix(), "split": split[p.name],
-                          "scanners": scanner_group(p.name)} for p in pairs])
+    rows = [{"name": p.name, "page": page_id(p.name), "clean": p.clean.relative_to(data).as_posix(),
+             "scan": p.scan.relative_to(data).as_posix(), "split": split.get(p.name, "val"),
+             "scanners": scanner_group(p.name)} for p in pairs]
+    return pd.DataFrame(rows)
 
 
 def write_manifest(manifest, workspace) -> Path:

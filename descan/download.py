@@ -83,11 +83,11 @@ def keep(cache, drive_id, path) -> bool:
     return True
 
 
-def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
+def download_id(cache, drive_id, tries, wait, timeout, downloader="gdown") -> None:
     """Download one id into the cache with gdown (or ``downloader``), named by Drive (no -O)."""
-    exe = shutil.which(str(downloader or "gdown"))
+    exe = shutil.which(str(downloader))
     if exe is None:
-        raise cannot_download(cache, f"the downloader '{downloader or 'gdown'}' is not installed.",
+        raise cannot_download(cache, f"the downloader '{downloader}' is not installed.",
                               "install it: pip install gdown", drive_id)
     helps = subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
     opts = ["--timeout", str(timeout)] if "--timeout" in helps else []  # gdown < 5.2 has none
@@ -120,7 +120,7 @@ def download_id(cache, drive_id, tries, wait, timeout, downloader=None) -> None:
                           "download again later (timeouts are often temporary)", drive_id)
 
 
-def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
+def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader="gdown") -> None:
     """Make sure the cache holds the three zips, complete, downloading ids while one is missing."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -150,8 +150,7 @@ def fetch_zips(cache, tries=3, wait=10, timeout=30, downloader=None) -> None:
 
 
 def get_demo(data, **settings) -> bool:
-    """Make the demo set in ``data`` (DEMO_DEFAULTS updated by ``settings``); False when it is
-    there already, complete and made with these settings."""
+    """Make the demo set in ``data``; False when it is there, complete, made with ``settings``."""
     data, settings = Path(data), {**DEMO_DEFAULTS, **settings}
     marker, line = data / DEMO_MARKER, settings_line(settings)
     if any((data / sub).exists() for sub in ("train", "test")) and not marker.exists():

@@ -33,7 +33,7 @@ def is_colab() -> bool:  # Colab imports its own module before any cell runs
 def env_path(name: str) -> Path | None:
     """A path from the environment (a relative one is taken from the repository root), or None."""
     raw = Path(os.environ.get(name, "").strip()).expanduser()
-    return None if not str(raw) or str(raw) == "." else raw if raw.is_absolute() else ROOT / raw
+    return None if raw == Path(".") else ROOT / raw  # ROOT / an absolute path is that path
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -52,21 +52,16 @@ def smoke_mode() -> bool:
 
 def data_dir() -> Path:
     """$DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab, else ./data/real."""
-    if env_path("DESCAN_DATA") is not None:
-        return env_path("DESCAN_DATA")
-    if smoke_mode():
-        return ROOT / "data" / "demo"
-    return Path("/content/data") if is_colab() else ROOT / "data" / "real"
+    return env_path("DESCAN_DATA") or (ROOT / "data/demo" if smoke_mode() else
+                                       Path("/content/data") if is_colab() else ROOT / "data/real")
 
 
 def dataset_kind(data) -> str:
     """'demo' for a folder with the demo marker, or an empty one in smoke mode; else 'real'."""
-    data = Path(data)
-    if (data / DEMO_MARKER).exists():
+    if (Path(data) / DEMO_MARKER).exists():
         return "demo"
-    if any((data / sub).is_dir() for sub in SPLITS.values()):
-        return "real"
-    return "demo" if smoke_mode() else "real"
+    empty = not any((Path(data) / sub).is_dir() for sub in SPLITS.values())
+    return "demo" if empty and smoke_mode() else "real"
 
 
 def workspace_dir(data=None) -> Path:
@@ -95,11 +90,9 @@ def read_rgb(path) -> np.ndarray:
         raise DataError(f"{path} holds {img.dtype} pixels; expected an 8- or 16-bit image.")
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    grey, alpha = img.ndim == 2, img.ndim == 3 and img.shape[2] == 4
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if grey else
+                        cv2.COLOR_BGRA2RGB if alpha else cv2.COLOR_BGR2RGB)
 
 
 def list_images(folder) -> list[Path]:

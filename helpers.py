@@ -37,8 +37,7 @@ def env_path(name: str) -> Path | None:
 
 
 def env_flag(name: str, default: bool) -> bool:
-    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty = default.
-    Anything else is refused with the variable's name (``maybe`` is not "off")."""
+    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case), unset: default; else refused."""
     value = os.environ.get(name, "").strip().lower()
     if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
         raise ValueError(f"{name}={os.environ[name]!r} is not a switch; use 1 or 0")
@@ -123,14 +122,13 @@ class Pair:
 
 
 def pair_files(clean_dir, scan_dir) -> list[Pair]:
-    """Pair clean and scan images by file name (extension ignored), sorted by name; DataError
-    naming examples for a missing or empty folder, a name twice, or an image with no partner."""
-    clean_files, scan_files = list_images(clean_dir), list_images(scan_dir)
-    for folder, files in ((clean_dir, clean_files), (scan_dir, scan_files)):
-        if not files:
+    """Clean and scan images paired by file name (extension ignored), sorted; DataError naming
+    examples for a missing or empty folder, a name twice, or an image with no partner."""
+    clean, scan = (by_stem(list_images(folder), folder) for folder in (clean_dir, scan_dir))
+    for folder, found in ((clean_dir, clean), (scan_dir, scan)):
+        if not found:
             raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}. "
                             "Unpack the data again (notebook 01).")
-    clean, scan = by_stem(clean_files, clean_dir), by_stem(scan_files, scan_dir)
     sides = ((sorted(set(clean) - set(scan)), clean, "clean images have no scan", scan_dir),
              (sorted(set(scan) - set(clean)), scan, "scans have no clean image", clean_dir))
     msg = [f"{len(alone)} {what} in {there}: {examples(files[n].name for n in alone)}"
@@ -142,8 +140,7 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
 
 
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
-    """The same random size x size window from both images of a pair, as new arrays (clean, scan).
-    Images smaller than ``size`` are first padded by reflection on the bottom/right."""
+    """Copies of one random size x size window of both images (padded by reflection if smaller)."""
     if clean.shape[:2] != scan.shape[:2]:
         raise ValueError(f"pair sizes differ: clean {clean.shape[:2]}, scan {scan.shape[:2]}")
     h, w = clean.shape[:2]
@@ -151,8 +148,7 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
     if ph or pw:
         border = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
         clean, scan = (cv2.copyMakeBorder(x, 0, ph, 0, pw, border) for x in (clean, scan))
-        h, w = clean.shape[:2]
-    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    top, left = (int(rng.integers(0, n - size + 1)) for n in clean.shape[:2])
     window = (slice(top, top + size), slice(left, left + size))
     return clean[window].copy(), scan[window].copy()
 
@@ -184,8 +180,7 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)| (lower is better), of two sequences
-    of RGB uint8 images or mean-Y values."""
+    """Mean |mean Y(restored) - mean Y(clean)| over two sequences of RGB uint8 images or mean Ys."""
     a, b = ([x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in images]
             for images in (restored, clean))
     if len(a) != len(b) or not a:

@@ -218,8 +218,7 @@ def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
-    """Make page i of a split (from seed, split and i alone) and write its crops, named like the
-    competition's (DemoMag.00012.01, scanner03_007)."""
+    """Make page i of a split (seeded by seed, split and i alone) and write its named crops."""
     crop, size = s["crop"], s["crop"] * 3 // 2
     n = 1 if split == "test_unseen" else s["crops_per_page"]  # other scanners' tests: 1 crop
     if split in ("train", "test"):  # every title on both seen scanners
@@ -245,8 +244,7 @@ def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
 
 
 def make_demo_dataset(root, show_progress=True, **settings) -> dict:
-    """The demo set in the competition's layout (DEMO_DEFAULTS changed by ``settings``); returns
-    demo_counts."""
+    """The demo set in the competition's layout (DEMO_DEFAULTS updated by ``settings``); counts."""
     root, s = Path(root), {**DEMO_DEFAULTS, **settings}
     if len(s) > len(DEMO_DEFAULTS):
         raise TypeError(f"unknown demo settings: {sorted(set(s) - set(DEMO_DEFAULTS))}")

@@ -35,8 +35,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int):
 
 
 def affine_colour(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Per-image colour maps: ``p`` (N, 12) holds a 3x3 matrix (added to the identity) and an
-    offset for each image of ``x`` (N, 3, H, W)."""
+    """Per-image colour maps: ``p`` (N, 12), a 3x3 matrix (minus the identity) and an offset."""
     matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
     offset = p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
     return torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
@@ -46,8 +45,7 @@ Identity = nn.Identity  # gives back its input: the "do nothing" baseline, score
 
 
 class ColourMap(nn.Module):
-    """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted
-    by least squares in descan/colourmap.py; the identity until fitted."""
+    """The classical baseline: out = matrix @ rgb + offset (12 numbers; identity until fitted)."""
 
     def __init__(self):
         super().__init__()
@@ -60,9 +58,8 @@ class ColourMap(nn.Module):
 
 
 class ColourLUT(nn.Module):
-    """A 3D colour lookup table: each pixel's RGB reads the table between the vertices of a size^3
-    grid by trilinear interpolation (3 * size^3 parameters; the identity until fitted in
-    descan/colourmap.py). Unlike ColourMap it bends each colour on its own, tone curves included."""
+    """A 3D colour lookup table: a size^3 grid of colours read by trilinear interpolation (the
+    identity until fitted in colourmap.py). Unlike ColourMap it bends each colour on its own."""
 
     def __init__(self, size=17):
         super().__init__()
@@ -76,9 +73,8 @@ class ColourLUT(nn.Module):
 
 
 class ColourHead(nn.Module):
-    """A global colour correction learnt from the pairs: one 3x3 matrix and offset per image (the
-    identity at first) from strided convolutions and per-channel statistics of the scan shrunk to
-    ``size`` px. ``global_estimate`` keeps the last corrected image, for the colour loss."""
+    """A learnt global colour correction: a 3x3 matrix and offset per image (the identity at first)
+    from the scan shrunk to ``size`` px; ``global_estimate``: the last output, for the loss."""
 
     def __init__(self, width=32, size=64):
         super().__init__()
@@ -130,8 +126,7 @@ def run_code(code: str, filename: str) -> dict:
 
 
 def build(code: str | None, name: str, kwargs: dict) -> nn.Module:
-    """Build class ``name`` with ``kwargs`` from a model cell's ``code`` (None: a model of this
-    module, by its SHARED name)."""
+    """Class ``name`` of a model cell's ``code`` (None: of SHARED) built with ``kwargs``."""
     namespace = SHARED if code is None else run_code(code, f"<model code of {name}>")
     if not isinstance(namespace.get(name), type):
         defined = [k for k, v in namespace.items() if isinstance(v, type)]
@@ -157,9 +152,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def parameter_report(model: nn.Module, patch: int) -> int:
-    """Print torchsummary's table at the training patch size, on the model's own device, and
-    return the parameter count: the larger of torchsummary's total and the exact sum (torchsummary
-    misses parameters that are not a layer's weight or bias). ValueError at PARAM_LIMIT or more."""
+    """Print torchsummary's table on the model's device; the larger of its total and the exact
+    count (it misses bare parameters), or ValueError at PARAM_LIMIT or more."""
     from torchsummary import summary
     count, buf, was_training = count_parameters(model), io.StringIO(), model.training
     if count < PARAM_LIMIT:  # a model over the limit is refused without running its summary

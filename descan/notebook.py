@@ -56,8 +56,7 @@ def hosted_defaults() -> dict:
 
 
 def ensure_split(data, workspace) -> None:
-    """Notebook 01's (seeded) split unless the workspace has a manifest: for a notebook or a
-    command run on its own (each Kaggle notebook has its own /kaggle/working)."""
+    """Notebook 01's split unless the workspace has one (each Kaggle notebook has its own)."""
     if not (Path(workspace) / MANIFEST_FILE).is_file() and has_data(data):
         print(f"no {MANIFEST_FILE} in {workspace}: making the page-grouped split as notebook "
               "01 does")
@@ -65,8 +64,7 @@ def ensure_split(data, workspace) -> None:
 
 
 def hosted_setup() -> None:
-    """In Colab and on Kaggle (elsewhere nothing): install what is missing; then Kaggle's paths,
-    or in Colab mount Google Drive for the workspace unless DESCAN_DRIVE=0."""
+    """In Colab and on Kaggle: install what is missing, then Kaggle's paths or Colab's Drive."""
     if not (is_colab() or is_kaggle()):
         return
     t0 = time.time()
@@ -135,8 +133,7 @@ def _remember_cell(info) -> None:
 
 
 def this_cell() -> str:
-    """The code of the notebook cell that is running, above the line that calls this: a model or
-    loss cell keeps it this way, and it travels with the run folder and the checkpoint."""
+    """The code of the running notebook cell above the line that calls this (a model or loss)."""
     if _CELL["source"] is None:
         raise RuntimeError("notebook.this_cell() works in a notebook cell, after notebook.setup()")
     return code_above(_CELL["source"], "notebook.this_cell()")

@@ -19,12 +19,13 @@ NOTEBOOKS = {"dncnn": "03_train_dncnn.ipynb", "attention": "04_train_attention.i
 RUN_NAMES = {"dncnn": "dncnn", "attention": "attention_unet"}  # each notebook's run folder
 MARKERS = {"config": "CFG = TrainConfig(", "model": "MODEL_CODE = notebook.this_cell()",
            "loss": "LOSS_CODE = notebook.this_cell()"}
-# allowed: one of CHOICES (or True, False), else a number from LOWER (1, 0.0) to UPPER (no limit)
-CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
-           "amp": ("auto", "bf16", "fp16", "off")}
-UPPER = {"degrade_prob": 1.0, "colour_jitter": 1.0, "lr": 1.0, "weight_decay": 1.0,
-         "ema_decay": 0.99999}
-LOWER = {"patch": 8, "lr": 1e-8, "workers": -1, "warmup_steps": 0, "seed": 0}
+# What a setting allows: a text one, one of its choices; a number, from lowest to highest (else
+# from 1 for an integer, 0.0 for a float, no upper limit); a yes/no one, True or False.
+ALLOWED = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
+           "amp": ("auto", "bf16", "fp16", "off"), "patch": (8, math.inf), "lr": (1e-8, 1.0),
+           "workers": (-1, math.inf), "warmup_steps": (0, math.inf), "seed": (0, math.inf),
+           "degrade_prob": (0.0, 1.0), "colour_jitter": (0.0, 1.0), "weight_decay": (0.0, 1.0),
+           "ema_decay": (0.0, 0.99999)}
 YES_NO = {"true": True, "1": True, "false": False, "0": False}  # how key=value writes True, False
 
 
@@ -72,20 +73,19 @@ class TrainConfig:
 def _problem(name: str, value) -> str:
     """Why ``value`` is not allowed for the setting ``name`` ('' when it is)."""
     kind = type(TrainConfig.__dataclass_fields__[name].default)
-    choices = (True, False) if kind is bool else CHOICES.get(name)
-    if choices:
+    if kind in (str, bool):
+        choices = ALLOWED.get(name, (True, False))
         ok = value in choices and type(value) is kind
         return "" if ok else f"use one of {', '.join(map(str, choices))}"
     if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
         return f"must be {'an integer' if kind is int else 'a number'}"
-    low, high = LOWER.get(name, 1 if kind is int else 0.0), UPPER.get(name, math.inf)
+    low, high = ALLOWED.get(name, (1 if kind is int else 0.0, math.inf))
     allowed = f"at least {low}" if high == math.inf else f"from {low} to {high}"
     return "" if math.isfinite(value) and low <= value <= high else f"must be {allowed}"
 
 
 def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``key=value`` strings applied (``lr=3e-4 epochs=20``); a bad key or value is
-    refused naming the key, the value and what is allowed."""
+    """``cfg`` with ``key=value`` strings applied (``lr=3e-4``); a bad one refused saying why."""
     known = {f.name: type(f.default) for f in fields(TrainConfig)}
     changes = {}
     for item in items:

@@ -33,12 +33,11 @@ def is_colab() -> bool:  # Colab imports its own module before any cell runs
 def env_path(name: str) -> Path | None:
     """A path from the environment (a relative one is taken from the repository root), or None."""
     raw = Path(os.environ.get(name, "").strip()).expanduser()
-    return None if not str(raw) or str(raw) == "." else raw if raw.is_absolute() else ROOT / raw
+    return None if raw == Path(".") else ROOT / raw  # ROOT / an absolute path is that path
 
 
 def env_flag(name: str, default: bool) -> bool:
-    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case); unset or empty = default.
-    Anything else is refused with the variable's name (``maybe`` is not "off")."""
+    """A yes/no switch: 1/true/yes/on or 0/false/no/off (any case), unset: default; else refused."""
     value = os.environ.get(name, "").strip().lower()
     if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
         raise ValueError(f"{name}={os.environ[name]!r} is not a switch; use 1 or 0")
@@ -52,21 +51,16 @@ def smoke_mode() -> bool:
 
 def data_dir() -> Path:
     """$DESCAN_DATA; else ./data/demo in smoke mode, /content/data in Colab, else ./data/real."""
-    if env_path("DESCAN_DATA") is not None:
-        return env_path("DESCAN_DATA")
-    if smoke_mode():
-        return ROOT / "data" / "demo"
-    return Path("/content/data") if is_colab() else ROOT / "data" / "real"
+    return env_path("DESCAN_DATA") or (ROOT / "data/demo" if smoke_mode() else
+                                       Path("/content/data") if is_colab() else ROOT / "data/real")
 
 
 def dataset_kind(data) -> str:
     """'demo' for a folder with the demo marker, or an empty one in smoke mode; else 'real'."""
-    data = Path(data)
-    if (data / DEMO_MARKER).exists():
+    if (Path(data) / DEMO_MARKER).exists():
         return "demo"
-    if any((data / sub).is_dir() for sub in SPLITS.values()):
-        return "real"
-    return "demo" if smoke_mode() else "real"
+    empty = not any((Path(data) / sub).is_dir() for sub in SPLITS.values())
+    return "demo" if empty and smoke_mode() else "real"
 
 
 def workspace_dir(data=None) -> Path:
@@ -95,11 +89,9 @@ def read_rgb(path) -> np.ndarray:
         raise DataError(f"{path} holds {img.dtype} pixels; expected an 8- or 16-bit image.")
     if img.dtype == np.uint16:
         img = np.round(img.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    grey, alpha = img.ndim == 2, img.ndim == 3 and img.shape[2] == 4
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if grey else
+                        cv2.COLOR_BGRA2RGB if alpha else cv2.COLOR_BGR2RGB)
 
 
 def list_images(folder) -> list[Path]:
@@ -130,14 +122,13 @@ class Pair:
 
 
 def pair_files(clean_dir, scan_dir) -> list[Pair]:
-    """Pair clean and scan images by file name (extension ignored), sorted by name; DataError
-    naming examples for a missing or empty folder, a name twice, or an image with no partner."""
-    clean_files, scan_files = list_images(clean_dir), list_images(scan_dir)
-    for folder, files in ((clean_dir, clean_files), (scan_dir, scan_files)):
-        if not files:
+    """Clean and scan images paired by file name (extension ignored), sorted; DataError naming
+    examples for a missing or empty folder, a name twice, or an image with no partner."""
+    clean, scan = (by_stem(list_images(folder), folder) for folder in (clean_dir, scan_dir))
+    for folder, found in ((clean_dir, clean), (scan_dir, scan)):
+        if not found:
             raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}. "
                             "Unpack the data again (notebook 01).")
-    clean, scan = by_stem(clean_files, clean_dir), by_stem(scan_files, scan_dir)
     sides = ((sorted(set(clean) - set(scan)), clean, "clean images have no scan", scan_dir),
              (sorted(set(scan) - set(clean)), scan, "scans have no clean image", clean_dir))
     msg = [f"{len(alone)} {what} in {there}: {examples(files[n].name for n in alone)}"
@@ -149,8 +140,7 @@ def pair_files(clean_dir, scan_dir) -> list[Pair]:
 
 
 def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.random.Generator):
-    """The same random size x size window from both images of a pair, as new arrays (clean, scan).
-    Images smaller than ``size`` are first padded by reflection on the bottom/right."""
+    """Copies of one random size x size window of both images (padded by reflection if smaller)."""
     if clean.shape[:2] != scan.shape[:2]:
         raise ValueError(f"pair sizes differ: clean {clean.shape[:2]}, scan {scan.shape[:2]}")
     h, w = clean.shape[:2]
@@ -158,8 +148,7 @@ def random_crop_pair(clean: np.ndarray, scan: np.ndarray, size: int, rng: np.ran
     if ph or pw:
         border = cv2.BORDER_REFLECT_101 if min(h, w) > 1 else cv2.BORDER_REPLICATE
         clean, scan = (cv2.copyMakeBorder(x, 0, ph, 0, pw, border) for x in (clean, scan))
-        h, w = clean.shape[:2]
-    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    top, left = (int(rng.integers(0, n - size + 1)) for n in clean.shape[:2])
     window = (slice(top, top + size), slice(left, left + size))
     return clean[window].copy(), scan[window].copy()
 
@@ -191,8 +180,7 @@ def mean_y(rgb: np.ndarray) -> float:
 
 
 def competition_score(restored, clean) -> float:
-    """Mean over images of |mean Y(restored) - mean Y(clean)| (lower is better), of two sequences
-    of RGB uint8 images or mean-Y values."""
+    """Mean |mean Y(restored) - mean Y(clean)| over two sequences of RGB uint8 images or mean Ys."""
     a, b = ([x if isinstance(x, (float, int, np.floating)) else mean_y(x) for x in images]
             for images in (restored, clean))
     if len(a) != len(b) or not a:

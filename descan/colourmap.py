@@ -54,12 +54,11 @@ def fit_lut(scan_pixels, clean_pixels, size=17, shrink=1.0):
     return lut
 
 
-def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run=None,
-                   device="cpu", show_progress=True, lut_size=0, pixels=None):
-    """Fit the affine map (``lut_size``: a ColourLUT) on ``pixels`` (sample_pixels' (scan, clean);
-    by default sampled here from ``train_pairs``); score it on the whole ``val_pairs`` as training
-    validates; with a ``workspace``, save it as WORKSPACE/runs/<run or model>/best.pt. Returns
-    (model, validation figures)."""
+def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", show_progress=True,
+                   lut_size=0, pixels=None):
+    """Fit the affine map (``lut_size``: a ColourLUT) on ``pixels`` (sample_pixels' output, by
+    default of ``train_pairs``), score it on ``val_pairs``; with a ``workspace``, save it as
+    WORKSPACE/runs/<model>/best.pt. Returns (model, validation figures)."""
     scan, clean = pixels or sample_pixels(train_pairs, show_progress=show_progress)
     if lut_size:
         name, kwargs, model = "colour_lut", {"size": lut_size}, fit_lut(scan, clean, lut_size)
@@ -67,11 +66,11 @@ def fit_colour_map(train_pairs, val_pairs, workspace=None, data_kind="real", run
         name, kwargs, model = "colour_map", {}, ColourMap()
         matrix, offset = fit_affine(scan, clean)
         model.load_state_dict({"matrix": torch.tensor(matrix), "offset": torch.tensor(offset)})
-    val = evaluate(model, [(read_rgb(p.clean), read_rgb(p.scan)) for p in val_pairs], device,
+    val = evaluate(model, [(read_rgb(p.clean), read_rgb(p.scan)) for p in val_pairs], "cpu",
                    groups=[scanner_group(p.name) for p in val_pairs])
     if workspace is not None:
         state = dict(kind="best", model_name=name, model_kwargs=kwargs, model_code=None, val=val,
                      model=model.state_dict(), epoch=0, step=0, data_kind=data_kind,
                      config={"method": "trilinear binning" if lut_size else "least squares"})
-        checkpoints.save_checkpoint(state, checkpoints.best_path(workspace, run or name))
+        checkpoints.save_checkpoint(state, checkpoints.best_path(workspace, name))
     return model.eval(), val

@@ -132,10 +132,8 @@ def _stains_and_dust(img, rng, strength):
 
 def simulate_scan(clean: np.ndarray, rng: np.random.Generator, back: np.ndarray | None = None,
                   families=FAMILIES, strength: float = 1.0, scanner: dict | None = None):
-    """Print and scan an RGB uint8 page into a new one. Families: 'halftone' CMYK dots; 'bleed'
-    the back page (or the page blurred) showing through; 'colour' tone and cast; 'texture' paper
-    grain and wrinkles; 'external' stains and dust; 'internal' streaks. Blur, noise and JPEG always
-    follow. A ``scanner`` (scanner_variant) fixes colour, dots, optics and streaks, else random."""
+    """Print and scan an RGB uint8 page into a new one: the chosen ``families`` of damage, then
+    blur, noise and JPEG. A ``scanner`` (scanner_variant) fixes colour, dots, optics and streaks."""
     check_image(clean, "clean page")
     img = clean.astype(np.float32) / 255.0
     if "bleed" in families:  # the back page's ink darkens the paper
@@ -220,8 +218,7 @@ def make_page(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
-    """Make page i of a split (from seed, split and i alone) and write its crops: pairs as .png,
-    test scans as .tif, named like the competition's (DemoMag.00012.01, scanner03_007)."""
+    """Make page i of a split (seeded by seed, split and i alone) and write its named crops."""
     crop, size = s["crop"], s["crop"] * 3 // 2
     n = 1 if split == "test_unseen" else s["crops_per_page"]  # other scanners' tests: 1 crop
     if split in ("train", "test"):  # every title on both seen scanners
@@ -247,9 +244,7 @@ def _demo_page(root: Path, split: str, i: int, s: dict) -> None:
 
 
 def make_demo_dataset(root, show_progress=True, **settings) -> dict:
-    """The demo set in the competition's layout (DEMO_DEFAULTS changed by ``settings``): crops of
-    pages (1.5 x crop on a side) by the seen scanners (train and test pages), the unseen validation
-    ones (unseen pages, pairs) and test-only ones (other_test_scans, one a page). The counts."""
+    """The demo set in the competition's layout (DEMO_DEFAULTS updated by ``settings``); counts."""
     root, s = Path(root), {**DEMO_DEFAULTS, **settings}
     if len(s) > len(DEMO_DEFAULTS):
         raise TypeError(f"unknown demo settings: {sorted(set(s) - set(DEMO_DEFAULTS))}")
@@ -282,8 +277,8 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def input_augment(degrade_prob: float = 0.0, jitter_prob: float = 0.0):
-    """``augment(clean, scan, rng) -> new scan`` (None if both are 0): with ``degrade_prob``
-    the scan degraded further by some families, then with ``jitter_prob`` colour-jittered."""
+    """``augment(clean, scan, rng) -> new scan``, degraded further by some families, then
+    colour-jittered, with these probabilities; None if both are 0."""
     if degrade_prob <= 0 and jitter_prob <= 0:
         return None
 

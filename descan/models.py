@@ -1,7 +1,6 @@
 """Models as code: the small models the notebooks share, the parameter rule, and building a model
-from its code (the trained ones live in the cells of notebooks 03 and 04; a checkpoint keeps their
-code, and ``model_from_state`` rebuilds them from it). Every model maps RGB in [0, 1], any size,
-to RGB."""
+from its code (a checkpoint keeps the code of the models of notebooks 03 and 04). Every model maps
+RGB in [0, 1], any size, to RGB."""
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import PARAM_LIMIT, ROOT
+from descan.recipes import MARKERS, code_above, notebook_cell
 
 Y_WEIGHTS = (0.299, 0.587, 0.114)  # the metric's luma weights (OpenCV's BGR2YUV); they sum to 1
 
@@ -35,8 +35,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int):
 
 
 def affine_colour(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Per-image colour maps: ``p`` (N, 12) holds a 3x3 matrix (added to the identity) and an
-    offset for each image of ``x`` (N, 3, H, W)."""
+    """Per-image colour maps: ``p`` (N, 12), a 3x3 matrix (minus the identity) and an offset."""
     matrix = torch.eye(3, device=x.device) + p[:, :9].view(-1, 3, 3)
     offset = p[:, 9:].view(-1, 3, 1, 1).to(x.dtype)
     return torch.einsum("nij,njhw->nihw", matrix.to(x.dtype), x) + offset
@@ -46,8 +45,7 @@ Identity = nn.Identity  # gives back its input: the "do nothing" baseline, score
 
 
 class ColourMap(nn.Module):
-    """The classical baseline: out = matrix @ rgb + offset for every pixel (12 parameters), fitted
-    by least squares in descan/colourmap.py; the identity until fitted."""
+    """The classical baseline: out = matrix @ rgb + offset (12 numbers; identity until fitted)."""
 
     def __init__(self):
         super().__init__()
@@ -60,9 +58,8 @@ class ColourMap(nn.Module):
 
 
 class ColourLUT(nn.Module):
-    """A 3D colour lookup table: each pixel's RGB reads the table between the vertices of a size^3
-    grid by trilinear interpolation (3 * size^3 parameters; the identity until fitted in
-    descan/colourmap.py). Unlike ColourMap it bends each colour on its own, tone curves included."""
+    """A 3D colour lookup table: a size^3 grid of colours read by trilinear interpolation (the
+    identity until fitted in colourmap.py). Unlike ColourMap it bends each colour on its own."""
 
     def __init__(self, size=17):
         super().__init__()
@@ -76,10 +73,8 @@ class ColourLUT(nn.Module):
 
 
 class ColourHead(nn.Module):
-    """A global colour correction learnt from the pairs: the whole scan, shrunk to ``size`` px,
-    gives one 3x3 colour matrix and offset per image (the identity at first), from a few strided
-    convolutions and the scan's per-channel mean, spread and 5/50/95% quantiles.
-    ``global_estimate`` keeps the last corrected image, for the loss on its colour statistics."""
+    """A learnt global colour correction: a 3x3 matrix and offset per image (the identity at first)
+    from the scan shrunk to ``size`` px; ``global_estimate``: the last output, for the loss."""
 
     def __init__(self, width=32, size=64):
         super().__init__()
@@ -131,28 +126,23 @@ def run_code(code: str, filename: str) -> dict:
 
 
 def build(code: str | None, name: str, kwargs: dict) -> nn.Module:
-    """Build class ``name`` with ``kwargs`` from a model cell's ``code`` (None: a model of this
-    module, by its SHARED name)."""
-    if code is None:
-        if name not in SHARED:
-            raise ValueError(f"unknown model {name!r}: known without code are {', '.join(SHARED)}")
-        return SHARED[name](**kwargs)
-    namespace = run_code(code, f"<model code of {name}>")
+    """Class ``name`` of a model cell's ``code`` (None: of SHARED) built with ``kwargs``."""
+    namespace = SHARED if code is None else run_code(code, f"<model code of {name}>")
     if not isinstance(namespace.get(name), type):
         defined = [k for k, v in namespace.items() if isinstance(v, type)]
-        raise ValueError(f"the model code defines no class {name!r}, only {defined}")
+        source = "the model code" if code is not None else "descan.models (without code)"
+        raise ValueError(f"{source} defines no class {name!r}, only {defined}")
     return namespace[name](**kwargs)
 
 
 def model_from_state(state: dict) -> nn.Module:
     """The model of a checkpoint's state, weights loaded, in eval mode (on the CPU). Arguments the
     kit no longer has (GONE) are dropped; checkpoints.unknown_model refuses those set to a value."""
-    code, name, kwargs = state.get("model_code"), state["model_name"], dict(state["model_kwargs"])
+    code, name = state.get("model_code"), state["model_name"]
     if code is None and name in LEGACY:
-        from descan.recipes import MARKERS, code_above, notebook_cell
         cell = notebook_cell(ROOT / "notebooks" / LEGACY[name][0], MARKERS["model"])
         code, name = code_above(cell, MARKERS["model"]), LEGACY[name][1]
-    model = build(code, name, {k: v for k, v in kwargs.items() if k not in GONE})
+    model = build(code, name, {k: v for k, v in state["model_kwargs"].items() if k not in GONE})
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -161,24 +151,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_report(model: nn.Module, patch: int, channels=3, limit=PARAM_LIMIT) -> int:
-    """Print torchsummary's table at the training patch size, on the model's own device, and
-    return the parameter count: the larger of torchsummary's total and the exact sum over
-    model.parameters() (torchsummary misses parameters that are not a layer's weight or bias).
-    Raises ValueError when the model has ``limit`` parameters or more."""
+def parameter_report(model: nn.Module, patch: int) -> int:
+    """Print torchsummary's table on the model's device; the larger of its total and the exact
+    count (it misses bare parameters), or ValueError at PARAM_LIMIT or more."""
     from torchsummary import summary
     count, buf, was_training = count_parameters(model), io.StringIO(), model.training
-    if count < limit:  # a model over the limit is refused without running its summary
+    if count < PARAM_LIMIT:  # a model over the limit is refused without running its summary
         with contextlib.redirect_stdout(buf):
-            summary(model.eval(), (channels, patch, patch),
-                    device=next(model.parameters()).device.type)
+            summary(model.eval(), (3, patch, patch), device=next(model.parameters()).device.type)
         model.train(was_training)
         lines = buf.getvalue().splitlines()
-        print("\n".join(lines[:8] + ["..."] + lines[-12:]) if len(lines) > 40 else "\n".join(lines))
+        print("\n".join(lines if len(lines) <= 40 else lines[:8] + ["..."] + lines[-12:]))
         total = re.search(r"Total params: ([\d,]+)", buf.getvalue()).group(1)
         count = max(count, int(total.replace(",", "")))
-        print(f"parameters: {count:,}; limit {limit:,}")
-    if count >= limit:
+        print(f"parameters: {count:,}; limit {PARAM_LIMIT:,}")
+    if count >= PARAM_LIMIT:
         raise ValueError(f"{type(model).__name__} has {count:,} parameters; the rule is fewer than "
-                         f"{limit:,}. Make it narrower or shallower.")
+                         f"{PARAM_LIMIT:,}. Make it narrower or shallower.")
     return count

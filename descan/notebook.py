@@ -14,6 +14,7 @@ import numpy as np
 from helpers import (DataError, data_dir, dataset_kind, env_flag, env_path, is_colab, smoke_mode,
                      workspace_dir)
 from descan.data import MANIFEST_FILE, has_data, make_manifest, write_manifest
+from descan.recipes import code_above
 
 NOTEBOOK_PACKAGES = {"cv2": "opencv-python", **{name: name for name in (  # import -> pip name
     "torch", "torchvision", "numpy", "pandas", "matplotlib", "tqdm", "gdown", "torchsummary")}}
@@ -32,17 +33,11 @@ def is_kaggle() -> bool:
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()
 
 
-def find_data(inputs, depth: int = 3) -> Path | None:
-    """The first folder (by name) under ``inputs`` (Kaggle's /kaggle/input), at most ``depth``
-    levels down, with the competition's layout and images; None when none has."""
-    level = [Path(inputs)] if Path(inputs).is_dir() else []
-    for _ in range(depth + 1):
-        for folder in level:
-            if has_data(folder):
-                return folder
-        level = sorted(d for f in level for d in f.iterdir() if d.is_dir()
-                       and not d.name.startswith(".") and d.name not in ("clean", "scan"))
-    return None
+def find_data(inputs) -> Path | None:
+    """The first folder with the competition's layout and images: ``inputs`` (Kaggle's
+    /kaggle/input) or, level by level and by name, one up to 3 levels under it; else None."""
+    levels = ([Path(inputs)], *(Path(inputs).glob("*/" * depth) for depth in (1, 2, 3)))
+    return next((folder for level in levels for folder in sorted(level) if has_data(folder)), None)
 
 
 def hosted_defaults() -> dict:
@@ -61,8 +56,7 @@ def hosted_defaults() -> dict:
 
 
 def ensure_split(data, workspace) -> None:
-    """Notebook 01's (seeded) split unless the workspace has a manifest: for a notebook or a
-    command run on its own (each Kaggle notebook has its own /kaggle/working)."""
+    """Notebook 01's split unless the workspace has one (each Kaggle notebook has its own)."""
     if not (Path(workspace) / MANIFEST_FILE).is_file() and has_data(data):
         print(f"no {MANIFEST_FILE} in {workspace}: making the page-grouped split as notebook "
               "01 does")
@@ -70,8 +64,7 @@ def ensure_split(data, workspace) -> None:
 
 
 def hosted_setup() -> None:
-    """In Colab and on Kaggle (elsewhere nothing): install what is missing; then Kaggle's paths,
-    or in Colab mount Google Drive for the workspace unless DESCAN_DRIVE=0."""
+    """In Colab and on Kaggle: install what is missing, then Kaggle's paths or Colab's Drive."""
     if not (is_colab() or is_kaggle()):
         return
     t0 = time.time()
@@ -82,16 +75,15 @@ def hosted_setup() -> None:
         print(f"installed {', '.join(missing)}")
     if is_kaggle():  # Kaggle's paths, said; with attached data, notebook 01's split
         chosen, data = hosted_defaults(), data_dir()
+        attached = data.is_relative_to(kaggle_root() / "input")
         print(f"Kaggle: workspace {workspace_dir(data)} (kept when you Save Version)")
-        if data.is_relative_to(kaggle_root() / "input"):
-            print(f"Kaggle: data {data} (the attached input, read in place)")
+        print(f"Kaggle: data {data}" + (" (the attached input, read in place)" if attached else ""))
+        if attached:
             ensure_split(data, workspace_dir(data))
         elif "DESCAN_DATA" in chosen:
-            print(f"Kaggle: no attached input with train/clean, train/scan and test/scan; the data "
-                  f"goes to {data} (downloaded: Internet must be on). To use the competition's "
-                  "files in place, attach them with 'Add Input' and run this again.")
-        else:
-            print(f"Kaggle: data {data}")
+            print("Kaggle: no attached input with train/clean, train/scan and test/scan: the data "
+                  "is downloaded (Internet must be on). To use the competition's files in place, "
+                  "attach them with 'Add Input' and run this again.")
     elif not env_flag("DESCAN_DRIVE", True):
         print(f"DESCAN_DRIVE=0: Google Drive not mounted.\n{NO_DRIVE}")
     elif not Path("/content/drive/MyDrive").is_dir():
@@ -113,9 +105,8 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(seed: int = 0):
-    """Every notebook's first cell: the hosted setup (Colab, Kaggle), then seeds, versions, the
-    device and the mode; in IPython, this_cell() and the kit's errors shown without a traceback.
-    Returns the torch device."""
+    """Every notebook's first cell: hosted_setup, seeds, versions, the device (returned) and the
+    mode; in IPython, this_cell() and the kit's errors shown without a traceback."""
     hosted_setup()
     import torch
     seed_everything(seed)
@@ -142,9 +133,7 @@ def _remember_cell(info) -> None:
 
 
 def this_cell() -> str:
-    """The code of the notebook cell that is running, above the line that calls this: a model or
-    loss cell keeps it this way, and it travels with the run folder and the checkpoint."""
-    from descan.recipes import code_above
+    """The code of the running notebook cell above the line that calls this (a model or loss)."""
     if _CELL["source"] is None:
         raise RuntimeError("notebook.this_cell() works in a notebook cell, after notebook.setup()")
     return code_above(_CELL["source"], "notebook.this_cell()")

@@ -1,7 +1,5 @@
-"""A training run's recipe: its settings (TrainConfig), its model and its loss, as code. The recipe
-lives in notebook 03's or 04's cells (parameters, model, loss); ``from_notebook`` runs those cells,
-so the command line, torchrun, the tests and the benchmarks train what the notebook shows. A run
-folder keeps its recipe in ``run.json``. No torch here."""
+"""A training run's recipe: its settings (TrainConfig), its model and its loss, as code, from the
+cells of notebook 03 or 04 (``from_notebook``) or a run folder's ``run.json``. No torch here."""
 from __future__ import annotations
 
 import contextlib
@@ -21,12 +19,14 @@ NOTEBOOKS = {"dncnn": "03_train_dncnn.ipynb", "attention": "04_train_attention.i
 RUN_NAMES = {"dncnn": "dncnn", "attention": "attention_unet"}  # each notebook's run folder
 MARKERS = {"config": "CFG = TrainConfig(", "model": "MODEL_CODE = notebook.this_cell()",
            "loss": "LOSS_CODE = notebook.this_cell()"}
-CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
-           "amp": ("auto", "bf16", "fp16", "off"), "augment": (True, False),
-           "compile": (True, False)}
-UPPER = {"degrade_prob": 1.0, "colour_jitter": 1.0, "lr": 1.0, "weight_decay": 1.0,
-         "ema_decay": 0.99999}
-LOWER = {"patch": 8, "lr": 1e-8, "workers": -1, "warmup_steps": 0, "seed": 0}
+# What a setting allows: a text one, one of its choices; a number, from lowest to highest (else
+# from 1 for an integer, 0.0 for a float, no upper limit); a yes/no one, True or False.
+ALLOWED = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"),
+           "amp": ("auto", "bf16", "fp16", "off"), "patch": (8, math.inf), "lr": (1e-8, 1.0),
+           "workers": (-1, math.inf), "warmup_steps": (0, math.inf), "seed": (0, math.inf),
+           "degrade_prob": (0.0, 1.0), "colour_jitter": (0.0, 1.0), "weight_decay": (0.0, 1.0),
+           "ema_decay": (0.0, 0.99999)}
+YES_NO = {"true": True, "1": True, "false": False, "0": False}  # how key=value writes True, False
 
 
 @dataclass(frozen=True)
@@ -73,20 +73,19 @@ class TrainConfig:
 def _problem(name: str, value) -> str:
     """Why ``value`` is not allowed for the setting ``name`` ('' when it is)."""
     kind = type(TrainConfig.__dataclass_fields__[name].default)
-    if name in CHOICES:
-        ok = value in CHOICES[name] and type(value) is kind
-        return "" if ok else f"use one of {', '.join(map(str, CHOICES[name]))}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and not isinstance(value, int)):
+    if kind in (str, bool):
+        choices = ALLOWED.get(name, (True, False))
+        ok = value in choices and type(value) is kind
+        return "" if ok else f"use one of {', '.join(map(str, choices))}"
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
         return f"must be {'an integer' if kind is int else 'a number'}"
-    low, high = LOWER.get(name, 1 if kind is int else 0.0), UPPER.get(name, math.inf)
+    low, high = ALLOWED.get(name, (1 if kind is int else 0.0, math.inf))
     allowed = f"at least {low}" if high == math.inf else f"from {low} to {high}"
     return "" if math.isfinite(value) and low <= value <= high else f"must be {allowed}"
 
 
 def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``key=value`` strings applied (``lr=3e-4 epochs=20``); a bad key or value is
-    refused naming the key, the value and what is allowed."""
+    """``cfg`` with ``key=value`` strings applied (``lr=3e-4``); a bad one refused saying why."""
     known = {f.name: type(f.default) for f in fields(TrainConfig)}
     changes = {}
     for item in items:
@@ -95,13 +94,11 @@ def parse_overrides(items, cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"{item!r} is not a setting: write key=value, the key one of "
                              f"{', '.join(known)}")
         kind = known[key]
-        words = {"true": True, "1": True, "false": False, "0": False}
-        try:
-            value = words[raw.lower()] if kind is bool else \
-                kind(raw) if kind is str else kind(raw.replace("_", "?"))
+        try:  # a number with _ in it (Python reads 1_0 as 10) is refused
+            changes[key] = YES_NO[raw.lower()] if kind is bool else \
+                raw if kind is str else kind(raw.replace("_", "?"))
         except (ValueError, KeyError):
             raise ValueError(f"{key}={raw!r}: {_problem(key, raw)}") from None
-        changes[key] = value
     return replace(cfg, **changes)
 
 
@@ -110,10 +107,9 @@ def with_env(cfg: TrainConfig) -> TrainConfig:
     raw = os.environ.get("DESCAN_TRAIN_MINUTES", "").strip()
     if not raw:
         return cfg
-    minutes = float(raw) if raw.replace(".", "", 1).isdigit() else -1.0
-    if not 0 <= minutes < math.inf:
+    if not raw.replace(".", "", 1).isdigit():  # digits and one point at most: no sign, nan, inf
         raise ValueError(f"DESCAN_TRAIN_MINUTES={raw!r} is not a number of minutes (0 or more)")
-    return replace(cfg, budget_minutes=minutes)
+    return replace(cfg, budget_minutes=float(raw))
 
 
 # ---- recipes in notebooks ------------------------------------------------------------------------
@@ -136,8 +132,7 @@ def notebook_cell(notebook, marker: str) -> str:
 
 def from_notebook(recipe: str, device, smoke: bool, overrides=()) -> dict:
     """The recipe of notebook 03 (``dncnn``) or 04 (``attention``) as its cells define it on
-    ``device`` (a torch.device), in smoke mode or not, with ``key=value`` overrides. A model or loss
-    cell's ``notebook.this_cell()`` gives the code above its marker line, as in the notebook."""
+    ``device`` (a torch.device), in smoke mode or not, with ``key=value`` overrides."""
     if recipe not in NOTEBOOKS:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(NOTEBOOKS)}")
     path, ns = ROOT / "notebooks" / NOTEBOOKS[recipe], {"DEVICE": device, "SMOKE": smoke}
@@ -156,12 +151,10 @@ def make_run(recipe, cfg: TrainConfig, model: str, kwargs: dict, model_code: str
             "model": {"name": model, "kwargs": dict(kwargs), "code": model_code}}
 
 
-def save_run(run: dict, run_dir) -> Path:
+def save_run(run: dict, run_dir) -> None:
     """Write a run's recipe to RUN_DIR/run.json (atomically), where torchrun's processes read it."""
-    path = Path(run_dir) / "run.json"
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(run_dir) / "run.json") as tmp:
         tmp.write_text(json.dumps({**run, "config": asdict(run["config"])}, indent=1))
-    return path
 
 
 def load_run(run_dir) -> dict:
@@ -171,7 +164,7 @@ def load_run(run_dir) -> dict:
         raise ValueError(f"no run.json in {run_dir}: start the run from notebook 03 or 04, or "
                          "`python -m descan train --recipe NAME`")
     run = json.loads(path.read_text())
-    kwargs = run["model"]["kwargs"]
+    kwargs = run["model"]["kwargs"]  # JSON wrote a tuple as a list
     run["model"]["kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return {**run, "config": TrainConfig(**run["config"])}
 

@@ -145,7 +145,7 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
 
 
 def make_submission(restored_dir, test_scans, csv_path):
-    """Write the CSV of the restored PNGs, one row per test scan; return it, read back, as a table."""
+    """Write the CSV of the restored PNGs, a row per test scan; return it, read back, as a table."""
     import pandas as pd
     expected = sorted(Path(p).stem for p in test_scans)
     if not expected:
@@ -177,7 +177,7 @@ def score_restored(restored_dir, clean) -> dict:
 def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8, x8=(),
                       show_progress=True):
     """A validation estimate of the leaderboard by the submission's own path, best first: each
-    {entry: model} (and each entry in ``x8`` with x8) restored into out_root/<entry>[_x8], scored."""
+    {entry: model} (and each entry in ``x8``, with x8) restored into out_root/<entry>[_x8]."""
     import pandas as pd
     rows = []
     for name, ensemble in [(name, False) for name in models] + [(name, True) for name in x8]:
@@ -208,7 +208,7 @@ def leaderboard_notes(board, chosen: str, asked=False) -> list[str]:
     """The chosen entry's estimate against doing nothing, and a better entry if there is one.
     DataError when it does worse than doing nothing, unless it was ``asked`` for by name."""
     nothing = float(board.loc[(board["entry"] == "do nothing"), "score"].iloc[0])
-    mine, best = board[board["entry"] == chosen].sort_values("score").iloc[0], board.iloc[0]
+    mine, best = board[board["entry"] == chosen].iloc[0], board.iloc[0]  # the board is sorted
     if mine["score"] > nothing and not asked:
         raise DataError(f"{chosen} scores {mine['score']:.4f} on the validation images, worse than "
                         f"doing nothing ({nothing:.4f}): its submission would score worse than "

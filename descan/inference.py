@@ -37,7 +37,7 @@ def autocast(device, amp="auto"):
 
 
 def compile_model(model: nn.Module, enabled=False) -> nn.Module:
-    """``model`` through torch.compile when ``enabled`` (it needs a C++ compiler, a recent GPU)."""
+    """torch.compile(model) when ``enabled``: it fails without a C++ compiler or on old GPUs."""
     return torch.compile(model) if enabled else model
 
 

@@ -313,7 +313,7 @@ def _(d):
     data.write_manifest(m, d.tmp / "ws")
     data.load_split(d.tmp / "data", d.tmp / "ws")
 
-@case("submission: a model whose output is constant", ["flat, all of one grey level", "No CSV"])
+@case("submission: a model whose output is constant", ["the same mean Y", "No CSV"])
 def _(d):
     class Constant(torch.nn.Module):
         def forward(self, x):
@@ -437,7 +437,7 @@ def _(d):
 # ---- the CSV
 for _name, _text, _words in [
         ("ids not sorted", "b,1.0\na,2.0\n", ["not in sorted order", "row 3 'a'"]),
-        ("a number with an underscore", "a,1_0\nb,2.0\n", ["row 2", "'1_0'", "underscores"]),
+        ("a number with an underscore", "a,1_0\nb,2.0\n", ["submission.csv", "a=1_0", "underscores"]),
         ("nan", "a,nan\nb,2.0\n", ["not finite", "a=nan"]), ("256", "a,256\nb,2.0\n", ["[0, 255]", "a=256"]),
         ("a row missing", "a,1.0\n", ["have no row", "b"]), ("an id twice", "a,1.0\na,1.0\nb,2.0\n", ["duplicate"]),
         ("three fields", "a,1.0,x\nb,2.0\n", ["row 2 has 3 fields"]),
@@ -565,7 +565,7 @@ def _(d):
     t.fit()
     pairs = DEMO_PAIRS["val"]
     board = submit.local_leaderboard({"do nothing": models.Identity(), "dncnn": t.model.eval()}, pairs,
-                                     d.tmp / "lb", CPU, 2, ensembles=(False,), show_progress=False)
+                                     d.tmp / "lb", CPU, 2, show_progress=False)
     submit.leaderboard_notes(board, "dncnn")
 
 case("data: DESCAN_DATA names a file", ["is a file", "notes.txt"], fn=lambda d: (

@@ -35,12 +35,11 @@ def best_path(workspace, run: str) -> Path:
 
 
 def save_checkpoint(state: dict, path) -> Path:
-    """Check ``state``'s keys against its kind ('best' or 'last'), then torch.save it through a
-    temporary file: an interruption never replaces a good checkpoint."""
+    """torch.save ``state`` atomically, once its keys are those of its kind ('best' or 'last')."""
     kind = state.get("kind")
-    if kind not in SCHEMAS:
+    keys = SCHEMAS.get(kind)
+    if keys is None:
         raise ValueError(f"a checkpoint's 'kind' must be 'best' or 'last', got {kind!r}")
-    keys = SCHEMAS[kind]
     if keys != set(state):
         raise ValueError(f"{kind} checkpoint: missing keys {sorted(keys - set(state))}, "
                          f"unknown keys {sorted(set(state) - keys)}")
@@ -72,8 +71,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
 
 
 def unknown_model(state: dict, where) -> str | None:
-    """Why the model of a loaded checkpoint cannot be rebuilt, or None: it can when the checkpoint
-    carries the model's code or names a model of the kit (or of an older version of it)."""
+    """Why the model of a loaded checkpoint cannot be rebuilt, or None."""
     known = (*models.SHARED, *models.LEGACY)
     gone = [k for k in models.GONE if (state.get("model_kwargs") or {}).get(k)]
     if gone:
@@ -88,8 +86,7 @@ def unknown_model(state: dict, where) -> str | None:
 
 
 def model_from_checkpoint(path_or_state, device="cpu") -> torch.nn.Module:
-    """The model of a checkpoint (a path, or a state from load_checkpoint) with its weights, in
-    eval mode: the one place where a model is rebuilt from a checkpoint."""
+    """The model of a checkpoint (a path, or a state from load_checkpoint), in eval mode."""
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
     where = "the checkpoint" if isinstance(path_or_state, dict) else path_or_state
     if problem := unknown_model(state, where):
@@ -121,17 +118,15 @@ def _entry(path) -> dict:
 
 
 def find_checkpoints(workspace, data_kind=None) -> list[dict]:
-    """Every WORKSPACE/runs/*/best.pt (of ``data_kind``, when given) as an _entry (val_score: inf
-    when none was recorded), usable ones first, by recorded validation score."""
+    """Every runs/*/best.pt (of ``data_kind``, when given): usable ones first, by recorded score."""
     entries = [_entry(p) for p in sorted(Path(workspace).glob(f"{RUNS}/*/{BEST}"))]
     entries = [e for e in entries if data_kind in (None, e["data_kind"])]
     return sorted(entries, key=lambda e: (e["error"] is not None, e["val_score"], e["run"]))
 
 
 def choose_checkpoint(workspace, wanted=None, data_kind=None) -> dict:
-    """The checkpoint to submit with: ``wanted`` (DESCAN_CHECKPOINT: a file, a run folder or a run
-    name), else the lowest recorded validation score of those trained on ``data_kind`` ('demo',
-    'real'; None: any). A find_checkpoints entry plus 'reason'."""
+    """The find_checkpoints entry, plus 'reason', to submit with: ``wanted`` (DESCAN_CHECKPOINT: a
+    file, a run folder or a run name), else the best score of those trained on ``data_kind``."""
     runs, wanted = Path(workspace) / RUNS, str(wanted or "").strip()
     if wanted:
         path = Path(wanted).expanduser()

@@ -42,8 +42,7 @@ def _download(args) -> None:
 
 
 def _train(args) -> None:
-    """Train notebook 03's or 04's recipe with key=value changes, as the notebook does; or (with
-    --run-dir) the recipe saved there, which torchrun's processes do."""
+    """Train notebook 03's or 04's recipe with key=value changes, or (torchrun's) --run-dir's."""
     import torch
     from descan import checkpoints, data, distributed, launch, recipes
     device = distributed.init(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

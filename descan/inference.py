@@ -37,8 +37,7 @@ def autocast(device, amp="auto"):
 
 
 def compile_model(model: nn.Module, enabled=False) -> nn.Module:
-    """``model`` through torch.compile when ``enabled`` (it compiles on the first call), else
-    ``model`` itself. Where compiling does not work (no C++ compiler, an old GPU), leave it off."""
+    """torch.compile(model) when ``enabled``: it fails without a C++ compiler or on old GPUs."""
     return torch.compile(model) if enabled else model
 
 
@@ -83,8 +82,7 @@ def restore(model: nn.Module, images, device=None, images_per_pass=8, ensemble=F
 
 
 def evaluate(model, pairs, device=None, images_per_pass=8, groups=None, amp="auto") -> dict:
-    """metrics.group_figures of the model on whole (clean, scan) RGB uint8 pairs; ``groups``: one
-    'seen' or 'unseen' per pair (data.scanner_group), all 'seen' when None."""
+    """metrics.group_figures of the model on whole (clean, scan) pairs, 'seen' unless ``groups``."""
     restored = restore(model, [scan for _, scan in pairs], device, images_per_pass, amp=amp)
     per = [image_metrics(r, clean) for r, (clean, _) in zip(restored, pairs)]
     return group_figures(per, groups or ["seen"] * len(per))

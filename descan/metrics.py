@@ -27,10 +27,8 @@ SEEN_SHARE = 483 / 500  # the leaderboard's test set: 483 of its 500 ids are tra
 
 
 def group_figures(per: list, groups) -> dict:
-    """The competition score, mean pixel Y MAE and mean PSNR (capped at 100 dB) of image_metrics
-    dicts of the 'seen' images (of all, when none is); and those of the 'unseen' ones, if any
-    (data.scanner_group), as unseen_images, unseen_score, unseen_pixel_y_mae and unseen_psnr; with
-    both, weighted_score weighs them as the leaderboard's test set does (SEEN_SHARE)."""
+    """Score, pixel Y MAE and PSNR (capped at 100 dB) of the seen images' image_metrics (of all
+    when none is), the unseen ones' as unseen_*, and with both, the leaderboard's weighted_score."""
     def figures(ps):
         return {"score": competition_score([p["mean_y"] for p in ps],
                                            [p["mean_y_clean"] for p in ps]),

@@ -1,5 +1,4 @@
-"""The notebooks' figures. Each function draws one figure, closes it (so a notebook shows it once,
-as the cell's value) and returns it. No torch."""
+"""The notebooks' figures: each function draws one, closes it (shown once, as the cell's value)."""
 import cv2
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,8 +17,7 @@ def _done(fig, title=None):
 
 
 def plot_history(df, path=None, title=""):
-    """Training loss, validation score and PSNR against optimiser steps, from a run's history.csv
-    as a DataFrame, best.pt starred, "do nothing" dashed; saved to ``path`` when given."""
+    """A run's history.csv (a DataFrame) by optimiser step, best.pt starred; saved to ``path``."""
     best = df["val_score"].idxmin()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     panels = {"train_loss": "training loss", "val_score": "validation score (lower is better)",
@@ -41,8 +39,7 @@ def plot_history(df, path=None, title=""):
 
 
 def plot_leaderboard(board, submitted, title=None):
-    """A local_leaderboard table as bars of each entry's gain over "do nothing" (below zero: worse
-    than it), single pass and x8 in two colours, the ``submitted`` (entry, ensemble) outlined."""
+    """A local_leaderboard: each entry's gain over "do nothing" as a bar, ``submitted`` outlined."""
     nothing = board["entry"] == "do nothing"
     base = float(board.loc[nothing, "score"].iloc[0])
     rows = board[~nothing].sort_values("score", ascending=False, kind="stable")
@@ -80,7 +77,6 @@ def zoom_box(clean: np.ndarray, scan: np.ndarray, size: int) -> tuple[int, int, 
 
 
 def _show(ax, image, title, **imshow):
-    """``image`` on ``ax`` without ticks, under ``title``."""
     ax.imshow(image, **imshow)
     ax.set(xticks=[], yticks=[])
     ax.set_title(title, fontsize=9)

@@ -1,5 +1,4 @@
-"""From restored images to the file uploaded to Kaggle, and a local leaderboard on validation.
-The CSV's values are computed as the course's code does: the mean Y of each restored uint8 PNG."""
+"""From restored images to the file uploaded to Kaggle, and a local leaderboard on validation."""
 import csv
 import math
 import re
@@ -9,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from helpers import DataError, by_stem, examples, list_images, read_rgb
 from descan.data import scanner_group
@@ -19,35 +17,26 @@ from descan.metrics import group_figures, image_metrics
 CSV_HEADER = ("Image File", "Y Channel Value")
 
 
-def csv_y(png_path) -> np.ndarray:
-    """The Y plane of a saved image, computed as the course's code does (cv2.imread, BGR2YUV)."""
+def csv_mean_y(png_path) -> float:
+    """The mean Y of a saved image, computed as the course's code does (cv2.imread, BGR2YUV)."""
     bgr = cv2.imread(str(png_path))
     if bgr is None:
         raise DataError(f"cannot read {png_path} with OpenCV; save it again")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0]
-
-
-def csv_mean_y(png_path) -> float:
-    return float(csv_y(png_path).mean())
+    return float(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[:, :, 0].mean())
 
 
 def submission_rows(restored_dir, constant_ok=False) -> list[tuple[str, float]]:
     """(id, mean Y) of every PNG in ``restored_dir`` but hidden ones ('._x.png'), sorted by id;
-    DataError when every image is the same flat grey (a model whose output is constant)."""
+    DataError when all have the same mean Y (a model whose output is constant)."""
     files = sorted(p for p in Path(restored_dir).glob("*.png") if not p.name.startswith("."))
     if not files:
         raise DataError(f"no restored PNGs in {restored_dir}; restore the test set first")
-    rows, levels = [], set()
-    for path in files:
-        y = csv_y(path)
-        rows.append((path.stem, float(y.mean())))
-        levels.add(int(y.min()) if y.min() == y.max() else -1)
-    if len(files) > 1 and len(levels) == 1 and -1 not in levels and not constant_ok:
-        raise DataError(f"every restored image in {restored_dir} is flat, all of one grey "
-                        "level: the model's output does not depend on its input (training "
-                        "diverged or collapsed). Look at its history, train it again (e.g. with a "
-                        "lower lr), or choose another checkpoint (DESCAN_CHECKPOINT). No CSV was "
-                        "written.")
+    rows = [(path.stem, csv_mean_y(path)) for path in files]
+    if len(rows) > 1 and len({value for _, value in rows}) == 1 and not constant_ok:
+        raise DataError(f"every restored image in {restored_dir} has the same mean Y: the model's "
+                        "output does not depend on its input (training diverged or collapsed). "
+                        "Look at its history, train it again (e.g. with a lower lr), or choose "
+                        "another checkpoint (DESCAN_CHECKPOINT). No CSV was written.")
     return rows
 
 
@@ -64,7 +53,8 @@ def validate_submission(rows, expected_ids) -> None:
         ("duplicate ids", sorted(i for i, n in Counter(ids).items() if n > 1)),
         (f"{len(missing)} test images have no row", missing),
         (f"{len(extra)} rows are not test images", extra),
-        ("values not finite numbers in [0, 255]", [f"{i}={v}" for i, v in rows if not is_value(v)])
+        ("values not finite numbers in [0, 255] (no underscores)",
+         [f"{i}={v}" for i, v in rows if not is_value(v)])
     ) if found]
     if problems:
         raise ValueError("invalid submission: " + "; ".join(problems))
@@ -82,23 +72,10 @@ def write_submission(rows, path, expected_ids) -> Path:
     return Path(path)
 
 
-def _parse_row(path, n: int, line: list[str]) -> tuple[str, float]:
-    """Row ``n`` of a submission file as (id, value), or ValueError naming the file and row."""
-    if len(line) != 2:
-        blank = "" if "".join(line).strip() else " (a blank line inside the file)"
-        raise ValueError(f"{path}: row {n} has {len(line)} fields, expected 2{blank}")
-    if "_" in line[1]:
-        raise ValueError(f"{path}: row {n} value {line[1]!r} is not a number (no underscores in "
-                         "numbers: Python reads '1_0' as 10, other readers refuse it)")
-    try:
-        return line[0], float(line[1])
-    except ValueError:
-        raise ValueError(f"{path}: row {n} value {line[1]!r} is not a number") from None
-
-
 def read_submission(path, expected_ids=None) -> list[tuple[str, float]]:
-    """The rows of a submission CSV, checked: UTF-8, the header, two fields a row, numbers, ids in
-    sorted order, and with ``expected_ids`` validate_submission's checks. Else ValueError."""
+    """The rows of a submission CSV, checked (else ValueError naming the file): UTF-8, the header,
+    two fields a row, ids in sorted order, and validate_submission's checks (of ``expected_ids``
+    when given, else of the file's own ids)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is fine
             lines = list(csv.reader(f))
@@ -110,22 +87,27 @@ def read_submission(path, expected_ids=None) -> list[tuple[str, float]]:
     if not lines or tuple(lines[0]) != CSV_HEADER:
         raise ValueError(f"{path}: header must be {','.join(CSV_HEADER)!r}, "
                          f"got {lines[0] if lines else None}")
-    rows = [_parse_row(path, n, line) for n, line in enumerate(lines[1:], start=2)]
-    ids = [r[0] for r in rows]
-    late = [n for n, (a, b) in enumerate(zip(ids, ids[1:]), start=3) if b < a]
+    rows = lines[1:]
+    for n, row in enumerate(rows, start=2):
+        if len(row) != 2:
+            blank = "" if "".join(row).strip() else " (a blank line inside the file)"
+            raise ValueError(f"{path}: row {n} has {len(row)} fields, expected 2{blank}")
+    late = [n for n, (a, b) in enumerate(zip(rows, rows[1:]), start=3) if b[0] < a[0]]
     if late:
         raise ValueError(f"{path}: the ids are not in sorted order ({len(late)} rows out of order; "
-                         f"first: row {late[0]} {ids[late[0] - 2]!r} comes after row {late[0] - 1} "
-                         f"{ids[late[0] - 3]!r}). write_submission writes them sorted.")
-    if expected_ids is not None:
-        validate_submission(rows, expected_ids)
-    return rows
+                         f"first: row {late[0]} {rows[late[0] - 2][0]!r} comes after row "
+                         f"{late[0] - 1} {rows[late[0] - 3][0]!r}). write_submission sorts them.")
+    try:
+        validate_submission(rows, [r[0] for r in rows] if expected_ids is None else expected_ids)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return [(name, float(value)) for name, value in rows]
 
 
 def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, ensemble=False,
                    show_progress=True, chunk=None) -> list[Path]:
-    """Restore the scans, ``chunk`` at a time, into out_dir/<stem>.png, then its only files, and
-    return those paths. ``.<name>.new`` beside it then replaces it: a failure leaves the old one."""
+    """Restore the scans into out_dir/<stem>.png, its only files, ``chunk`` at a time, written to
+    ``.<name>.new`` beside it, which then replaces it: a failure leaves the old folder."""
     from descan.inference import restore
     scan_paths, out_dir = [Path(p) for p in scan_paths], Path(out_dir)
     if not scan_paths:
@@ -163,8 +145,7 @@ def restore_folder(model, scan_paths, out_dir, device=None, images_per_pass=8, e
 
 
 def make_submission(restored_dir, test_scans, csv_path):
-    """Write the CSV of the restored PNGs, one row per test scan (data.test_scans) and no other
-    (write_submission); return it, read back, as a table."""
+    """Write the CSV of the restored PNGs, a row per test scan; return it, read back, as a table."""
     import pandas as pd
     expected = sorted(Path(p).stem for p in test_scans)
     if not expected:
@@ -174,9 +155,8 @@ def make_submission(restored_dir, test_scans, csv_path):
 
 
 def score_restored(restored_dir, clean) -> dict:
-    """images and metrics.group_figures of restored PNGs, with the CSV's mean Ys (csv_mean_y).
-    ``clean``: validation pairs, one PNG each (else ValueError); or a folder with a clean image of
-    each PNG's name (others are ignored), as ``python -m descan score`` passes it."""
+    """metrics.group_figures of restored PNGs by the CSV's mean Ys. ``clean``: validation pairs,
+    one PNG each; or a folder with a clean image of each PNG's name (others are ignored)."""
     rows = submission_rows(restored_dir, constant_ok=True)
     if isinstance(clean, (str, Path)):
         found = by_stem(list_images(clean), clean)
@@ -194,23 +174,20 @@ def score_restored(restored_dir, clean) -> dict:
     return {"images": len(per), **group_figures(per, [scanner_group(n) for n, _ in rows])}
 
 
-def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8,
-                      ensembles=(False, True), show_progress=True):
-    """A validation estimate of the leaderboard by the submission's own path: each {entry: model}
-    restored into out_root/<entry>[_x8] and scored (score_restored), as a DataFrame, best first."""
+def local_leaderboard(models, pairs, out_root, device=None, images_per_pass=8, x8=(),
+                      show_progress=True):
+    """A validation estimate of the leaderboard by the submission's own path, best first: each
+    {entry: model} (and each entry in ``x8``, with x8) restored into out_root/<entry>[_x8]."""
     import pandas as pd
     rows = []
-    for name, model in models.items():
-        for ens in ensembles:
-            if ens and next(model.parameters(), None) is None:
-                continue
-            folder = Path(out_root) / (re.sub(r"[^\w.-]+", "_", name) + ("_x8" if ens else ""))
-            t0 = time.time()
-            restore_folder(model, [p.scan for p in pairs], folder, device, images_per_pass, ens,
-                           show_progress)
-            seconds = round(time.time() - t0, 1)
-            rows.append({"entry": name, "ensemble": bool(ens), **score_restored(folder, pairs),
-                         "seconds": seconds, "folder": folder})
+    for name, ensemble in [(name, False) for name in models] + [(name, True) for name in x8]:
+        folder = Path(out_root) / (re.sub(r"[^\w.-]+", "_", name) + ("_x8" if ensemble else ""))
+        t0 = time.time()
+        restore_folder(models[name], [p.scan for p in pairs], folder, device, images_per_pass,
+                       ensemble, show_progress)
+        seconds = round(time.time() - t0, 1)
+        rows.append({"entry": name, "ensemble": ensemble, **score_restored(folder, pairs),
+                     "seconds": seconds, "folder": folder})
     return pd.DataFrame(rows).sort_values(["score", "entry"], kind="stable").reset_index(drop=True)
 
 
@@ -231,7 +208,7 @@ def leaderboard_notes(board, chosen: str, asked=False) -> list[str]:
     """The chosen entry's estimate against doing nothing, and a better entry if there is one.
     DataError when it does worse than doing nothing, unless it was ``asked`` for by name."""
     nothing = float(board.loc[(board["entry"] == "do nothing"), "score"].iloc[0])
-    mine, best = board[board["entry"] == chosen].sort_values("score").iloc[0], board.iloc[0]
+    mine, best = board[board["entry"] == chosen].iloc[0], board.iloc[0]  # the board is sorted
     if mine["score"] > nothing and not asked:
         raise DataError(f"{chosen} scores {mine['score']:.4f} on the validation images, worse than "
                         f"doing nothing ({nothing:.4f}): its submission would score worse than "

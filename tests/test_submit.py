@@ -253,7 +253,7 @@ def run_score_cli(pred_dir, clean_dir):
 
 def test_local_leaderboard_scores_the_saved_pngs_and_agrees_with_the_cli(tmp_path, val_pairs):
     board = submit.local_leaderboard({"do nothing": models.Identity(), "tiny": tiny_model()}, val_pairs,
-                                      tmp_path / "restored_val", images_per_pass=2, ensembles=(False, True),
+                                      tmp_path / "restored_val", images_per_pass=2, x8=["tiny"],
                                       show_progress=False)
     assert sorted(zip(board["entry"], board["ensemble"])) == [("do nothing", False), ("tiny", False), ("tiny", True)]
     assert list(board["score"]) == sorted(board["score"]) and (board["images"] == len(val_pairs)).all()

@@ -82,9 +82,8 @@ class Trainer:
         ckpt.save_checkpoint(state, self.run_dir / (ckpt.BEST if best else ckpt.LAST))
 
     def resume(self) -> bool:
-        """Go on from last.pt, if any. Changed settings stop the run with the ways out: a new
-        DESCAN_RUN_NAME, or DESCAN_RESUME=continue (recorded in the history; not for settings that
-        decide the crops or the model)."""
+        """Go on from last.pt, if any; changed settings stop the run with the ways out (a new
+        DESCAN_RUN_NAME, or DESCAN_RESUME=continue for those that decide neither crops nor model)."""
         path = self.run_dir / ckpt.LAST
         if not path.exists():
             return False

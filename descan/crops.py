@@ -81,7 +81,7 @@ def check_patch(pairs, patch: int, batch_size: int) -> None:
 
 
 def build_cache(pairs, max_fraction=0.4, show_progress=True):
-    """{i: (clean, scan)} of every pair decoded, or None if that needs over ``max_fraction`` of RAM."""
+    """{i: (clean, scan)}: every pair decoded; None if they need over ``max_fraction`` of RAM."""
     h, w = read_rgb(pairs[0].clean).shape[:2]
     need = len(pairs) * h * w * 3 * 2
     if need > max_fraction * available_memory():

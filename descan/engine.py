@@ -82,8 +82,8 @@ class Trainer:
         ckpt.save_checkpoint(state, self.run_dir / (ckpt.BEST if best else ckpt.LAST))
 
     def resume(self) -> bool:
-        """Go on from last.pt, if any; changed settings stop the run with the ways out (a new
-        DESCAN_RUN_NAME, or DESCAN_RESUME=continue for those that decide neither crops nor model)."""
+        """Go on from last.pt, if any. Changed settings stop the run, naming the ways out: a new
+        DESCAN_RUN_NAME, or DESCAN_RESUME=continue unless they decide the crops or the model."""
         path = self.run_dir / ckpt.LAST
         if not path.exists():
             return False
@@ -181,8 +181,7 @@ class Trainer:
                   f"epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
                   f"{cfg.budget_minutes:g}); to start over, set another DESCAN_RUN_NAME.")
         return {"best_score": best["val_score"], "epochs": self.epoch, "steps": self.step,
-                "minutes": self.seconds / 60, "best_path": self.run_dir / ckpt.BEST,
-                "history": self.history}
+                "best_path": self.run_dir / ckpt.BEST, "history": self.history}
 
     def _train(self, on_step):
         """The crops, step 0's validation, then epochs until they or the budget run out."""

@@ -81,8 +81,7 @@ def check_patch(pairs, patch: int, batch_size: int) -> None:
 
 
 def build_cache(pairs, max_fraction=0.4, show_progress=True):
-    """{i: (clean, scan)}: every pair decoded, when that takes under ``max_fraction`` of the
-    available memory; else None."""
+    """{i: (clean, scan)}: every pair decoded; None if they need over ``max_fraction`` of RAM."""
     h, w = read_rgb(pairs[0].clean).shape[:2]
     need = len(pairs) * h * w * 3 * 2
     if need > max_fraction * available_memory():

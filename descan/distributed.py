@@ -71,29 +71,22 @@ def peer_failed(error: BaseException) -> bool:
 
 
 def share(obj):
-    """Process 0's copy of a picklable object (the history, a fit), in every process."""
+    """Process 0's copy of a picklable object (the history), in every process: they wait for it."""
     box = [obj]
     if world_size() > 1:
         tdist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def from_main(value: float) -> float:
-    """Process 0's number in every process: one small broadcast, cheap enough for every step."""
+def average(value: float) -> float:
+    """The mean of a number over the processes, the same in each (a training loss, the clock): one
+    small all-reduce, cheap enough for every step."""
     if world_size() == 1:
         return value
     gpu = tdist.get_backend() == "nccl"  # NCCL sends only GPU tensors (init set this one's GPU)
     t = torch.tensor([value], dtype=torch.float64, device="cuda" if gpu else "cpu")
-    tdist.broadcast(t, src=0)
-    return t.item()
-
-
-def average(value: float) -> float:
-    """The mean of a number over the processes (each one's training loss on its share)."""
-    values = [value] * world_size()
-    if world_size() > 1:
-        tdist.all_gather_object(values, value)
-    return sum(values) / len(values)
+    tdist.all_reduce(t)
+    return t.item() / world_size()
 
 
 def main_first(fn):
@@ -126,13 +119,10 @@ def check_batch(batch_size: int, crops_per_image: int, processes: int) -> None:
                          "pairs of every batch. Change the batch or the number of processes.")
 
 
-def shard(dataset, pairs_per_batch: int, rank_=None, processes: int = 0):
+def shard(dataset, pairs_per_batch: int, rank_: int, processes: int):
     """Process r's items r, r+N, r+2N ... of the whole batches: N processes' step s together is
     one process's step s."""
-    processes = processes or world_size()
     if processes == 1:
         return dataset
-    check_batch(pairs_per_batch, 1, processes)
     whole = len(dataset) // pairs_per_batch * pairs_per_batch
-    rank_ = rank() if rank_ is None else rank_
     return torch.utils.data.Subset(dataset, range(rank_, whole, processes))

@@ -34,8 +34,9 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cfg = self.cfg  # a step takes crops_per_image crops from each of pairs_per_batch pairs
+        dist.check_batch(cfg.batch_size, cfg.crops_per_image, dist.world_size())
         self.pairs_per_batch = cfg.batch_size // cfg.crops_per_image
-        self.steps_per_epoch = cfg.crops_per_epoch // cfg.crops_per_image // self.pairs_per_batch
+        self.steps_per_epoch = cfg.crops_per_epoch // cfg.batch_size
         self.items_per_epoch = self.steps_per_epoch * self.pairs_per_batch
         notebook.seed_everything(cfg.seed)
         model = models.build(spec["code"], spec["name"], spec["kwargs"])
@@ -81,9 +82,8 @@ class Trainer:
         ckpt.save_checkpoint(state, self.run_dir / (ckpt.BEST if best else ckpt.LAST))
 
     def resume(self) -> bool:
-        """Go on from last.pt, if any. Changed settings stop the run with the ways out: a new
-        DESCAN_RUN_NAME, or DESCAN_RESUME=continue (recorded in the history; not for settings that
-        decide the crops or the model)."""
+        """Go on from last.pt, if any. Changed settings stop the run, naming the ways out: a new
+        DESCAN_RUN_NAME, or DESCAN_RESUME=continue unless they decide the crops or the model."""
         path = self.run_dir / ckpt.LAST
         if not path.exists():
             return False
@@ -126,8 +126,8 @@ class Trainer:
     def train_step(self, clean, scan, total_steps: int) -> torch.Tensor:
         """One optimiser step on a batch of uint8 crops (N, H, W, 3); returns the loss."""
         cfg = self.cfg
-        y = clean.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-        x = scan.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        y, x = (t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                for t in (clean, scan))
         x = x.contiguous(memory_format=torch.channels_last)
         for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * optim.lr_factor(cfg, self.step, total_steps, self.seconds)
@@ -147,9 +147,8 @@ class Trainer:
         return loss.detach()
 
     def start_from_colour_fit(self) -> None:
-        """A model with a ColourLUT starts with it fitted to the training pairs, else one with a
-        ColourHead as their least-squares colour map: training adds what the fit cannot do. Every
-        process fits the same (the same seeded pixels), so nothing needs to be shared."""
+        """A ColourLUT starts fitted to the training pairs, else a ColourHead as their least-squares
+        colour map: training adds what the fit cannot do. Every process fits the same pixels."""
         luts = [m for m in self.model.modules() if isinstance(m, models.ColourLUT)]
         heads = [m for m in self.model.modules() if isinstance(m, models.ColourHead) and not luts]
         if not luts and not heads:
@@ -167,45 +166,43 @@ class Trainer:
         ``on_step(step)`` runs after every optimiser step (tests crash there on purpose)."""
         cfg = self.cfg
         dist.main_first(self.resume)  # under torchrun every process restores the same
-        to_train = self.epoch < cfg.epochs and not self.out_of_time()
-        if to_train:
+        finished = self.epoch >= cfg.epochs or self.out_of_time()
+        if not finished:
             self._train(on_step)
         best = self.best()
-        if not to_train or self.out_of_time():  # says so, and how to train further
+        if finished or self.out_of_time():  # says so, and how to train further
+            what = (f"Nothing to train: run '{self.run_dir.name}' has finished" if finished
+                    else f"Budget of {cfg.budget_minutes:g} min spent")
             where = f"all of epoch {self.epoch}" if self.item == 0 else \
                 f"{100 * self.item / self.items_per_epoch:.0f}% of epoch {self.epoch + 1}"
-            nothing = f" (do nothing: {self.do_nothing['score']:.4f})" if to_train else ""
-            what = f"Budget of {cfg.budget_minutes:g} min spent" if to_train else \
-                f"Nothing to train: run '{self.run_dir.name}' has finished"
             print(f"{what} after {self.step} steps ({where}); best validation score "
-                  f"{best['val_score']:.4f} at step {best['step']}{nothing}. To train it further, "
-                  f"raise epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
+                  f"{best['val_score']:.4f} at step {best['step']} (do nothing: "
+                  f"{best.get('do_nothing_score', math.nan):.4f}). To train it further, raise "
+                  f"epochs (now {cfg.epochs}) or the budget (DESCAN_TRAIN_MINUTES, now "
                   f"{cfg.budget_minutes:g}); to start over, set another DESCAN_RUN_NAME.")
         return {"best_score": best["val_score"], "epochs": self.epoch, "steps": self.step,
-                "minutes": self.seconds / 60, "best_path": self.run_dir / ckpt.BEST,
-                "history": self.history}
+                "best_path": self.run_dir / ckpt.BEST, "history": self.history}
 
     def _train(self, on_step):
         """The crops, step 0's validation, then epochs until they or the budget run out."""
         cfg = self.cfg
-        workers = cfg.workers if cfg.workers >= 0 else \
-            crops.default_workers(self.device, dist.local_processes())
         crops.check_patch(self.train_pairs, cfg.patch, cfg.batch_size)
         # None (decode per item) when it would not fit in memory; each torchrun process has a copy
         cache = crops.build_cache(self.train_pairs, 0.4 / dist.world_size(), dist.is_main())
         dataset = crops.CropDataset(self.train_pairs, cfg.patch, cfg.crops_per_image,
                                     self.items_per_epoch, cfg.seed, cfg.augment, cache,
                                     demo.input_augment(cfg.degrade_prob, cfg.colour_jitter))
-        self.do_nothing = dist.share(self.validate(models.Identity()) if dist.is_main() else None)
+        workers = cfg.workers if cfg.workers >= 0 else \
+            crops.default_workers(self.device, dist.local_processes())
         try:
-            if self.step == 0 and not self.history:  # a new run: step 0 is validated, a candidate
+            if not self.history:  # a new run: step 0 is validated, a candidate
                 self.start_from_colour_fit()
                 self._end_epoch(None, 0.0)
             while self.epoch < cfg.epochs and not self.out_of_time():
                 dataset.set_epoch(self.epoch, self.item)
-                share = dist.shard(dataset, self.pairs_per_batch)  # this process's share
-                per_process = self.pairs_per_batch // dist.world_size()
-                loader = crops.make_loader(share, per_process, workers, self.device)
+                share = dist.shard(dataset, self.pairs_per_batch, dist.rank(), dist.world_size())
+                loader = crops.make_loader(share, self.pairs_per_batch // dist.world_size(),
+                                           workers, self.device)
                 self._run_epoch(loader, on_step)
         except KeyboardInterrupt:
             self.save("last")
@@ -224,20 +221,19 @@ class Trainer:
         cfg, total_steps = self.cfg, self.cfg.epochs * self.steps_per_epoch
         self.model.train()
         loss_sum, n_loss = torch.zeros((), device=self.device), 0
-        left = self.steps_per_epoch - self.item // self.pairs_per_batch
         bar = files.progress_bar(loader, f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
-                                 total=left, enabled=dist.is_main())
+                                 enabled=dist.is_main())
         t_epoch = t_last = last_save = time.time()
         for clean, scan in bar:
             loss_sum += self.train_step(clean, scan, total_steps)
             n_loss += 1
             self.step, self.item = self.step + 1, self.item + self.pairs_per_batch
             now = time.time()
-            self.seconds = dist.from_main(self.seconds + now - t_last)  # process 0's clock
+            self.seconds = dist.average(self.seconds + now - t_last)  # one clock for all
             t_last, took = now, now - t_epoch
             if n_loss == 5 and cfg.budget_minutes > 0:  # the bar's length: what the budget allows
                 can = n_loss + int((cfg.budget_minutes * 60 - self.seconds) / (took / n_loss))
-                bar.total = max(n_loss, min(left, can))
+                bar.total = max(n_loss, min(bar.total, can))
                 bar.refresh()
             if self.step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.4f}",
@@ -255,23 +251,24 @@ class Trainer:
                         n_loss * cfg.batch_size / max(1e-9, time.time() - t_epoch))
 
     def _end_epoch(self, train_loss, crops_per_s):
-        """Validate, save best.pt when the score improved, then last.pt, then history.csv/.png.
-        ``train_loss`` None: no step since the last validation."""
+        """Process 0 validates, saves best.pt when the score improved and records the history;
+        then last.pt, history.csv and its plot. ``train_loss`` None: no step since the last one."""
         if train_loss is not None:  # the same in every process: they all resumed at one step
             train_loss = dist.average(train_loss)
             optim.stop_if_diverged(train_loss, self.step, self.cfg)
-        val = self.validate() if dist.is_main() else None  # process 0 validates and writes
+        val = self.validate() if dist.is_main() else None
         if val is not None:
+            if self.do_nothing is None:
+                self.do_nothing = self.validate(models.Identity())
             improved = val["score"] < self.best()["val_score"]
-            row = dict(epoch=self.epoch + 1, step=self.step, minutes=round(self.seconds / 60, 3),
-                       lr=self.optimizer.param_groups[0]["lr"],
-                       train_loss=math.nan if train_loss is None else train_loss,
-                       crops_per_s=crops_per_s, settings_changed=self.changed,
-                       loss_name=(self.loss_fn.__doc__ or "loss").strip().split("\n")[0])
-            for prefix, figures in (("val_", val), ("do_nothing_", self.do_nothing)):
-                for k in ("score", "pixel_y_mae", "psnr", "unseen_score", "unseen_pixel_y_mae"):
-                    row[prefix + k] = figures.get(k, math.nan)
-            self.history.append(row)
+            self.history.append(dict(
+                epoch=self.epoch + 1, step=self.step, minutes=round(self.seconds / 60, 3),
+                lr=self.optimizer.param_groups[0]["lr"],
+                train_loss=math.nan if train_loss is None else train_loss,
+                crops_per_s=crops_per_s, settings_changed=self.changed,
+                loss_name=(self.loss_fn.__doc__ or "loss").strip().split("\n")[0],
+                **{f"val_{k}": v for k, v in val.items()},
+                **{f"do_nothing_{k}": v for k, v in self.do_nothing.items()}))
             self.changed = ""
             if improved:
                 self.save("best", val)

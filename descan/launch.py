@@ -20,8 +20,7 @@ def processes_for(device) -> int:
 
 
 def train(run: dict, data_dir, workspace, run_name: str, device, processes: int = 1) -> dict | None:
-    """Save ``run`` (recipes.make_run) as WORKSPACE/runs/RUN_NAME/run.json and train it, here or
-    under torchrun. Returns the Trainer's result (None under torchrun: see the run's files)."""
+    """Save ``run`` as its folder's run.json and train it: here, or under torchrun (then None)."""
     folder = checkpoints.run_dir(workspace, run_name)
     distributed.check_batch(run["config"].batch_size, run["config"].crops_per_image, processes)
     recipes.save_run(run, folder)
@@ -64,8 +63,7 @@ def launch(folder, processes: int, data_dir, workspace) -> None:
             try:  # as it comes, progress bars' carriage returns included
                 if not (chunk := os.read(proc.stdout.fileno(), 4096)):
                     break
-                sys.stdout.write(decoder.decode(chunk))
-                sys.stdout.flush()
+                print(decoder.decode(chunk), end="", flush=True)
             except KeyboardInterrupt:
                 os.killpg(proc.pid, signal.SIGKILL if interrupted else signal.SIGINT)
                 interrupted = True

@@ -1,6 +1,5 @@
-"""Pieces of a training loss: each crop's mean Y (the leaderboard's quantity) and a colour head's
-colour statistics. The loss itself is a notebook cell's ``training_loss(out, target, model, cfg)``.
-"""
+"""Pieces of a training loss (a notebook cell's ``training_loss(out, target, model, cfg)``): each
+crop's mean Y (the leaderboard's quantity) and a colour head's colour statistics."""
 from __future__ import annotations
 
 import torch

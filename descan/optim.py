@@ -64,17 +64,15 @@ def stop_if_diverged(loss: float, step: int, cfg) -> None:
 
 def settings_changed(state: dict, cfg, spec: dict, data_id: str) -> tuple[dict, list]:
     """({setting: (old, new)}, what forbids going on) between a last.pt's ``state`` and a run."""
-    old = state.get("config", {})
+    old, was = state["config"], state["model_kwargs"] or {}
     diffs = {k: (old[k], v) for k, v in asdict(cfg).items()
              if k in old and k not in FREE_KEYS and old[k] != v}
     fixed = [k for k in diffs if k in DATA_KEYS]
-    if state.get("data_id") != data_id:
+    if state["data_id"] != data_id:
         fixed.append("training/validation pairs")
-    saved = {k: state.get(f"model_{k}") for k in ("name", "kwargs", "code")}
-    if saved != spec:
+    diffs.update({k: (was.get(k), v) for k, v in spec["kwargs"].items() if was.get(k) != v})
+    if any(state[f"model_{k}"] != spec[k] for k in ("name", "kwargs", "code")):
         fixed.append(f"the model ({spec['name']}: its arguments or its code)")
-        was = saved["kwargs"] or {}
-        diffs.update({k: (was.get(k), v) for k, v in spec["kwargs"].items() if was.get(k) != v})
     return diffs, fixed
 
 

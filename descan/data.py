@@ -95,7 +95,7 @@ def check_dataset(data, workspace=None, show_progress=True, force=False) -> dict
     sizes = "".join(f"{p.relative_to(data)}:{p.stat().st_size}\n" for p in files)
     fingerprint = hashlib.sha256(f"{data.resolve()}\n{sizes}".encode()).hexdigest()[:20]
     stamp = workspace / "data_check.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):  # none, or cut short: checked again
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # none, cut short: again
         saved = json.loads(stamp.read_text())
         if saved["fingerprint"] == fingerprint and not force:
             return saved["summary"]

@@ -633,14 +633,15 @@ def test_an_empty_test_folder_is_refused_and_its_scans_taken_once_put_there(tmp_
     assert [p.stem for p in data.test_scans(tmp_path / "data", tmp_path / "ws")] == ["a"]
 
 
-def test_a_data_check_record_cut_short_is_made_again(tmp_path, monkeypatch):
-    """data_check.json only saves time: cut short, the check runs again and rewrites it."""
+@pytest.mark.parametrize("text", ['{"fingerprint": "cut sh', '["not", "a record"]'])
+def test_a_data_check_record_cut_short_is_made_again(tmp_path, monkeypatch, text):
+    """data_check.json only saves time: cut short (or not a record), the check runs again."""
     from descan import data
     monkeypatch.setenv("DESCAN_ZIP_CACHE", str(tmp_path / "no zips"))
     for name in ("train/clean/a.png", "train/scan/a.png", "test/scan/t.png"):
         imwrite_rgb(tmp_path / "data" / name, np.zeros((4, 4, 3), np.uint8))
     first = data.check_dataset(tmp_path / "data", tmp_path / "ws", show_progress=False)
-    (tmp_path / "ws/data_check.json").write_text('{"fingerprint": "cut sh')
+    (tmp_path / "ws/data_check.json").write_text(text)
     again = data.check_dataset(tmp_path / "data", tmp_path / "ws", show_progress=False)
     assert again["train_pairs"] == first["train_pairs"] == 1 and again["test_scans"] == 1
     assert json.loads((tmp_path / "ws/data_check.json").read_text())["summary"] == again

@@ -72,7 +72,7 @@ def test_a_student_edits_04_trains_with_two_processes_and_05_submits_it(tmp_path
 
     nb = nbformat.read(NOTEBOOKS / "04_train_attention.ipynb", as_version=4)
     edit(nb, recipes.MARKERS["config"], "lr=1e-3", "lr=3e-4")
-    edit(nb, recipes.MARKERS["model"], "width=16 if SMOKE else 32", "width=24 if SMOKE else 32")
+    edit(nb, recipes.MARKERS["model"], "update(width=16", "update(width=24")
     edit(nb, "launch.train(", r"^PROCESSES = .*$", "PROCESSES = 2", regex=True)
     out = execute(nb, tmp_path / "04_edited.ipynb")
     assert "$ torchrun " in out and "x 2 processes (torchrun)" in out, out[-3000:]

@@ -152,6 +152,7 @@ def test_the_notebooks_are_the_recipes():
     assert gpu["config"].patch == 256 and gpu["config"].ema_decay == 0.999 and gpu["config"].warmup_steps == 200
     assert cpu["config"].patch == 64 and cpu["config"].ema_decay == 0.0 and smoke["config"].patch == 48
     assert gpu["model"]["kwargs"]["width"] == 32 and smoke["model"]["kwargs"]["width"] == 16
+    assert cpu["model"]["kwargs"]["width"] == 16 and cpu["model"]["kwargs"]["enc_blocks"] == (1, 1, 1)
     assert "class AttentionUNet" in gpu["model"]["code"] and "this_cell" not in gpu["model"]["code"]
 
 

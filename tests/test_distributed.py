@@ -124,8 +124,10 @@ def test_interrupt_then_kill_then_resume(folders):
     for command, stop in ((notebook, lambda p: os.kill(p.pid, signal.SIGINT)),
                           (cmd, lambda p: os.killpg(p.pid, signal.SIGKILL))):
         rows = len(pd.read_csv(history)) if history.exists() else 0
+        # Ctrl-C works there even when this test runs in the background, where SIGINT is ignored
         proc = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 120
         while (not history.exists() or len(pd.read_csv(history)) <= rows) and time.time() < deadline:
             assert proc.poll() is None, proc.communicate()[0][-3000:]

@@ -14,8 +14,7 @@ def mean_y_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def colour_stats_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 distance between the per-channel means and spreads of each image (a colour head's loss:
-    the global statistics the metric depends on, not the pixels)."""
+    """L1 distance of the per-channel means and spreads of the images (global, as the metric)."""
     out, target = out.float().flatten(2), target.float().flatten(2)
     return (F.l1_loss(out.mean(2), target.mean(2))
             + 0.5 * F.l1_loss(out.std(2, correction=0), target.std(2, correction=0)))

@@ -37,9 +37,8 @@ def group_figures(per: list, groups) -> dict:
     unseen = [p for p, g in zip(per, groups) if g == "unseen"]
     out = figures([p for p, g in zip(per, groups) if g != "unseen"] or per)
     if unseen:
-        out.update({"unseen_images": len(unseen),
-                    **{f"unseen_{k}": v for k, v in figures(unseen).items()}})
-        if len(unseen) < len(per):  # both groups: weighed as the leaderboard weighs them
-            seen, other = out["score"], out["unseen_score"]
-            out["weighted_score"] = SEEN_SHARE * seen + (1 - SEEN_SHARE) * other
+        other = figures(unseen)
+        out.update({"unseen_images": len(unseen), **{f"unseen_{k}": v for k, v in other.items()}})
+        if len(unseen) < len(per):  # both groups: weighed as the leaderboard does
+            out["weighted_score"] = SEEN_SHARE * out["score"] + (1 - SEEN_SHARE) * other["score"]
     return out

@@ -14,10 +14,10 @@ def run(*args):
 
 def test_compare_models_prints_its_table():
     out = run("benchmarks/compare_models.py", "--minutes", "0.01", "--seeds", "1", "--pages", "4",
-              "--unseen-pages", "2", "--size", "64", "--jobs", "1", "--only",
+              "--unseen-pages", "2", "--new-pages", "2", "--size", "64", "--jobs", "1", "--only",
               "U-Net started from the 3D LUT (04 recipe)")
     for row in ("do nothing (the scans)", "classical colour map", "3D colour LUT", "U-Net started from the 3D LUT",
-                "x the 3D LUT", "unseen_score", "best trained row on unseen scanners"):
+                "x the 3D LUT", "new_score", "on their new pages", "unseen_score", "best trained row on unseen scanners"):
         assert row in out
     # every trained row has its parameter count: the notebooks' models, nothing that was removed
     params = next(line for line in out.splitlines() if line.startswith("parameters: "))

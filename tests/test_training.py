@@ -316,6 +316,19 @@ def test_a_patch_that_is_not_a_multiple_of_8_trains_the_attention_model(demo_pai
     assert r["steps"] == 1 and np.isfinite(r["best_score"])
 
 
+def test_a_model_with_5d_weights_trains(demo_pairs, tmp_path):
+    """The engine's faster channels_last layout is for 4-D weights; a student's Conv3d (5-D) once
+    stopped the run in Trainer with "required rank 4 tensor"."""
+    code = ("from torch import nn\n\n\nclass Lift(nn.Module):\n    def __init__(self):\n"
+            "        super().__init__()\n        self.conv = nn.Conv3d(1, 1, 3, padding=1)\n\n"
+            "    def forward(self, x):\n        return x + self.conv(x.unsqueeze(1)).squeeze(1)\n")
+    run = tiny_run(epochs=1, crops_per_epoch=8)
+    run["model"] = {"name": "Lift", "kwargs": {}, "code": code}
+    train, val = demo_pairs
+    r = trainer(run, train, val, tmp_path).fit()
+    assert r["steps"] == 1 and np.isfinite(r["best_score"])
+
+
 def test_a_batch_that_is_not_a_multiple_of_crops_per_image_is_refused_by_name():
     cuda = torch.device("cuda")  # notebook 03's GPU recipe (8 crops per image); no GPU needed to read it
     with pytest.raises(ValueError, match=r"batch_size=20 must be a multiple of crops_per_image=8"):

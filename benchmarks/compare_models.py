@@ -6,14 +6,14 @@ Everything runs here, side by side, on freshly generated DEMO data (synthetic pa
 scanned by named scanner profiles, not the competition data), split as notebook 01 splits it:
 training pairs from two scanners, validation pages of those two (*seen*) and pairs from two other
 scanners (*unseen*, never trained on), plus pairs from the demo's two test-only scanners
-(*held-out*: no decision in this project was made on them; the project's choices were made on
-seen and unseen validation), and *new* pages of the two training scanners, made here like the
-held-out ones: the seen validation pages choose best.pt, so its figures flatter; new_* do not. Each trained row gets the same training time on the CPU
-(validation is not counted) with the recipe of notebook 03 or 04 as its cells define it on a CPU
-(recipes.from_notebook: settings, model code, loss), a few settings or model arguments changed
-per row, once per seed; best.pt is chosen on the seen scanners, as in the notebooks, and the
-unseen figures are those of that same checkpoint: nothing is tuned on them. Figures are means
-over seeds, "+-" half the range.
+(*held-out*: no decision in this project was made on them; the project's choices were made on seen and
+unseen validation), and *new* pages of the two training scanners, made here like the held-out ones:
+the seen validation pages choose best.pt, so its figures flatter; new_* do not. Each trained row
+gets the same training time on the CPU (validation is not counted) with the recipe of notebook 03 or
+04 as its cells define it on a CPU (recipes.from_notebook: settings, model code, loss), a few
+settings or model arguments changed per row, once per seed; best.pt is chosen on the seen scanners,
+as in the notebooks, and the unseen figures are those of that same checkpoint: nothing is tuned on
+them. Figures are means over seeds, "+-" half the range.
 """
 import argparse
 import contextlib
@@ -41,9 +41,10 @@ TRAINED = [
     ("04 recipe, colour head started from the affine map", "attention", {}, {"colour_lut": False}),
     ("U-Net started from the 3D LUT (04 recipe)", "attention", {}, {}),
 ]
-FIGURES = ("score", "pixel_y_mae", "new_score", "new_pixel_y_mae", "new_score_last", "unseen_score", "unseen_pixel_y_mae", "heldout_score", "heldout_pixel_y_mae",
-           "step0_score")  # step0_score: a trained row's validation score before its first step;
-# new_score_last: the new pages' score of its last weights instead of best.pt's
+FIGURES = ("score", "pixel_y_mae", "new_score", "new_pixel_y_mae", "new_score_last", "unseen_score",
+           "unseen_pixel_y_mae", "heldout_score", "heldout_pixel_y_mae", "step0_score")
+# step0_score: a trained row's validation score before its first step; new_score_last: the new
+# pages' score of its last weights instead of best.pt's
 
 
 def fresh_pairs(pages: int, size: int, scanners, tag: int, seed: int = 7) -> list:
@@ -62,7 +63,7 @@ def fresh_pairs(pages: int, size: int, scanners, tag: int, seed: int = 7) -> lis
     return out
 
 
-def test_figures(model, tests: dict) -> dict:
+def fresh_figures(model, tests: dict) -> dict:
     """Score and pixel Y MAE of ``model`` on each named set of fresh pairs, as NAME_score, ..."""
     found = {name: inference.evaluate(model, pairs) for name, pairs in tests.items()}
     return {f"{name}_{k}": r[k] for name, r in found.items() for k in ("score", "pixel_y_mae")}
@@ -72,7 +73,7 @@ def figures(trainer, model, tests) -> dict:
     """A model's validation figures (seen, unseen) and its figures on the fresh pairs."""
     val = trainer.validate(model)
     return {**{k: val.get(k) for k in ("score", "pixel_y_mae", "unseen_score", "unseen_pixel_y_mae")},
-            **test_figures(model, tests)}
+            **fresh_figures(model, tests)}
 
 
 def row_run(recipe, changes, model_changes, **settings) -> dict:
@@ -101,7 +102,8 @@ def train_one(job):
           f"wall {time.time() - t0:.0f} s", flush=True)
     net = checkpoints.model_from_checkpoint(best)
     start = trainer.history[0]["val_score"] if trainer.history[0]["step"] == 0 else float("nan")
-    last = test_figures(trainer.ema if trainer.ema is not None else trainer.model, {"new": tests["new"]})["new_score"]
+    last_weights = trainer.ema if trainer.ema is not None else trainer.model
+    last = fresh_figures(last_weights, {"new": tests["new"]})["new_score"]
     return [{"row": row, "seed": seed, "steps": trainer.step, **figures(trainer, net, tests),
              "new_score_last": last, "step0_score": start}]
 
@@ -149,7 +151,7 @@ def main():
 
         def untrained(model):
             val = inference.evaluate(model, images, groups=groups)
-            found = test_figures(model, tests)
+            found = fresh_figures(model, tests)
             return {**val, **found, "new_score_last": found["new_score"], "step0_score": float("nan")}
         rows = [{"row": "do nothing (the scans)", "seed": 0, "steps": 0, **untrained(models.Identity())}]
         pixels = colourmap.sample_pixels(train, show_progress=False)  # one sample for both fits

@@ -43,8 +43,8 @@ class Trainer:
         if models.count_parameters(model) >= PARAM_LIMIT:  # the competition's rule
             raise ValueError(f"{spec['name']} has {models.count_parameters(model):,} parameters; "
                              f"the rule is fewer than {PARAM_LIMIT:,}.")
-        layout = torch.channels_last if all(t.dim() < 5 for t in model.state_dict().values()) \
-            else torch.preserve_format  # faster, CPU or GPU; PyTorch refuses it for 5-D weights
+        layout = torch.channels_last if all(t.dim() < 5 for t in (*model.parameters(),
+            *model.buffers())) else torch.preserve_format  # faster; PyTorch refuses it for 5-D
         self.model = model.to(self.device, memory_format=layout)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema_decay > 0 else None
         self.optimizer = optim.make_optimizer(self.model.parameters(), cfg, self.device)

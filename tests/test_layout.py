@@ -153,6 +153,9 @@ def test_the_notebooks_are_the_recipes():
     assert cpu["config"].patch == 64 and cpu["config"].ema_decay == 0.0 and smoke["config"].patch == 48
     assert gpu["model"]["kwargs"]["width"] == 32 and smoke["model"]["kwargs"]["width"] == 16
     assert cpu["model"]["kwargs"]["width"] == 16 and cpu["model"]["kwargs"]["enc_blocks"] == (1, 1, 1)
+    # the augmentations that help other scanners: on a GPU only (on a CPU they cost the training ones)
+    assert gpu["config"].colour_jitter == 0.5 and gpu["config"].degrade_prob == 0.25
+    assert cpu["config"].colour_jitter == 0.0 and cpu["config"].degrade_prob == 0.0
     assert "class AttentionUNet" in gpu["model"]["code"] and "this_cell" not in gpu["model"]["code"]
 
 

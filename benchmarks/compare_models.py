@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=2, help="seeds per trained row")
     ap.add_argument("--jobs", type=int, default=2, help="rows trained at once (CPU threads are shared out)")
     ap.add_argument("--pages", type=int, default=40, help="demo training pages (seen scanners)")
-    ap.add_argument("--new-pages", type=int, default=32, help="new pages of the training scanners, for new_*")
+    ap.add_argument("--new-pages", type=int, default=64, help="new pages of the training scanners, for new_*")
     ap.add_argument("--unseen-pages", type=int, default=8, help="demo pages from the two unseen scanners")
     ap.add_argument("--size", type=int, default=256, help="side of the demo images")
     ap.add_argument("--only", default="", help="comma-separated trained rows to run (default: all)")
